@@ -1,0 +1,39 @@
+"""The Kafka topics of Allotment: names under one prefix, keys, partitions, cleanup.
+
+Topics are part of the contract. The project creates them itself (broker auto-creation is off),
+so each one's partition count and cleanup policy live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_PREFIX = "allotment"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    key: str
+    partitions: int
+    compacted: bool = False
+    config: dict[str, str] = field(default_factory=dict)
+
+    def name(self, prefix: str) -> str:
+        return f"{prefix}.{self.suffix}"
+
+
+USAGE = TopicSpec("usage", key="event_id", partitions=6)
+BUDGETS = TopicSpec("budgets", key="budget_id", partitions=1, compacted=True)
+CHARGES = TopicSpec("charges", key="budget_id", partitions=6)
+THRESHOLDS = TopicSpec("thresholds", key="budget_id", partitions=3)
+POLICIES = TopicSpec("policies", key="budget_id", partitions=3, compacted=True)
+FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3)
+DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
+
+ALL: list[TopicSpec] = [USAGE, BUDGETS, CHARGES, THRESHOLDS, POLICIES, FORECASTS, DEAD_LETTER]
+
+
+def prefix_from_env() -> str:
+    return os.environ.get("ALLOTMENT_TOPIC_PREFIX", DEFAULT_PREFIX)

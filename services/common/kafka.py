@@ -1,0 +1,57 @@
+"""Kafka plumbing shared by every edge: topic creation and the partition of a key.
+
+Producers that pack usage into envelopes must pick the partition Kafka's default partitioner
+would pick for each event_id, so an event lands on the same partition whether it travels alone
+or in a batch; `partition_for` is that rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from schemas.topics import ALL, TopicSpec
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition the Java and aiokafka default partitioners choose for `key`."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    if spec.compacted:
+        config["min.cleanable.dirty.ratio"] = "0.1"
+        config["segment.ms"] = "600000"
+    config.update(spec.config)
+    return config
+
+
+async def ensure_topics(
+    bootstrap: str, prefix: str, specs: list[TopicSpec] | None = None
+) -> list[str]:
+    """Create the project's topics that do not exist yet; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in (specs or ALL) if s.name(prefix) not in existing]
+        if not wanted:
+            return []
+        new = [
+            NewTopic(
+                name=s.name(prefix),
+                num_partitions=s.partitions,
+                replication_factor=1,
+                topic_configs=topic_configs(s),
+            )
+            for s in wanted
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+        return [s.name(prefix) for s in wanted]
+    finally:
+        await admin.close()

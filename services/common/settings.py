@@ -1,0 +1,26 @@
+"""Where every part of Allotment finds the stack: read from the environment at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from schemas.topics import DEFAULT_PREFIX
+
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://allotment:allotment@127.0.0.1:5432/allotment"
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    kafka_bootstrap: str
+    database_url: str
+    topic_prefix: str
+
+    @classmethod
+    def from_env(cls) -> StackSettings:
+        return cls(
+            kafka_bootstrap=os.environ.get("ALLOTMENT_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
+            database_url=os.environ.get("ALLOTMENT_DATABASE_URL", DEFAULT_DATABASE_URL),
+            topic_prefix=os.environ.get("ALLOTMENT_TOPIC_PREFIX", DEFAULT_PREFIX),
+        )
