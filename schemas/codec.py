@@ -15,7 +15,13 @@ import orjson
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.errors import FieldError, InvalidEvent, UnknownEventType
-from schemas.signals import DeadLettered, ForecastUpdated, PolicyChanged, ThresholdCrossed
+from schemas.signals import (
+    DeadLettered,
+    ForecastUpdated,
+    PolicyChanged,
+    ProjectedOverrun,
+    ThresholdCrossed,
+)
 from schemas.usage import UsageBatch, UsageRecorded
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -31,6 +37,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ThresholdCrossed,
         PolicyChanged,
         ForecastUpdated,
+        ProjectedOverrun,
         DeadLettered,
     )
 }

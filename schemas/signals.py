@@ -121,3 +121,25 @@ class DeadLettered(Event):
     errors: list[str] = Field(default_factory=list)
     payload_b64: str
     dead_lettered_at: UtcDatetime
+
+
+class ProjectedOverrun(Event):
+    """The p50 projection of period-end consumption first exceeded the limit in this period.
+
+    Emitted once per (budget_id, period_key); a budget that opts in degrades on it early.
+    """
+
+    TYPE: ClassVar[str] = "ProjectedOverrun"
+    VERSION: ClassVar[int] = 1
+    type: Literal["ProjectedOverrun"] = "ProjectedOverrun"
+    version: Literal[1] = 1
+
+    tenant: TenantId
+    budget_id: BudgetId
+    period_key: Name
+    period_end: UtcDatetime
+    consumed: NonNegativeTokens
+    limit: NonNegativeTokens
+    projection: Projection
+    detected_at: UtcDatetime
+    recommended_action: str = ""
