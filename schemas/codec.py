@@ -12,6 +12,13 @@ from typing import Any
 
 import orjson
 
+from schemas.allocation import (
+    AllocationMoved,
+    OverflowDrawn,
+    RebalanceRuleSet,
+    ReservationMade,
+    ReservationReleased,
+)
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.errors import FieldError, InvalidEvent, UnknownEventType
@@ -39,6 +46,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ForecastUpdated,
         ProjectedOverrun,
         DeadLettered,
+        OverflowDrawn,
+        AllocationMoved,
+        ReservationMade,
+        ReservationReleased,
+        RebalanceRuleSet,
     )
 }
 

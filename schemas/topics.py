@@ -31,8 +31,23 @@ THRESHOLDS = TopicSpec("thresholds", key="budget_id", partitions=3)
 POLICIES = TopicSpec("policies", key="budget_id", partitions=3, compacted=True)
 FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3)
 DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
+BUDGET_EVENTS = TopicSpec(
+    "budget-events", key="tenant", partitions=3, config={"retention.ms": "-1"}
+)
+"""Every config event (budget lifecycle and allocation), never compacted or expired: the source
+of truth for budgets and the audit log. `budgets` is its compacted mirror (latest per budget).
+"""
 
-ALL: list[TopicSpec] = [USAGE, BUDGETS, CHARGES, THRESHOLDS, POLICIES, FORECASTS, DEAD_LETTER]
+ALL: list[TopicSpec] = [
+    USAGE,
+    BUDGETS,
+    CHARGES,
+    THRESHOLDS,
+    POLICIES,
+    FORECASTS,
+    DEAD_LETTER,
+    BUDGET_EVENTS,
+]
 
 
 def prefix_from_env() -> str:
