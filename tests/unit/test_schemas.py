@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from schemas.budgets import BudgetDefined
-from schemas.codec import EVENT_TYPES, decode, encode, upcast
+from schemas.codec import decode, encode, upcast
 from schemas.errors import InvalidEvent, UnknownEventType
 from schemas.export import JSON_DIR, rendered
 from schemas.usage import UsageRecorded, derive_event_id
