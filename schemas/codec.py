@@ -21,6 +21,7 @@ from schemas.allocation import (
 )
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
+from schemas.charges import BudgetCharged
 from schemas.errors import FieldError, InvalidEvent, UnknownEventType
 from schemas.signals import (
     DeadLettered,
@@ -51,6 +52,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReservationMade,
         ReservationReleased,
         RebalanceRuleSet,
+        BudgetCharged,
     )
 }
 

@@ -27,8 +27,11 @@ class TopicSpec:
 USAGE = TopicSpec("usage", key="event_id", partitions=6)
 BUDGETS = TopicSpec("budgets", key="budget_id", partitions=1, compacted=True)
 CHARGES = TopicSpec("charges", key="budget_id", partitions=6)
-THRESHOLDS = TopicSpec("thresholds", key="budget_id", partitions=3)
-POLICIES = TopicSpec("policies", key="budget_id", partitions=3, compacted=True)
+# Thresholds and policies are co-partitioned with charges (same count, same key): each is the
+# changelog of a pipeline table that the worker owning a charges partition restores, so "already
+# emitted" is read back from the output topic itself (streams/faust/tables.py).
+THRESHOLDS = TopicSpec("thresholds", key="budget_id", partitions=CHARGES.partitions)
+POLICIES = TopicSpec("policies", key="budget_id", partitions=CHARGES.partitions, compacted=True)
 FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3)
 DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
 BUDGET_EVENTS = TopicSpec(
