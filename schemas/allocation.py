@@ -58,10 +58,11 @@ class OverflowDrawn(_AllocationEvent):
 
 
 class AllocationMoved(_AllocationEvent):
-    """`tokens` of `from_budget_id`'s allocation went elsewhere for one period.
+    """`tokens` of `from_budget_id`'s allocation went back to its parent's pool for one period.
 
-    When `to_budget_id` is the giver's parent the tokens return to the parent's overflow pool
-    (what auto-rebalance does); to a sibling they raise the sibling's effective limit.
+    `to_budget_id` is that parent. The giver's effective limit falls by `tokens` and the pool
+    grows by as much; a sibling that needs them draws them (`OverflowDrawn`), so every move
+    between children passes through the pool and its caps.
     """
 
     TYPE: ClassVar[str] = "AllocationMoved"

@@ -1,0 +1,387 @@
+"""Allocation inside a tenant's budget tree: overflow pools, reservations, auto-rebalance.
+
+A budget's *effective limit* in a period is what the ledger and the policy stage compare its
+consumption with. For each metric it is
+
+    base limit (spec) + overflow drawn + allocation received - allocation given
+                      - reservations on it whose window starts later in the period
+
+A parent's *overflow pool* is its unallocated part: its effective limit minus what its children
+hold (their base limits plus what they drew, received or gave). Giving back to the parent (what
+auto-rebalance does) therefore grows the pool, and a draw shrinks it; a reservation on a parent
+keeps its tokens out of the pool until the window starts.
+
+Everything here is pure: the tenant's live specs, the folded `AllocationState`, the period
+window and the instant `at` are arguments. `plan_*` functions check a wish against the rules and
+return the event to publish, or raise `AllocationRejected` naming the field and the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from schemas.allocation import (
+    AllocationEvent,
+    AllocationMoved,
+    OverflowDrawn,
+    RebalanceRuleSet,
+    ReservationMade,
+    ReservationReleased,
+)
+from schemas.budgets import BudgetSpec, Metric
+from schemas.errors import FieldError
+from streams.allocation_tree import AllocationRejected, children_of
+
+Deltas = dict[str, dict[str, dict[str, int]]]
+"""budget_id -> period_key -> metric -> tokens."""
+
+
+class Window(Protocol):
+    """A period instance: `streams.periods.PeriodWindow` satisfies it."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class RebalanceRule:
+    """When and how much under-used children give back; see `RebalanceRuleSet`."""
+
+    enabled: bool = True
+    at_fraction: float = 0.5
+    under_percent: int = 50
+    share_percent: int = 50
+    tenant_cap_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    reservation_id: str
+    budget_id: str
+    metric: str
+    tokens: int
+    starts_at: datetime
+    ends_at: datetime
+
+
+@dataclass(frozen=True)
+class AllocationState:
+    """A tenant's allocation facts folded: net deltas per budget and period, reservations."""
+
+    delta: Deltas = field(default_factory=dict)
+    drawn: Deltas = field(default_factory=dict)
+    rebalanced: dict[str, int] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    applied: frozenset[str] = frozenset()
+    rule: RebalanceRule = RebalanceRule()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delta": self.delta,
+            "drawn": self.drawn,
+            "rebalanced": self.rebalanced,
+            "reservations": {
+                k: {
+                    **vars(r),
+                    "starts_at": r.starts_at.isoformat(),
+                    "ends_at": r.ends_at.isoformat(),
+                }
+                for k, r in self.reservations.items()
+            },
+            "applied": sorted(self.applied),
+            "rule": vars(self.rule),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AllocationState:
+        reservations = {
+            k: Reservation(
+                **{
+                    **r,
+                    "starts_at": datetime.fromisoformat(r["starts_at"]),
+                    "ends_at": datetime.fromisoformat(r["ends_at"]),
+                }
+            )
+            for k, r in data["reservations"].items()
+        }
+        return cls(
+            delta=data["delta"],
+            drawn=data["drawn"],
+            rebalanced=data["rebalanced"],
+            reservations=reservations,
+            applied=frozenset(data["applied"]),
+            rule=RebalanceRule(**data["rule"]),
+        )
+
+
+def apply_allocation_event(state: AllocationState, event: AllocationEvent) -> AllocationState:
+    """Fold one allocation event; an event whose key was already applied changes nothing."""
+    if isinstance(event, RebalanceRuleSet):
+        rule = RebalanceRule(
+            event.enabled,
+            event.at_fraction,
+            event.under_percent,
+            event.share_percent,
+            event.tenant_cap_tokens,
+        )
+        return replace(state, rule=rule)
+    key = _event_key(event)
+    if key in state.applied:
+        return state
+    applied = state.applied | {key}
+    if isinstance(event, OverflowDrawn):
+        delta = _add(state.delta, event.budget_id, event.period_key, event.metric, event.tokens)
+        drawn = _add(state.drawn, event.budget_id, event.period_key, event.metric, event.tokens)
+        return replace(state, delta=delta, drawn=drawn, applied=applied)
+    if isinstance(event, AllocationMoved):
+        delta = _add(
+            state.delta, event.from_budget_id, event.period_key, event.metric, -event.tokens
+        )
+        rebalanced = dict(state.rebalanced)
+        if event.rule == "rebalance":
+            rebalanced[event.period_key] = rebalanced.get(event.period_key, 0) + event.tokens
+        return replace(state, delta=delta, rebalanced=rebalanced, applied=applied)
+    if isinstance(event, ReservationMade):
+        reservation = Reservation(
+            event.reservation_id,
+            event.budget_id,
+            event.metric,
+            event.tokens,
+            event.starts_at,
+            event.ends_at,
+        )
+        reservations = {**state.reservations, event.reservation_id: reservation}
+        return replace(state, reservations=reservations, applied=applied)
+    reservations = {k: r for k, r in state.reservations.items() if k != event.reservation_id}
+    return replace(state, reservations=reservations, applied=applied)
+
+
+def effective_limits(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    budget_id: str,
+    window: Window,
+    at: datetime,
+) -> dict[Metric, int]:
+    """The limits the ledger and the policy stage apply to `budget_id` at `at` (never below 0)."""
+    spec = specs[budget_id]
+    delta = state.delta.get(budget_id, {}).get(window.key, {})
+    held = _reserved_ahead(state, budget_id, window, at)
+    return {
+        metric: max(0, limit + delta.get(metric, 0) - held.get(metric, 0))
+        for metric, limit in spec.limits.by_metric().items()
+    }
+
+
+def pool(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    parent_id: str,
+    window: Window,
+    at: datetime,
+) -> dict[Metric, int]:
+    """The parent's unallocated tokens per metric it limits (negative when over-allocated)."""
+    own = effective_limits(specs, state, parent_id, window, at)
+    kids = children_of(specs, parent_id)
+    result: dict[Metric, int] = {}
+    for metric, limit in own.items():
+        held = sum(_allocation(specs, state, kid, window.key).get(metric, 0) for kid in kids)
+        result[metric] = limit - held
+    return result
+
+
+def plan_overflow_draw(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    budget_id: str,
+    window: Window,
+    at: datetime,
+    *,
+    metric: Metric,
+    tokens: int,
+    draw_id: str,
+    tenant: str,
+    actor: str,
+    reason: str,
+    partial: bool = False,
+) -> OverflowDrawn | None:
+    """A draw of `tokens` from the parent's pool, within the child's cap and the pool.
+
+    With `partial` (the pipeline's automatic draw when a child reaches its limit) the draw is
+    cut to what cap and pool allow, and None means nothing can be drawn.
+    """
+    spec = specs[budget_id]
+    if spec.parent is None:
+        raise AllocationRejected(budget_id, [FieldError("budget_id", "has no parent to draw from")])
+    if metric not in spec.limits.by_metric():
+        raise AllocationRejected(
+            budget_id, [FieldError("metric", f"the budget limits no {metric}")]
+        )
+    cap = spec.overflow_cap_tokens or 0
+    used = state.drawn.get(budget_id, {}).get(window.key, {}).get(metric, 0)
+    free = max(0, pool(specs, state, spec.parent, window, at).get(metric, 0))
+    allowed = min(cap - used, free)
+    if partial:
+        tokens = min(tokens, allowed)
+        if tokens <= 0:
+            return None
+    elif tokens > cap - used:
+        rule = f"exceeds the overflow cap: {used} of {cap} already drawn in {window.key}"
+        raise AllocationRejected(budget_id, [FieldError("tokens", rule)])
+    elif tokens > free:
+        rule = f"exceeds the pool of {spec.parent!r}: {free} {metric} tokens unallocated"
+        raise AllocationRejected(budget_id, [FieldError("tokens", rule)])
+    return OverflowDrawn(
+        draw_id=draw_id,
+        tenant=tenant,
+        budget_id=budget_id,
+        parent_id=spec.parent,
+        period_key=window.key,
+        metric=metric,
+        tokens=tokens,
+        occurred_at=at,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def check_reservation(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    event: ReservationMade,
+    window: Window,
+    at: datetime,
+) -> None:
+    """A reservation must lie ahead, and its budget must still have the tokens to hold."""
+    if event.starts_at <= at:
+        raise AllocationRejected(
+            event.budget_id, [FieldError("starts_at", "must be in the future (a later range)")]
+        )
+    if event.reservation_id in state.reservations:
+        rule = "already names a reservation of this tenant"
+        raise AllocationRejected(event.budget_id, [FieldError("reservation_id", rule)])
+    limits = effective_limits(specs, state, event.budget_id, window, at)
+    if event.metric not in limits:
+        rule = f"the budget limits no {event.metric}"
+        raise AllocationRejected(event.budget_id, [FieldError("metric", rule)])
+    if event.tokens > limits[event.metric]:
+        rule = f"exceeds what the budget can still hold back: {limits[event.metric]}"
+        raise AllocationRejected(event.budget_id, [FieldError("tokens", rule)])
+
+
+def rebalance_due(rule: RebalanceRule, window: Window, at: datetime) -> bool:
+    """True from the rule's point of the period (default its midpoint) to the period's end."""
+    due = window.start + (window.end - window.start) * rule.at_fraction
+    return rule.enabled and due <= at < window.end
+
+
+def plan_rebalance(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    window: Window,
+    at: datetime,
+    consumed: Mapping[str, Mapping[str, int]],
+    *,
+    tenant: str,
+    actor: str,
+) -> list[AllocationMoved]:
+    """The moves auto-rebalance makes now: each under-used child gives a share back to its pool.
+
+    `consumed[budget_id][metric]` is the child's consumption in `window`. A child is rebalanced
+    at most once per (period, metric), and the tenant's moves in a period stay within the cap.
+    Budgets on a rolling period are skipped (a rolling window has no midpoint).
+    """
+    rule = state.rule
+    if not rebalance_due(rule, window, at):
+        return []
+    room = None if rule.tenant_cap_tokens is None else rule.tenant_cap_tokens
+    if room is not None:
+        room -= state.rebalanced.get(window.key, 0)
+    moves: list[AllocationMoved] = []
+    for budget_id in sorted(specs):
+        spec = specs[budget_id]
+        if spec.parent is None or spec.parent not in specs or spec.period.kind == "rolling":
+            continue
+        for metric, limit in effective_limits(specs, state, budget_id, window, at).items():
+            move_id = f"rebalance:{budget_id}:{window.key}:{metric}"
+            used = consumed.get(budget_id, {}).get(metric, 0)
+            if (
+                f"move:{move_id}" in state.applied
+                or limit <= 0
+                or used * 100 >= rule.under_percent * limit
+            ):
+                continue
+            tokens = (limit - used) * rule.share_percent // 100
+            if room is not None:
+                tokens = min(tokens, room)
+            if tokens <= 0:
+                continue
+            if room is not None:
+                room -= tokens
+            moves.append(
+                AllocationMoved(
+                    move_id=move_id,
+                    tenant=tenant,
+                    from_budget_id=budget_id,
+                    to_budget_id=spec.parent,
+                    period_key=window.key,
+                    metric=metric,
+                    tokens=tokens,
+                    rule="rebalance",
+                    occurred_at=at,
+                    actor=actor,
+                    reason=(
+                        f"auto-rebalance: used {used} of {limit} {metric} tokens "
+                        f"(< {rule.under_percent}%), gives {rule.share_percent}% of the unused"
+                    ),
+                )
+            )
+    return moves
+
+
+def _allocation(
+    specs: Mapping[str, BudgetSpec], state: AllocationState, budget_id: str, period_key: str
+) -> dict[str, int]:
+    delta = state.delta.get(budget_id, {}).get(period_key, {})
+    return {m: v + delta.get(m, 0) for m, v in specs[budget_id].limits.by_metric().items()}
+
+
+def _reserved_ahead(
+    state: AllocationState, budget_id: str, window: Window, at: datetime
+) -> dict[str, int]:
+    held: dict[str, int] = {}
+    for r in state.reservations.values():
+        if (
+            r.budget_id == budget_id
+            and at < r.starts_at
+            and window.start <= r.starts_at < window.end
+        ):
+            held[r.metric] = held.get(r.metric, 0) + r.tokens
+    return held
+
+
+def _event_key(event: AllocationEvent) -> str:
+    if isinstance(event, OverflowDrawn):
+        return f"draw:{event.draw_id}"
+    if isinstance(event, AllocationMoved):
+        return f"move:{event.move_id}"
+    if isinstance(event, ReservationMade):
+        return f"reserve:{event.reservation_id}"
+    if isinstance(event, ReservationReleased):
+        return f"release:{event.reservation_id}"
+    return f"rule:{event.occurred_at.isoformat()}"
+
+
+def _add(deltas: Deltas, budget_id: str, period_key: str, metric: str, tokens: int) -> Deltas:
+    periods = dict(deltas.get(budget_id, {}))
+    metrics = dict(periods.get(period_key, {}))
+    metrics[metric] = metrics.get(metric, 0) + tokens
+    periods[period_key] = metrics
+    return {**deltas, budget_id: periods}
