@@ -1,0 +1,153 @@
+"""The one entry point: period-end projections with 80 and 95 percent bands.
+
+The tier follows the budget's own history (complete local days before today):
+- under 7 days: recent level * the weekday profile pooled from the tenant's other budgets
+  (`cold_start_pooled`; `cold_start_flat` when the tenant has none; `no_history`);
+- 7 to 13 days: weekday averages (`weekday_average`);
+- 14 days and more: ETS with weekly seasonality (`ets_fast`, or `ets_statsmodels`).
+A detected level shift appends `+shift`. History from before the current period is used: the
+model does not care where the period started, only where it ends.
+
+Every tier produces simulated daily paths for the days left; each path is summed to the
+period's end and added to what is already consumed, and the quantiles of those totals are
+the bands. So a projection is never below the consumption so far. Randomness comes from
+`seed`, so the same input gives the same projection, on replay too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+import numpy as np
+
+from schemas.budgets import Metric
+from schemas.signals import Band, Projection
+from streams.forecast.daily import DailySeries, day_fraction_left, local_date, local_days
+from streams.forecast.errors import ForecastInputError
+from streams.forecast.profile import WeekdayProfile
+from streams.forecast.shifts import align_to_last_level, deseasonalise, detect_shift
+from streams.forecast.statespace import fast_paths, statsmodels_paths
+from streams.forecast.tiers import EPS, TierPaths, cold_start, weekday_average
+
+Engine = Literal["fast", "statsmodels"]
+COLD_START_DAYS = 7
+STATESPACE_DAYS = 14
+MAX_HISTORY_DAYS = 91
+"""Thirteen weeks: enough for weekly seasonality, short enough to forget old regimes."""
+N_PATHS = 1000
+QUANTILES = np.array([0.025, 0.10, 0.50, 0.90, 0.975])
+
+
+def _statespace(
+    values: np.ndarray,
+    weekdays: np.ndarray,
+    ahead_weekdays: np.ndarray,
+    engine: Engine,
+    n_paths: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> TierPaths:
+    logs = np.log(values + EPS)
+    shift = detect_shift(deseasonalise(logs, weekdays, None))
+    logs = align_to_last_level(logs, shift)
+    if engine == "statsmodels":
+        log_paths = statsmodels_paths(logs, len(ahead_weekdays), n_paths, seed)
+        method = "ets_statsmodels"
+    else:
+        log_paths, _ = fast_paths(logs, weekdays, ahead_weekdays, n_paths, rng)
+        method = "ets_fast"
+    paths = np.maximum(np.exp(np.minimum(log_paths, 60.0)) - EPS, 0.0)
+    return TierPaths(paths, method + ("+shift" if shift else ""), shift.index if shift else None)
+
+
+def simulate_days_ahead(
+    history: DailySeries,
+    ahead: Sequence[date],
+    pooled: WeekdayProfile | None = None,
+    engine: Engine = "fast",
+    n_paths: int = N_PATHS,
+    seed: int = 0,
+) -> TierPaths:
+    """Daily paths for `ahead` (consecutive local days right after the history)."""
+    if ahead and len(history) and history.end + timedelta(days=1) != ahead[0]:
+        raise ForecastInputError(
+            "history",
+            f"must end on {ahead[0] - timedelta(days=1)}, the day before the first "
+            f"day ahead; it ends on {history.end}",
+        )
+    recent = history.tail(MAX_HISTORY_DAYS)
+    values, weekdays = recent.array(), recent.weekdays()
+    ahead_weekdays = np.array([d.weekday() for d in ahead], dtype=int)
+    rng = np.random.default_rng(seed)
+    if not ahead:
+        return TierPaths(np.zeros((n_paths, 0)), "period_over")
+    if len(values) < COLD_START_DAYS:
+        return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
+    if len(values) < STATESPACE_DAYS:
+        return weekday_average(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
+    return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng)
+
+
+def projection_from_paths(
+    tier: TierPaths, today_left: float, consumed: float, metric: Metric, as_of: datetime
+) -> Projection:
+    """Sum each path to the period's end, add consumption so far, take the quantiles."""
+    paths = tier.paths
+    if paths.shape[1]:
+        weights = np.ones(paths.shape[1])
+        weights[0] = today_left
+        totals = consumed + paths @ weights
+    else:
+        totals = np.full(max(paths.shape[0], 1), consumed)
+    lo95, lo80, p50, hi80, hi95 = (max(float(q), consumed) for q in np.quantile(totals, QUANTILES))
+    return Projection(
+        metric=metric,
+        p50=p50,
+        band80=Band(low=lo80, high=hi80),
+        band95=Band(low=lo95, high=hi95),
+        method=tier.method,
+        as_of=as_of,
+    )
+
+
+def project_period(
+    window_start: datetime,
+    window_end: datetime,
+    zone: str,
+    as_of: datetime,
+    histories: Mapping[Metric, DailySeries],
+    consumed: Mapping[Metric, float],
+    pooled: Mapping[Metric, WeekdayProfile | None] | None = None,
+    engine: Engine = "fast",
+    n_paths: int = N_PATHS,
+    seed: int = 0,
+) -> list[Projection]:
+    """Project each metric of `consumed` to the end of the window [start, end) at `as_of`.
+
+    `histories` holds complete local days; anything from today on is cut, and the days
+    between its last day and yesterday count as zero usage (no charge means no usage).
+    """
+    today = local_date(as_of, zone)
+    ahead = [d for d in local_days(window_start, window_end, zone) if d >= today]
+    left = day_fraction_left(as_of, zone) if ahead and ahead[0] == today else 1.0
+    result = []
+    for metric, so_far in consumed.items():
+        if so_far < 0:
+            raise ForecastInputError(f"consumed.{metric}", f"must be non-negative, got {so_far}")
+        history = _until_yesterday(histories.get(metric, DailySeries(today, ())), today)
+        profile = (pooled or {}).get(metric)
+        tier = simulate_days_ahead(history, ahead, profile, engine, n_paths, seed)
+        result.append(projection_from_paths(tier, left, float(so_far), metric, as_of))
+    return result
+
+
+def _until_yesterday(history: DailySeries, today: date) -> DailySeries:
+    yesterday = today - timedelta(days=1)
+    if not len(history):
+        return DailySeries(today, ())
+    if history.end >= yesterday:
+        return history.until(yesterday)
+    gap = (yesterday - history.end).days
+    return DailySeries(history.start, history.values + (0.0,) * gap)

@@ -1,0 +1,123 @@
+"""Two weeks and more: an additive ETS model with weekly seasonality, on log consumption.
+
+ETS(A,N,A) is the innovations state-space model l_t = l_{t-1} + alpha e_t,
+s_t = s_{t-7} + gamma e_t, y_t = l_{t-1} + s_{t-7} + e_t. In logs its weekday effect is a
+multiplier and its noise is relative, which is how token usage behaves (a busier budget is
+busier on every weekday).
+
+Two engines fit it. `fast` is a numpy implementation that picks (alpha, gamma) from a small grid by
+one-step squared error, then simulates paths in one matrix product: a future innovation e_j
+moves every later day k by alpha, plus gamma on the same weekday, so paths = mean + E @ M. It costs
+about a millisecond, which is what makes thousands of budgets per minute possible.
+`statsmodels` fits the same model by maximum likelihood with `ETSModel` and draws paths with
+`results.simulate(anchor="end")`: the reference, about ten times slower.
+Either way the band of the period total comes from summing each path, never from per-day
+intervals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.7])
+GAMMAS = np.array([0.0, 0.05, 0.15, 0.3])
+WARMUP = 7
+"""One-step errors of the first week are dominated by the initial states; not scored."""
+SIGMA_INFLATION = 1.15
+"""In-sample errors flatter the fit (the grid chose them); widen draws by this factor."""
+
+
+@dataclass(frozen=True)
+class EtsFit:
+    """The chosen parameters, the last states and the scored one-step errors (log scale)."""
+
+    alpha: float
+    gamma: float
+    level: float
+    seasonal: np.ndarray
+    residuals: np.ndarray
+
+    def mean_path(self, ahead_weekdays: np.ndarray) -> np.ndarray:
+        result: np.ndarray = self.level + self.seasonal[ahead_weekdays]
+        return result
+
+
+def _initial_states(y: np.ndarray, weekdays: np.ndarray) -> tuple[float, np.ndarray]:
+    weeks = max(1, min(len(y) // 7, 4))
+    head, head_wd = y[: weeks * 7], weekdays[: weeks * 7]
+    seasonal = np.zeros(7)
+    np.add.at(seasonal, head_wd, head)
+    seasonal /= weeks
+    level = float(seasonal.mean())
+    return level, seasonal - level
+
+
+def fit_ets(y: np.ndarray, weekdays: np.ndarray) -> EtsFit:
+    """Run the ETS(A,N,A) recursions for every grid point at once; keep the best."""
+    alpha = np.repeat(ALPHAS, len(GAMMAS))
+    gamma = np.tile(GAMMAS, len(ALPHAS))
+    level0, seasonal0 = _initial_states(y, weekdays)
+    level = np.full(len(alpha), level0)
+    seasonal = np.tile(seasonal0, (len(alpha), 1))
+    errors = np.empty((len(alpha), len(y)))
+    for t, (value, wd) in enumerate(zip(y, weekdays, strict=True)):
+        error = value - (level + seasonal[:, wd])
+        errors[:, t] = error
+        level = level + alpha * error
+        seasonal[:, wd] += gamma * error
+    scored = errors[:, WARMUP:]
+    best = int(np.argmin(np.einsum("ij,ij->i", scored, scored)))
+    return EtsFit(
+        float(alpha[best]),
+        float(gamma[best]),
+        float(level[best]),
+        seasonal[best].copy(),
+        scored[best].copy(),
+    )
+
+
+def innovation_matrix(alpha: float, gamma: float, horizon: int) -> np.ndarray:
+    """M[j, k]: how much an innovation on day j moves day k of the horizon."""
+    j = np.arange(horizon)[:, None]
+    k = np.arange(horizon)[None, :]
+    later = k > j
+    same_weekday = ((k - j) % 7 == 0) & later
+    matrix: np.ndarray = (j == k) + alpha * later + gamma * same_weekday
+    return matrix.astype(float)
+
+
+def fast_paths(
+    y: np.ndarray,
+    weekdays: np.ndarray,
+    ahead_weekdays: np.ndarray,
+    n_paths: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, EtsFit]:
+    """Log-scale paths (paths, days) from the numpy ETS fit, with bootstrapped innovations."""
+    fit = fit_ets(y, weekdays)
+    horizon = len(ahead_weekdays)
+    residuals = fit.residuals - fit.residuals.mean()
+    draws = rng.choice(residuals, size=(n_paths, horizon), replace=True) * SIGMA_INFLATION
+    paths = fit.mean_path(ahead_weekdays)[None, :] + draws @ innovation_matrix(
+        fit.alpha, fit.gamma, horizon
+    )
+    return paths, fit
+
+
+def statsmodels_paths(y: np.ndarray, horizon: int, n_paths: int, seed: int) -> np.ndarray:
+    """Log-scale paths (paths, days) from statsmodels' ETSModel fitted by likelihood."""
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    with warnings.catch_warnings():
+        # Short series often end the optimiser on its iteration cap; the fit is still usable.
+        warnings.simplefilter("ignore")
+        model = ETSModel(y, error="add", trend=None, seasonal="add", seasonal_periods=7)
+        results = model.fit(disp=False)
+        simulated = results.simulate(
+            nsimulations=horizon, anchor="end", repetitions=n_paths, random_state=seed
+        )
+    paths: np.ndarray = np.asarray(simulated, dtype=float).reshape(horizon, n_paths).T
+    return paths
