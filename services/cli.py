@@ -12,6 +12,7 @@ import typer
 
 COMMAND_MODULES = [
     "services.common.cli",
+    "services.alerts.cli",
 ]
 
 app = typer.Typer(help="Allotment: token budgets for LLM traffic.", no_args_is_help=True)
@@ -30,3 +31,7 @@ def build() -> typer.Typer:
 
 def main() -> None:
     build()()
+
+
+if __name__ == "__main__":
+    main()

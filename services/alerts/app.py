@@ -1,0 +1,153 @@
+"""Composition root of the alerts service: builds the engine, telemetry and loops at start.
+
+`run` starts the topic consumer, the delivery loop, a small outbox gauge refresher and the
+Prometheus `/metrics` endpoint, and stops them all on SIGTERM/SIGINT or when `stop` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from services.alerts import outbox
+from services.alerts.config import AlertsConfig, load_config
+from services.alerts.consumer import BatchResult, consume
+from services.alerts.delivery import DeliveryLoop
+from services.alerts.errors import AlertConfigError
+from services.alerts.telemetry import Telemetry
+from services.common.settings import StackSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    """Environment of the alerts service, read once at start-up."""
+
+    stack: StackSettings
+    config_path: str
+    metrics_host: str
+    metrics_port: int
+    otlp_endpoint: str | None
+    otlp_interval_ms: int
+
+    @classmethod
+    def from_env(cls) -> AlertsSettings:
+        path = os.environ.get("ALLOTMENT_ALERTS_CONFIG", "")
+        if not path:
+            raise AlertConfigError("ALLOTMENT_ALERTS_CONFIG", "must name the routing config file")
+        endpoint = os.environ.get("ALLOTMENT_ALERTS_OTLP_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        return cls(
+            stack=StackSettings.from_env(),
+            config_path=path,
+            metrics_host=os.environ.get("ALLOTMENT_ALERTS_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_int_env("ALLOTMENT_ALERTS_METRICS_PORT", 9466),
+            otlp_endpoint=endpoint or None,
+            otlp_interval_ms=_int_env("ALLOTMENT_ALERTS_OTLP_INTERVAL_MS", 10_000),
+        )
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise AlertConfigError(name, f"must be an integer, got {raw!r}") from None
+
+
+async def run(settings: AlertsSettings, stop: asyncio.Event | None = None) -> None:
+    from prometheus_client import start_http_server
+
+    from services.common.db import make_engine
+
+    config = load_config(settings.config_path)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    engine = make_engine(settings.stack.database_url)
+    telemetry = Telemetry(settings.otlp_endpoint, settings.otlp_interval_ms)
+    server, _ = start_http_server(
+        settings.metrics_port, settings.metrics_host, registry=telemetry.registry
+    )
+    prefix = settings.stack.topic_prefix
+    log.info("alerts: prefix %s, metrics on :%d", prefix, server.server_port)
+    print(
+        f"alerts: metrics on http://{settings.metrics_host}:{server.server_port}/metrics",
+        flush=True,
+    )
+    try:
+        delivery = DeliveryLoop(engine, config, prefix, telemetry.delivery_outcome)
+        tasks = [
+            asyncio.create_task(
+                consume(
+                    engine,
+                    settings.stack.kafka_bootstrap,
+                    prefix,
+                    config,
+                    stop,
+                    lambda r: _report(telemetry, r),
+                )
+            ),
+            asyncio.create_task(delivery.run(stop)),
+            asyncio.create_task(_refresh_gauges(engine, telemetry, prefix, stop)),
+        ]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        server.shutdown()
+        await asyncio.to_thread(telemetry.shutdown)
+        engine.dispose()
+
+
+def _report(telemetry: Telemetry, result: BatchResult) -> None:
+    telemetry.enqueued.inc(result.enqueued)
+    telemetry.skipped.inc(result.skipped)
+    for event, view in result.events:
+        telemetry.record_event(event, view)
+
+
+async def _refresh_gauges(
+    engine: Engine, telemetry: Telemetry, prefix: str, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        counts = await asyncio.to_thread(_counts, engine, prefix)
+        telemetry.set_outbox_counts(counts)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5.0)
+
+
+def _counts(engine: Engine, prefix: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        return outbox.count_by_state(conn, prefix)
+
+
+def resend(database_url: str, row_id: int, force: bool = False) -> str:
+    """Queue one outbox row again (by hand); returns the state it had."""
+    from services.common.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return outbox.resend(conn, row_id, force)
+    finally:
+        engine.dispose()
+
+
+def load(settings: AlertsSettings) -> AlertsConfig:
+    return load_config(settings.config_path)

@@ -1,0 +1,211 @@
+"""Fills the outbox from the budgets, thresholds, policies and forecasts topics.
+
+Offsets live in PostgreSQL (`consumer_offsets`, consumer "alerts") and are written in the
+same transaction as the outbox rows and budget facts they produced. After a crash the service
+resumes at exactly the offsets of its last commit; a replay from offset zero finds every dedupe
+key taken and enqueues nothing.
+
+Every partition is assigned by hand (no consumer group): alert topics carry few messages, and a
+second instance only repeats inserts that the dedupe key turns into no-ops. Budget facts are
+caught up to the end of `budgets` before any signal is read, so budget paths are complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from sqlalchemy import Connection, Engine
+
+from schemas.base import Event
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
+from schemas.codec import decode
+from schemas.errors import AllotmentError
+from schemas.signals import ForecastUpdated, PolicyChanged, ProjectedOverrun, ThresholdCrossed
+from schemas.topics import BUDGETS, FORECASTS, POLICIES, THRESHOLDS, TopicSpec
+from services.alerts import facts, outbox
+from services.alerts.config import AlertsConfig
+from services.alerts.payload import BudgetView, budget_path, build_payload, delivery_id, update_view
+from services.alerts.routing import AlertSignal, Route, route, signal_of
+
+log = logging.getLogger(__name__)
+SIGNAL_SPECS: tuple[TopicSpec, ...] = (THRESHOLDS, POLICIES, FORECASTS)
+SIGNAL_TYPES = (ThresholdCrossed, PolicyChanged, ProjectedOverrun, ForecastUpdated)
+
+
+@dataclass
+class BatchResult:
+    """What one committed batch did, for telemetry after the commit."""
+
+    events: list[tuple[Event, BudgetView]] = field(default_factory=list)
+    enqueued: int = 0
+    skipped: int = 0
+
+
+def apply_signal(
+    conn: Connection, config: AlertsConfig, source: str, event: Event
+) -> tuple[BudgetView, int]:
+    """Fold one signal into the budget's state and enqueue its deliveries; returns the view
+    and how many rows were added (0 on a replay)."""
+    if not isinstance(event, SIGNAL_TYPES):
+        return BudgetView(), 0
+    view = update_view(facts.load_view(conn, event.budget_id), event)
+    facts.save_view(conn, event.tenant, event.budget_id, view)
+    signal = signal_of(event)
+    if signal is None:
+        return view, 0
+    path = budget_path(signal.budget_id, facts.parents(conn, signal.tenant))
+    names = [c.name for c in config.channels]
+    routes = route(signal, path, config, outbox.last_sent(conn, signal.budget_id, names))
+    payload = build_payload(event, signal, path, view, config.api_base)
+    added = 0
+    for r in routes:
+        if r.channel_type == "pagerduty" and signal.kind == "period_reset":
+            added += _enqueue_resolves(conn, source, signal, r, payload)
+            continue
+        action = "trigger" if r.channel_type == "pagerduty" else "notify"
+        added += _enqueue(conn, source, signal, r, payload, action)
+    return view, added
+
+
+def _enqueue(
+    conn: Connection,
+    source: str,
+    signal: AlertSignal,
+    r: Route,
+    payload: dict[str, object],
+    action: str,
+    discriminator: str | None = None,
+) -> int:
+    period_end = payload.get("period_end")
+    row = outbox.NewRow(
+        delivery_id=delivery_id(signal, r.channel),
+        tenant=signal.tenant,
+        budget_id=signal.budget_id,
+        period_key=signal.period_key,
+        kind=signal.kind,
+        discriminator=discriminator or signal.discriminator,
+        channel=r.channel,
+        channel_type=r.channel_type,
+        action=action,
+        state="suppressed" if r.suppressed else "pending",
+        payload=payload,
+        event_at=signal.at,
+        period_end=datetime.fromisoformat(period_end) if isinstance(period_end, str) else None,
+        next_attempt_at=r.not_before,
+        source=source,
+        last_error=r.reason or None,
+    )
+    return 1 if outbox.enqueue(conn, row) else 0
+
+
+def _enqueue_resolves(
+    conn: Connection, source: str, signal: AlertSignal, r: Route, payload: dict[str, object]
+) -> int:
+    """One `resolve` per earlier period whose page is still open, on that period's dedup_key."""
+    added = 0
+    pages = outbox.open_pages(
+        conn, source, signal.budget_id, r.channel, signal.period_key, signal.at
+    )
+    for period_key, _ in pages:
+        paged = AlertSignal(**{**signal.__dict__, "period_key": period_key})
+        added += _enqueue(conn, source, paged, r, payload, "resolve", "resolve")
+    return added
+
+
+def apply_batch(
+    engine: Engine,
+    config: AlertsConfig,
+    source: str,
+    records: list[ConsumerRecord[bytes, bytes]],
+) -> BatchResult:
+    """One transaction: budget facts, outbox rows and the next offsets, all or nothing."""
+    result = BatchResult()
+    offsets: dict[tuple[str, int], int] = {}
+    with engine.begin() as conn:
+        for record in records:
+            offsets[(record.topic, record.partition)] = record.offset + 1
+            event = _decode(record)
+            if event is None:
+                result.skipped += 1
+            elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
+                facts.apply_budget_event(conn, event)
+            elif isinstance(event, SIGNAL_TYPES):
+                view, added = apply_signal(conn, config, source, event)
+                result.events.append((event, view))
+                result.enqueued += added
+            else:
+                result.skipped += 1
+        outbox.store_offsets(conn, offsets)
+    return result
+
+
+def _decode(record: ConsumerRecord[bytes, bytes]) -> Event | None:
+    if record.value is None:
+        return None  # a tombstone on a compacted topic
+    try:
+        return decode(record.value)
+    except AllotmentError as exc:
+        log.warning("skipping %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+        return None
+
+
+async def consume(
+    engine: Engine,
+    bootstrap: str,
+    prefix: str,
+    config: AlertsConfig,
+    stop: asyncio.Event,
+    on_batch: Callable[[BatchResult], None] = lambda _: None,
+) -> None:
+    """Run until `stop` is set: read, apply in one transaction per batch, report."""
+    budgets = [TopicPartition(BUDGETS.name(prefix), p) for p in range(BUDGETS.partitions)]
+    signals = [
+        TopicPartition(spec.name(prefix), p)
+        for spec in SIGNAL_SPECS
+        for p in range(spec.partitions)
+    ]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(budgets + signals)
+        topics = {tp.topic for tp in budgets + signals}
+        stored = await asyncio.to_thread(_load_offsets, engine, topics)
+        for tp in budgets + signals:
+            if (tp.topic, tp.partition) in stored:
+                consumer.seek(tp, stored[(tp.topic, tp.partition)])
+            else:
+                await consumer.seek_to_beginning(tp)
+        budget_end = await consumer.end_offsets(budgets)
+        consumer.pause(*signals)
+        paused = True
+        while not stop.is_set():
+            if paused and all(await _caught_up(consumer, tp, budget_end[tp]) for tp in budgets):
+                consumer.resume(*signals)
+                paused = False
+            batch = await consumer.getmany(timeout_ms=300, max_records=500)
+            records = [r for tp in sorted(batch, key=str) for r in batch[tp]]
+            if not records:
+                continue
+            result = await asyncio.to_thread(apply_batch, engine, config, prefix, records)
+            on_batch(result)
+    finally:
+        await consumer.stop()
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    return await consumer.position(tp) >= end
+
+
+def _load_offsets(engine: Engine, topics: set[str]) -> dict[tuple[str, int], int]:
+    with engine.connect() as conn:
+        return outbox.load_offsets(conn, topics)

@@ -1,0 +1,117 @@
+"""The delivery loop: claim due outbox rows, send each through its channel, record the outcome.
+
+Between the receiver's answer and the commit of `delivered` there is a window in which a
+crash leaves the row `sending`; when its lease runs out another attempt is made. So delivery is
+at least once, and each channel carries a stable key that makes a repeat harmless where the
+receiver supports one (see the README of this package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+import httpx
+from sqlalchemy import Engine
+
+from services.alerts import outbox
+from services.alerts.channels import Delivery, deliver
+from services.alerts.config import AlertsConfig, DeliveryTuning
+from services.alerts.errors import AlertConfigError, DeliveryFailed
+from services.alerts.payload import with_id
+
+log = logging.getLogger(__name__)
+Outcome = Callable[[str, str], None]
+
+
+def backoff_delay(attempt: int, tuning: DeliveryTuning, unit: float) -> float:
+    """Exponential backoff with "equal jitter": half the capped step, plus up to half again.
+
+    `unit` is a uniform draw from [0, 1); it is an argument so the schedule can be tested.
+    """
+    step = min(tuning.max_delay_seconds, tuning.base_delay_seconds * 2 ** max(0, attempt - 1))
+    return step / 2 + unit * step / 2
+
+
+class DeliveryLoop:
+    """Drains the outbox rows of one `source` (topic prefix)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: AlertsConfig,
+        source: str,
+        on_outcome: Outcome = lambda _t, _o: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.tuning = config.delivery
+        self.source = source
+        self.on_outcome = on_outcome
+        self.rng = rng or random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = httpx.Timeout(self.tuning.request_timeout_seconds)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            while not stop.is_set():
+                rows = await asyncio.to_thread(self._claim)
+                if rows:
+                    await asyncio.gather(*(self._deliver_one(client, row) for row in rows))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.tuning.poll_seconds)
+
+    def _claim(self) -> list[outbox.ClaimedRow]:
+        with self.engine.begin() as conn:
+            return outbox.claim_due(
+                conn, self.source, self.tuning.batch_size, self.tuning.lease_seconds
+            )
+
+    async def _deliver_one(self, client: httpx.AsyncClient, row: outbox.ClaimedRow) -> None:
+        try:
+            channel = self.config.channel(row.channel)
+            delivery = Delivery(
+                row_id=row.id,
+                delivery_id=row.delivery_id,
+                channel=channel,
+                kind=row.kind,
+                action=row.action,
+                budget_id=row.budget_id,
+                period_key=row.period_key,
+                payload=with_id(row.payload, row.delivery_id),
+                attempt=row.attempts,
+            )
+            await deliver(delivery, client)
+        except AlertConfigError as exc:
+            await asyncio.to_thread(self._finish, row, "failed", 0.0, str(exc))
+        except DeliveryFailed as exc:
+            if exc.retryable and row.attempts < self.tuning.max_attempts:
+                delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
+                delay = max(delay, min(exc.retry_after or 0.0, self.tuning.max_delay_seconds))
+                await asyncio.to_thread(self._finish, row, "retry", delay, str(exc))
+            else:
+                await asyncio.to_thread(self._finish, row, "failed", 0.0, str(exc))
+        except Exception as exc:  # an adapter bug must not kill the loop; the row is kept
+            log.exception("delivery of alert %d crashed", row.id)
+            delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
+            await asyncio.to_thread(self._finish, row, "retry", delay, repr(exc))
+        else:
+            await asyncio.to_thread(self._finish, row, "delivered", 0.0, "")
+
+    def _finish(self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str) -> None:
+        with self.engine.begin() as conn:
+            if outcome == "delivered":
+                ok = outbox.mark_delivered(conn, row.id, row.attempts)
+            elif outcome == "retry":
+                ok = outbox.mark_retry(conn, row.id, row.attempts, delay, error)
+            else:
+                ok = outbox.mark_failed(conn, row.id, row.attempts, error)
+        if not ok:
+            log.warning("alert %d: lease lost before recording %s", row.id, outcome)
+        if outcome != "delivered":
+            log.warning("alert %d via %s: %s (%s)", row.id, row.channel, outcome, error)
+        self.on_outcome(row.channel_type, outcome)

@@ -1,0 +1,48 @@
+"""PagerDuty Events API v2: trigger on 100 percent or a hard stop, resolve at the period reset.
+
+`dedup_key` is the budget and the period, so every page of one budget in one period (the 100
+percent crossing, the hard stop, a retry after a crash) lands on one incident, and the reset's
+resolve closes exactly that incident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from services.alerts.channels import Delivery, post_json
+from services.alerts.config import PagerDutyChannel
+
+
+def dedup_key(budget_id: str, period_key: str) -> str:
+    return f"{budget_id}:{period_key}"
+
+
+def render(routing_key: str, delivery: Delivery) -> dict[str, Any]:
+    key = dedup_key(delivery.budget_id, delivery.period_key)
+    if delivery.action == "resolve":
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": key}
+    p = delivery.payload
+    return {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": key,
+        "client": "Allotment",
+        "client_url": p["link"],
+        "links": [{"href": p["link"], "text": f"Budget {p['budget_id']}"}],
+        "payload": {
+            "summary": p["title"][:1024],
+            "source": f"allotment/{p['tenant']}",
+            "severity": "critical" if p["severity"] == "critical" else "warning",
+            "timestamp": p["occurred_at"],
+            "component": p["budget_id"],
+            "group": p["tenant"],
+            "class": p["kind"],
+            "custom_details": p,
+        },
+    }
+
+
+async def send(client: httpx.AsyncClient, channel: PagerDutyChannel, delivery: Delivery) -> None:
+    await post_json(client, channel.name, channel.url, render(channel.routing_key, delivery))

@@ -1,0 +1,175 @@
+"""Which signal goes to which channel, and when: pure rules, time is an argument.
+
+A signal is one alertable fact about a budget (a threshold crossed, a projected overrun, a
+policy change, a period reset), reduced to what routing and deduplication need. Its `dedupe`
+tuple (budget, period, kind, discriminator) plus the channel name is the outbox's unique key,
+so a replayed event can never be enqueued twice.
+
+Noise rules, evaluated on the event's own time so that a replay decides as the first run did:
+- quiet hours delay a non-urgent alert to the end of the window (nothing is dropped);
+- a minimum interval per (budget, channel) suppresses a non-urgent alert that follows the
+  previous one too closely (kept in the outbox as `suppressed`, resendable by hand).
+Urgent means 100 percent or more, or a hard stop. PagerDuty takes only pages (urgent) and
+period resets (resolves), and neither waits for quiet hours nor for the interval: the on-call
+schedule and the `dedup_key` are PagerDuty's own noise control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from schemas.base import Event
+from schemas.signals import PolicyChanged, ProjectedOverrun, ThresholdCrossed
+from services.alerts.config import AlertKind, AlertsConfig, QuietHours, Rule
+
+
+@dataclass(frozen=True)
+class AlertSignal:
+    """The routing view of one event. `at` is the event's time, never the clock."""
+
+    kind: AlertKind
+    tenant: str
+    budget_id: str
+    period_key: str
+    discriminator: str
+    at: datetime
+    threshold: int | None = None
+    policy: str | None = None
+
+    @property
+    def urgent(self) -> bool:
+        return (self.threshold is not None and self.threshold >= 100) or self.policy == "hard_stop"
+
+    @property
+    def pages(self) -> bool:
+        """Whether PagerDuty is triggered: 100 percent or more, or a hard stop."""
+        return self.urgent and self.kind in ("threshold", "policy_changed")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One delivery to enqueue: to `channel`, not before `not_before`, or suppressed."""
+
+    channel: str
+    channel_type: str
+    not_before: datetime
+    suppressed: bool = False
+    reason: str = ""
+
+
+def is_period_reset(event: PolicyChanged) -> bool:
+    """The pipeline marks a period reset as `allow` with a reason that names the reset."""
+    return event.policy == "allow" and "reset" in event.reason.lower()
+
+
+def signal_of(event: Event) -> AlertSignal | None:
+    """The alertable view of a signal event, or None for events that alert nobody."""
+    if isinstance(event, ThresholdCrossed):
+        return AlertSignal(
+            kind="threshold",
+            tenant=event.tenant,
+            budget_id=event.budget_id,
+            period_key=event.period_key,
+            discriminator=f"{event.threshold}:{event.metric}",
+            at=event.crossed_at,
+            threshold=event.threshold,
+        )
+    if isinstance(event, ProjectedOverrun):
+        return AlertSignal(
+            kind="projected_overrun",
+            tenant=event.tenant,
+            budget_id=event.budget_id,
+            period_key=event.period_key,
+            discriminator=event.projection.metric,
+            at=event.detected_at,
+        )
+    if isinstance(event, PolicyChanged):
+        reset = is_period_reset(event)
+        return AlertSignal(
+            kind="period_reset" if reset else "policy_changed",
+            tenant=event.tenant,
+            budget_id=event.budget_id,
+            period_key=event.period_key,
+            discriminator="reset" if reset else event.policy,
+            at=event.effective_at,
+            policy=event.policy,
+        )
+    return None
+
+
+def rule_matches(rule: Rule, signal: AlertSignal, path: Sequence[str]) -> bool:
+    """`path` is the budget's ids from its root to itself; a subtree rule needs its root in it."""
+    if rule.tenant not in ("*", signal.tenant):
+        return False
+    if rule.subtree is not None and rule.subtree not in path:
+        return False
+    if signal.kind not in rule.events:
+        return False
+    return not (
+        signal.kind == "threshold" and rule.thresholds and signal.threshold not in rule.thresholds
+    )
+
+
+def quiet_until(quiet: QuietHours, at: datetime) -> datetime | None:
+    """The end of the quiet window `at` falls in (as UTC-aware), or None outside it."""
+    zone = ZoneInfo(quiet.timezone)
+    local = at.astimezone(zone)
+    now_t = local.time()
+    if quiet.start == quiet.end:
+        return None
+    if quiet.start < quiet.end:
+        inside = quiet.start <= now_t < quiet.end
+        end_day = local.date()
+    else:  # the window spans midnight
+        inside = now_t >= quiet.start or now_t < quiet.end
+        end_day = local.date() + timedelta(days=1) if now_t >= quiet.start else local.date()
+    if not inside:
+        return None
+    end_local = datetime.combine(end_day, quiet.end, tzinfo=zone)
+    return end_local.astimezone(at.tzinfo)
+
+
+def route(
+    signal: AlertSignal,
+    path: Sequence[str],
+    config: AlertsConfig,
+    last_sent: Mapping[str, datetime],
+) -> list[Route]:
+    """The deliveries for `signal`, one per channel, in the order of the first rule naming it.
+
+    `last_sent` maps a channel name to the event time of the previous unsuppressed alert of
+    this budget on that channel.
+    """
+    decided: dict[str, Route] = {}
+    for rule in config.rules:
+        if not rule_matches(rule, signal, path):
+            continue
+        for name in rule.channels:
+            if name in decided:
+                continue
+            channel_type = config.channel(name).type
+            if channel_type == "pagerduty":
+                if signal.pages or signal.kind == "period_reset":
+                    decided[name] = Route(name, channel_type, signal.at)
+                continue
+            decided[name] = _noise_rules(name, channel_type, rule, signal, last_sent.get(name))
+    return list(decided.values())
+
+
+def _noise_rules(
+    name: str, channel_type: str, rule: Rule, signal: AlertSignal, last: datetime | None
+) -> Route:
+    if signal.urgent:
+        return Route(name, channel_type, signal.at)
+    interval = timedelta(seconds=rule.min_interval_seconds)
+    if last is not None and interval and timedelta(0) <= signal.at - last < interval:
+        reason = f"within min_interval_seconds={rule.min_interval_seconds} of the previous alert"
+        return Route(name, channel_type, signal.at, suppressed=True, reason=reason)
+    if rule.quiet_hours is not None:
+        until = quiet_until(rule.quiet_hours, signal.at)
+        if until is not None:
+            return Route(name, channel_type, until, reason="held for quiet hours")
+    return Route(name, channel_type, signal.at)
