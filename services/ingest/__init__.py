@@ -1,0 +1,1 @@
+"""Ingest: usage from the gateways teams already run, normalised exactly onto `UsageRecorded`."""

@@ -1,0 +1,108 @@
+"""Reading a request body into records, and mapping each record on its own.
+
+One bad record never sinks a batch: each gets its own (index, field, rule), the valid ones go
+on. Bodies are JSON (an array, or one object) or JSON lines; a JSON-lines line that does not
+parse is one rejected record, not a rejected request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from schemas.usage import UsageRecorded
+from services.ingest.errors import BadPayload, RecordRejected
+from services.ingest.keys import IngestKey
+from services.ingest.sources.base import Draft, build_event
+
+MAX_RECORDS = 10_000
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    field: str
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "rule": self.rule}
+
+
+@dataclass
+class MappedBatch:
+    """Accepted events with their record index, and one rejection per bad record."""
+
+    events: list[UsageRecorded] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    size: int = 0
+
+    def event_ids(self) -> list[str | None]:
+        ids: list[str | None] = [None] * self.size
+        for index, event in zip(self.indices, self.events, strict=True):
+            ids[index] = event.event_id
+        return ids
+
+
+def read_records(body: bytes, content_type: str = "") -> list[Any]:
+    """A JSON array, a single JSON object, or JSON lines; raises `BadPayload` for anything else."""
+    if not body.strip():
+        return []
+    lines_declared = (
+        "ndjson" in content_type or "jsonl" in content_type or ("json-seq" in content_type)
+    )
+    if not lines_declared:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            document = _NOT_JSON
+        if document is not _NOT_JSON:
+            records = document if isinstance(document, list) else [document]
+            return _bounded(records)
+    records = []
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            records.append(_NOT_JSON)
+    if records and all(r is _NOT_JSON for r in records):
+        raise BadPayload("body is neither JSON nor JSON lines")
+    return _bounded(records)
+
+
+def _bounded(records: list[Any]) -> list[Any]:
+    if len(records) > MAX_RECORDS:
+        raise BadPayload(f"at most {MAX_RECORDS} records per request (got {len(records)})")
+    return records
+
+
+def map_records(
+    records: list[Any],
+    to_draft: Callable[[Any], Draft | None],
+    key: IngestKey,
+    received_at: datetime,
+) -> MappedBatch:
+    """Map every record; a mapper's None means "carries no usage": skipped, not an error."""
+    result = MappedBatch(size=len(records))
+    for index, record in enumerate(records):
+        if record is _NOT_JSON:
+            result.rejected.append(Rejection(index, "(record)", "is not valid JSON"))
+            continue
+        try:
+            draft = to_draft(record)
+            if draft is None:
+                continue
+            event = build_event(draft, key, received_at)
+        except RecordRejected as exc:
+            result.rejected.append(Rejection(index, exc.field, exc.rule))
+            continue
+        result.events.append(event)
+        result.indices.append(index)
+    return result

@@ -1,0 +1,92 @@
+"""The ingest edge's one door to Kafka: publish a batch, or fail it as a whole.
+
+It wraps the shared envelope producer (`services.common.usage_producer`, acks=all, one envelope
+per destination partition) and adds what an HTTP edge needs: the producer connects lazily and
+reconnects after a failure, so the service starts while the broker is down and answers 503
+until it is back; and a send that the broker does not acknowledge within `timeout_s` is a
+`PublishUnavailable`, never a 2xx.
+
+If a batch fails after some of its envelopes were acknowledged, the caller still gets 503 and
+resends the whole batch. That is safe: event ids derive from the source's request ids, so the
+resent copies are the same events and the pipeline's dedupe drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from aiokafka.errors import KafkaError
+
+from schemas.usage import UsageRecorded
+from services.common.usage_producer import UsageNotAcknowledged, UsageProducer
+from services.ingest.errors import PublishUnavailable
+
+
+class UsageSink(Protocol):
+    """Where accepted usage goes. `publish` returns only once every event is durable."""
+
+    async def publish(self, events: Sequence[UsageRecorded]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class KafkaUsageSink:
+    """`UsageSink` over the shared `UsageProducer`, with lazy (re)connection and a deadline."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic_prefix: str,
+        timeout_s: float = 15.0,
+        producer_factory: Callable[[str, str], UsageProducer] | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._prefix = topic_prefix
+        self._timeout_s = timeout_s
+        self._factory = producer_factory or (lambda b, p: UsageProducer(b, p))
+        self._producer: UsageProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> UsageProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = self._factory(self._bootstrap, self._prefix)
+                try:
+                    await asyncio.wait_for(producer.start(), self._timeout_s)
+                except (KafkaError, OSError, TimeoutError, UsageNotAcknowledged) as exc:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise PublishUnavailable(f"cannot reach Kafka: {exc!r}") from None
+                self._producer = producer
+            return self._producer
+
+    async def start(self) -> None:
+        """Try to connect now; a failure is not fatal (the next publish retries)."""
+        with contextlib.suppress(PublishUnavailable):
+            await self._connected()
+
+    async def publish(self, events: Sequence[UsageRecorded]) -> None:
+        if not events:
+            return
+        producer = await self._connected()
+        try:
+            await asyncio.wait_for(producer.send(events), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError, UsageNotAcknowledged) as exc:
+            await self._drop(producer)
+            raise PublishUnavailable(f"Kafka did not acknowledge the batch: {exc!r}") from None
+
+    async def _drop(self, producer: UsageProducer) -> None:
+        async with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._drop(self._producer)

@@ -1,0 +1,86 @@
+"""Allotment's own record format: the `UsageRecorded` fields, minus what the edge decides.
+
+A native record already uses disjoint token parts. The tenant comes from the ingest key (a
+record may repeat it, and is rejected if it names another). `event_id` is derived from
+(`source`, `source_request_id`) unless the sender gives its own. Attribution fields sent
+explicitly are the defaults; an ingest key's attribution map may still pick them from the
+record's `metadata` instead. Unknown fields are rejected, so a typo never drops a dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from services.ingest.attribution import flatten
+from services.ingest.errors import RecordRejected
+from services.ingest.sources.base import Draft, opt_str, parse_time, require_str
+from services.ingest.tokens import TokenParts, count
+
+SOURCE = "native"
+
+TOKEN_FIELDS = ("input_uncached", "cache_read", "cache_write", "output", "reasoning")
+PASSTHROUGH = ("input_total", "total", "decision", "routed_from_model", "routed_to_model")
+ATTRIBUTION = ("team", "feature", "user", "virtual_key", "tags")
+KNOWN = {
+    "event_id",
+    "source",
+    "source_request_id",
+    "occurred_at",
+    "tenant",
+    "provider",
+    "request_model",
+    "response_model",
+    "cost_micros",
+    "usage_status",
+    "properties",
+    "metadata",
+    "type",
+    "version",
+    *TOKEN_FIELDS,
+    *PASSTHROUGH,
+    *ATTRIBUTION,
+}
+
+
+def to_draft(record: Any) -> Draft:
+    if not isinstance(record, Mapping):
+        raise RecordRejected("(record)", "must be a JSON object")
+    unknown = [k for k in record if k not in KNOWN]
+    if unknown:
+        raise RecordRejected(str(unknown[0]), "is not a field of a native usage record")
+    if record.get("type", "UsageRecorded") != "UsageRecorded":
+        raise RecordRejected("type", "must be 'UsageRecorded' when given")
+    source = record.get("source") or SOURCE
+    if not isinstance(source, str):
+        raise RecordRejected("source", "must be a string")
+    event_id = opt_str(record.get("event_id"))
+    if event_id is None or "source_request_id" in record:
+        request_id = require_str(record, "source_request_id")
+    else:
+        request_id = event_id
+    tokens = TokenParts(**{f: count(record.get(f), f) for f in TOKEN_FIELDS})
+    context: dict[str, Any] = {}
+    flatten("metadata", record.get("metadata"), context)
+    properties = record.get("properties") or {}
+    if not isinstance(properties, Mapping):
+        raise RecordRejected("properties", "must be a JSON object")
+    flatten("property", properties, context)
+    cost = record.get("cost_micros")
+    return Draft(
+        source=source,
+        source_request_id=request_id,
+        occurred_at=parse_time(record.get("occurred_at"), "occurred_at"),
+        tokens=tokens,
+        provider=opt_str(record.get("provider")),
+        request_model=opt_str(record.get("request_model")),
+        response_model=opt_str(record.get("response_model")),
+        cost_micros=count(cost, "cost_micros") if cost is not None else None,
+        usage_status=record.get("usage_status") or "reported",
+        context=context,
+        defaults={d: record.get(d) for d in ATTRIBUTION if record.get(d) is not None},
+        properties=dict(properties),
+        tenant_claim=("tenant", record.get("tenant")),
+        event_id=event_id,
+        extra={k: record[k] for k in PASSTHROUGH if k in record},
+    )

@@ -1,0 +1,96 @@
+"""Portkey log export records (its Logs Export JSONL).
+
+Documented columns: `created_at`, `request.body`, `response.body`, `is_success`, `ai_org`
+(provider), `ai_model`, `req_units`, `res_units`, `total_units`, `cost` (in CENTS of USD),
+`cost_currency`, `metadata`, `trace_id`, ... The export may nest `request`/`response` or keep the
+dotted column names; both are read. The record id is `id` (or `request_id`/`log_id`).
+
+Exact tokens come from the provider `usage` in the response body (Anthropic's rule when
+`ai_org` is anthropic, else recognised by its keys). Without a body, `req_units`/`res_units`
+are used as uncached input and output: Portkey's units carry no cache breakdown.
+
+Default attribution: user ← `metadata._user` (Portkey's reserved user key), virtual key ←
+`virtual_key`; everything in `metadata` is available as `metadata.<key>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from services.ingest.attribution import flatten
+from services.ingest.errors import RecordRejected
+from services.ingest.sources.base import Draft, opt_str, parse_time, usd_to_micros
+from services.ingest.tokens import TokenParts, anthropic, count, provider_usage
+
+SOURCE = "portkey"
+
+
+def _body(record: Mapping[str, Any], side: str) -> Any:
+    nested = record.get(side)
+    body = nested.get("body") if isinstance(nested, Mapping) else record.get(f"{side}.body")
+    if isinstance(body, str):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+    return body
+
+
+def _tokens(record: Mapping[str, Any]) -> TokenParts:
+    response = _body(record, "response")
+    usage = response.get("usage") if isinstance(response, Mapping) else None
+    if isinstance(usage, Mapping):
+        if str(record.get("ai_org", "")).lower() == "anthropic":
+            return anthropic(usage, "response.body.usage")
+        return provider_usage(usage, "response.body.usage")
+    if "req_units" not in record and "res_units" not in record:
+        raise RecordRejected("req_units", "is required when response.body carries no usage")
+    return TokenParts(
+        input_uncached=count(record.get("req_units"), "req_units"),
+        output=count(record.get("res_units"), "res_units"),
+    )
+
+
+def to_draft(record: Any) -> Draft:
+    if not isinstance(record, Mapping):
+        raise RecordRejected("(record)", "must be a JSON object")
+    request_id = next(
+        (str(record[k]) for k in ("id", "request_id", "log_id") if record.get(k)), None
+    )
+    if request_id is None:
+        raise RecordRejected("id", "is required (the log's id)")
+    metadata = record.get("metadata")
+    if isinstance(metadata, str):
+        try:
+            metadata = orjson.loads(metadata)
+        except orjson.JSONDecodeError:
+            metadata = None
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    context: dict[str, Any] = {}
+    flatten("metadata", metadata, context)
+    for key in ("trace_id", "virtual_key", "config", "prompt_slug", "workspace_slug"):
+        if record.get(key) is not None:
+            context[f"portkey.{key}"] = record[key]
+    request = _body(record, "request")
+    response = _body(record, "response")
+    properties: dict[str, Any] = {}
+    if str(record.get("is_success", "1")) in ("0", "false", "False"):
+        properties["status"] = "failure"
+    return Draft(
+        source=SOURCE,
+        source_request_id=request_id,
+        occurred_at=parse_time(record.get("created_at"), "created_at", assume_utc=True),
+        tokens=_tokens(record),
+        provider=opt_str(record.get("ai_org")),
+        request_model=opt_str(request.get("model") if isinstance(request, Mapping) else None)
+        or opt_str(record.get("ai_model")),
+        response_model=opt_str(response.get("model") if isinstance(response, Mapping) else None)
+        or opt_str(record.get("ai_model")),
+        cost_micros=usd_to_micros(record.get("cost"), "cost", scale=0.01),
+        context=context,
+        defaults={"user": metadata.get("_user"), "virtual_key": record.get("virtual_key")},
+        properties=properties,
+    )
