@@ -173,6 +173,7 @@ def period_of_ms(period: Period, at_ms: int) -> PeriodWindow:
     return window
 
 
+@lru_cache(maxsize=65_536)
 def parse_key(key: str) -> tuple[Unit, date]:
     """The unit and first local date a period key names (its format says its unit)."""
     try:
