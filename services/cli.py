@@ -13,6 +13,7 @@ import typer
 COMMAND_MODULES = [
     "services.common.cli",
     "services.alerts.cli",
+    "services.proxy.cli",
 ]
 
 app = typer.Typer(help="Allotment: token budgets for LLM traffic.", no_args_is_help=True)
