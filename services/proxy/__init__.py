@@ -1,0 +1,1 @@
+"""The enforcement proxy: OpenAI- and Anthropic-compatible, policy-driven, emits usage."""

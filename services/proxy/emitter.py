@@ -1,0 +1,233 @@
+"""Usage events off the request path: memory → durable spool → Kafka, in batches.
+
+A finished request leaves a `UsageRecord` in memory (no validation, no I/O on the hot path).
+Every `flush_interval_s` (or `flush_max_events`) the emitter builds the `UsageRecorded` events,
+appends them to the spool in one transaction, and wakes the sender. The sender packs spooled
+events into one `UsageBatch` envelope per usage partition, sends them with acks=all, and deletes
+them from the spool only once Kafka has them. When the broker is unreachable the sender backs off
+and retries; the spool holds everything meanwhile. Redelivery after a crash between send and
+delete is harmless: the pipeline dedupes by event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+from schemas.codec import encode
+from schemas.usage import UsageRecorded, derive_event_id
+from services.common.usage_producer import UsageProducer
+from services.proxy.spool import Spool
+from services.proxy.usage import Tokens
+
+log = logging.getLogger(__name__)
+SOURCE = "proxy"
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One finished request, as cheap to build as possible; validated later, off the path."""
+
+    request_id: str
+    occurred_at: datetime
+    tenant: str
+    team: str | None
+    feature: str | None
+    user: str | None
+    virtual_key: str
+    tags: tuple[str, ...]
+    provider: str
+    endpoint: str
+    request_model: str | None
+    response_model: str | None
+    tokens: Tokens
+    usage_status: str
+    decision: str
+    routed_from_model: str | None = None
+    routed_to_model: str | None = None
+
+
+def to_event(record: UsageRecord, received_at: datetime) -> UsageRecorded:
+    tokens = record.tokens
+    return UsageRecorded(
+        event_id=derive_event_id(SOURCE, record.request_id),
+        source=SOURCE,
+        source_request_id=record.request_id,
+        occurred_at=record.occurred_at,
+        received_at=received_at,
+        tenant=record.tenant,
+        team=record.team,
+        feature=record.feature,
+        user=record.user,
+        virtual_key=record.virtual_key,
+        tags=list(record.tags),
+        properties={"endpoint": record.endpoint},
+        provider=record.provider,
+        request_model=record.request_model,
+        response_model=record.response_model,
+        input_uncached=tokens.input_uncached,
+        cache_read=tokens.cache_read,
+        cache_write=tokens.cache_write,
+        output=tokens.output,
+        reasoning=tokens.reasoning,
+        usage_status=record.usage_status,  # type: ignore[arg-type]
+        decision=record.decision,  # type: ignore[arg-type]
+        routed_from_model=record.routed_from_model,
+        routed_to_model=record.routed_to_model,
+    )
+
+
+class UsageEmitter:
+    """Owns the pending list, the spool writer task and the Kafka sender task."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: UsageSink,
+        clock: Callable[[], datetime],
+        flush_interval_s: float = 0.05,
+        flush_max_events: int = 500,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self._clock = clock
+        self._interval = flush_interval_s
+        self._max = flush_max_events
+        self._pending: list[UsageRecord] = []
+        self._has_pending = asyncio.Event()
+        self._spooled = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.sent = 0
+        self.rejected = 0
+
+    def record(self, record: UsageRecord) -> None:
+        """Hot path: remember the request; the writer task does the rest."""
+        self._pending.append(record)
+        if len(self._pending) >= self._max or not self._has_pending.is_set():
+            self._has_pending.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="usage-spool-writer"),
+            asyncio.create_task(self._send_loop(), name="usage-sender"),
+        ]
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Spool everything pending, try to send it for a while, then stop. Unsent stays spooled."""
+        self._stopping = True
+        await self._flush_pending()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drain(), drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.sink.close()
+
+    async def _drain(self) -> None:
+        while await asyncio.to_thread(self.spool.peek, 1):
+            self._spooled.set()
+            await asyncio.sleep(0.05)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            await asyncio.sleep(self._interval)
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._has_pending.clear()
+        if not batch:
+            return
+        now = self._clock()
+        rows: list[tuple[str, bytes]] = []
+        for record in batch:
+            try:
+                event = to_event(record, now)
+            except Exception:  # a record the contract refuses must not stop the others
+                self.rejected += 1
+                log.exception("usage record %s refused by the contract", record.request_id)
+                continue
+            rows.append((event.event_id, encode(event)))
+        await asyncio.to_thread(self.spool.append, rows)
+        self._spooled.set()
+
+    async def _send_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            rows = await asyncio.to_thread(self.spool.peek, 5000)
+            if not rows:
+                self._spooled.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._spooled.wait(), 1.0)
+                continue
+            try:
+                await self.sink.send(rows)
+            except Exception as exc:  # broker down or unreachable: keep spooled, retry later
+                log.warning("usage send failed (%s); %d events stay spooled", exc, len(rows))
+                await self.sink.close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            await asyncio.to_thread(self.spool.ack, rows[-1][0])
+            self.sent += len(rows)
+
+
+class UsageSink:
+    """The spool's way to Kafka: the project's envelope producer (acks=all), rebuilt after a
+    failure so that a broker that comes back is found again."""
+
+    def __init__(self, bootstrap: str, topic_prefix: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self._producer: UsageProducer | None = None
+
+    async def send(self, rows: list[tuple[int, str, bytes]]) -> None:
+        if self._producer is None:
+            await _probe(self.bootstrap)
+            producer = UsageProducer(self.bootstrap, self.topic_prefix)
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
+        await self._producer.send_wire([orjson.loads(event) for _, _, event in rows])
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+
+async def _probe(bootstrap: str, timeout_s: float = 2.0) -> None:
+    """Fail fast, without building a producer, when no bootstrap broker accepts connections.
+
+    A producer whose start fails leaves a half-built client behind; during an outage the sender
+    would leak one per retry.
+    """
+    errors = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+        except (TimeoutError, OSError, ValueError) as exc:
+            errors.append(f"{server}: {exc!r}")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise ConnectionError("no Kafka broker reachable: " + "; ".join(errors))

@@ -1,0 +1,287 @@
+"""The proxy's policy cache and the per-request decision, with in-flight reservations.
+
+The pipeline publishes one `PolicyChanged` per budget (latest wins) and the budget configs; this
+cache folds both and answers, per request, which policy applies. The rules themselves are the
+domain's: `match_budgets` says which budgets a request charges, `most_restrictive` picks the
+winner, `retry_after_seconds` says when to come back. What is the proxy's own is the overshoot
+bound: for each budget that hard-stops at its limit, the headroom the last `PolicyChanged`
+reported, minus what the proxy forwarded since, minus estimates of the requests still in flight.
+A request is refused once that headroom is used up, so N concurrent requests near the limit can
+overshoot it by at most one request's estimate (plus the amount by which estimates fall short).
+
+Hot path: the budgets a (key, feature, tags, model, provider) combination matches are computed
+once per budget change and memoised, so a decision is a dict lookup and a loop over a few
+budgets. Policy changes mutate the budget's state in place and need no invalidation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
+from schemas.signals import PolicyChanged
+from services.proxy.keys import VirtualKey
+from streams.budgets import Budget, BudgetIndex, apply_budget_event
+from streams.errors import BudgetNotFound, StaleRevision
+from streams.policy import PolicyDecision, most_restrictive
+from streams.selectors import match_budgets
+
+_MEMO_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class MatchView:
+    """The attribution of a request, shaped like the `UsageRecorded` fields selectors read."""
+
+    tenant: str
+    team: str | None
+    feature: str | None
+    user: str | None
+    virtual_key: str | None
+    provider: str | None
+    request_model: str | None
+    tags: tuple[str, ...]
+    response_model: str | None = None
+
+
+class BudgetState:
+    """What the proxy knows about one budget's position against its limit, right now."""
+
+    __slots__ = (
+        "at_limit",
+        "budget_id",
+        "consumed",
+        "decision",
+        "effective_ms",
+        "forwarded",
+        "forwarded_sum",
+        "limit",
+        "metric",
+        "name",
+        "period_key",
+        "remaining",
+        "reserved",
+        "reset_at",
+        "reset_iso",
+        "reset_ms",
+    )
+
+    def __init__(self, budget_id: str, name: str) -> None:
+        self.budget_id = budget_id
+        self.name = name
+        self.decision: PolicyDecision | None = None
+        self.at_limit = "alert_only"
+        self.metric = "total"
+        self.period_key = ""
+        self.consumed = 0
+        self.limit = 0
+        self.remaining = 0
+        self.reset_at: datetime | None = None
+        self.reset_iso = ""
+        self.reset_ms = 1 << 62
+        self.effective_ms = 0
+        self.forwarded: deque[tuple[int, int]] = deque()
+        self.forwarded_sum = 0
+        self.reserved = 0
+
+    def headroom(self) -> int:
+        """Remaining tokens once what was forwarded since the policy and in-flight are counted."""
+        return self.remaining - self.forwarded_sum - self.reserved
+
+    def apply(self, event: PolicyChanged) -> None:
+        self.decision = PolicyDecision(
+            policy=event.policy,
+            reason=event.reason,
+            target_model=event.target_model,
+            model_map=dict(event.model_map),
+            reset_at=event.reset_at,
+            concise_prompt=event.concise_prompt,
+            cache_ttl_seconds=event.cache_ttl_seconds,
+            budget_id=event.budget_id,
+            tenant=event.tenant,
+            period_key=event.period_key,
+            at_limit=event.at_limit,
+            metric=event.metric,
+            consumed=event.consumed,
+            limit=event.limit,
+        )
+        self.at_limit = event.at_limit
+        self.metric = event.metric or "total"
+        self.period_key = event.period_key
+        self.consumed, self.limit, self.remaining = event.consumed, event.limit, event.remaining
+        self.reset_at = event.reset_at
+        self.reset_iso = event.reset_at.isoformat().replace("+00:00", "Z") if event.reset_at else ""
+        self.reset_ms = _ms(event.reset_at) if event.reset_at else 1 << 62
+        self.effective_ms = _ms(event.effective_at)
+        while self.forwarded and self.forwarded[0][0] <= self.effective_ms:
+            self.forwarded_sum -= self.forwarded.popleft()[1]
+
+    def record(self, occurred_ms: int, tokens: int) -> None:
+        if tokens and occurred_ms > self.effective_ms:
+            self.forwarded.append((occurred_ms, tokens))
+            self.forwarded_sum += tokens
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What to do with one request, and what it holds until it is settled."""
+
+    policy: str
+    winner: BudgetState | None
+    tightest: BudgetState | None
+    matched: tuple[BudgetState, ...]
+    reservations: list[tuple[BudgetState, int]]
+    local_stop: bool = False
+
+    def target_model(self, model: str | None) -> str | None:
+        """The model a degraded request goes to (None: leave it as it is)."""
+        decision = self.winner.decision if self.winner is not None else None
+        if decision is None:
+            return None
+        mapped = decision.model_map.get(model) if model else None
+        return mapped or decision.target_model
+
+
+ALLOW = Verdict("allow", None, None, (), [])
+
+
+class PolicyCache:
+    """Budgets and policies as last read from Kafka, and the decision over them."""
+
+    def __init__(self) -> None:
+        self.index = BudgetIndex()
+        self.states: dict[str, BudgetState] = {}
+        self._memo: dict[tuple[object, ...], tuple[BudgetState, ...]] = {}
+        self.caught_up = False
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def apply_budget(self, event: BudgetDefined | BudgetAmended | BudgetRetired) -> None:
+        """Fold a config event. The compacted topic keeps only each budget's latest event, so a
+        lone amendment (or a gap) takes the event's full spec as the budget's current state."""
+        current = self.index.get(event.budget_id)
+        try:
+            budget = apply_budget_event(current, event)
+        except StaleRevision as exc:
+            if exc.already_applied:
+                return
+            budget = _latest(current, event)
+        except BudgetNotFound:
+            budget = _latest(current, event)
+        if budget is None:
+            return
+        self.index = self.index.with_budget(budget)
+        state = self.states.get(budget.budget_id)
+        if state is not None:
+            state.name = budget.spec.name if budget.spec is not None else state.name
+        self._memo.clear()
+
+    def apply_policy(self, event: PolicyChanged) -> None:
+        state = self.states.get(event.budget_id)
+        if state is None:
+            budget = self.index.get(event.budget_id)
+            name = budget.spec.name if budget is not None else event.budget_id
+            state = self.states[event.budget_id] = BudgetState(event.budget_id, name)
+        state.apply(event)
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def matched(
+        self,
+        key: VirtualKey,
+        feature: str | None,
+        tags: tuple[str, ...],
+        model: str | None,
+        provider: str,
+    ) -> tuple[BudgetState, ...]:
+        memo_key = (key.key_id, feature, tags, model, provider)
+        found = self._memo.get(memo_key)
+        if found is not None:
+            return found
+        view = MatchView(key.tenant, key.team, feature, key.user, key.key_id, provider, model, tags)
+        states = []
+        for budget in match_budgets(self.index, view):
+            state = self.states.get(budget.budget_id)
+            if state is None:
+                state = self.states[budget.budget_id] = BudgetState(
+                    budget.budget_id, budget.spec.name
+                )
+            states.append(state)
+        found = tuple(states)
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[memo_key] = found
+        return found
+
+    def decide(
+        self, matched: tuple[BudgetState, ...], estimate_in: int, estimate_out: int, now_ms: int
+    ) -> Verdict:
+        """The policy for a request matching `matched`; reserves its estimate where needed."""
+        if not matched:
+            return ALLOW
+        decisions: list[PolicyDecision] = []
+        tightest: BudgetState | None = None
+        stop: BudgetState | None = None
+        for state in matched:
+            decision = state.decision
+            if decision is None or now_ms >= state.reset_ms:
+                continue  # no verdict yet, or its period has reset since
+            decisions.append(decision)
+            if tightest is None or state.headroom() < tightest.headroom():
+                tightest = state
+            if (
+                stop is None
+                and state.at_limit == "hard_stop"
+                and decision.policy != "hard_stop"
+                and state.headroom() <= 0
+            ):
+                stop = state
+        if not decisions:
+            return Verdict("allow", None, None, matched, [])
+        if stop is not None:
+            return Verdict("hard_stop", stop, tightest, matched, [], local_stop=True)
+        winner_decision = most_restrictive(decisions)
+        winner = next((s for s in matched if s.decision is winner_decision), tightest)
+        verdict = Verdict(winner_decision.policy, winner, tightest, matched, [])
+        if winner_decision.policy != "hard_stop":
+            for state in matched:
+                if state.decision is not None and state.at_limit == "hard_stop":
+                    amount = _by_metric(state.metric, estimate_in, estimate_out)
+                    state.reserved += amount
+                    verdict.reservations.append((state, amount))
+        return verdict
+
+    def settle(self, verdict: Verdict, input_total: int, output: int, occurred_ms: int) -> None:
+        """Release the request's reservations and count what it really used."""
+        for state, amount in verdict.reservations:
+            state.reserved -= amount
+        verdict.reservations.clear()
+        for state in verdict.matched:
+            if state.decision is not None:
+                state.record(occurred_ms, _by_metric(state.metric, input_total, output))
+
+
+def _by_metric(metric: str, input_tokens: int, output_tokens: int) -> int:
+    if metric == "input":
+        return input_tokens
+    if metric == "output":
+        return output_tokens
+    return input_tokens + output_tokens
+
+
+def _latest(
+    current: Budget | None, event: BudgetDefined | BudgetAmended | BudgetRetired
+) -> Budget | None:
+    if current is not None and event.revision <= current.revision:
+        return None
+    if isinstance(event, BudgetRetired):
+        if current is None:
+            return None
+        return Budget(current.budget_id, current.tenant, event.revision, current.spec, True)
+    return Budget(event.budget_id, event.tenant, event.revision, event.spec, False)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.astimezone(UTC).timestamp() * 1000)
