@@ -1,0 +1,1 @@
+"""The administration API: budgets, allocation, status and audit over HTTP."""

@@ -1,0 +1,116 @@
+"""The API's composition root: `create_app` wires engine, producer and config state at start.
+
+Nothing is built at import time. Domain errors become HTTP answers here and only here:
+422 names field and rule, 409 a stale version or a taken id, 404 an unknown (or another
+tenant's) budget, 401/403 a key that does not cover the request, 503 a write the broker did not
+acknowledge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from schemas.errors import AllotmentError, InvalidEvent
+from services.api.auth import Forbidden, Unauthenticated
+from services.api.commands import BudgetIdTaken, Commands, VersionConflict
+from services.api.deps import Services
+from services.api.publisher import Publisher, PublishFailed
+from services.api.state import load_state
+from services.common.db import make_engine
+from services.common.settings import StackSettings
+from streams.allocation_tree import AllocationRejected
+from streams.errors import BudgetAlreadyRetired, BudgetNotFound
+
+STATUS: list[tuple[type[AllotmentError], int]] = [
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (BudgetNotFound, 404),
+    (VersionConflict, 409),
+    (BudgetIdTaken, 409),
+    (BudgetAlreadyRetired, 409),
+    (PublishFailed, 503),
+    (AllocationRejected, 422),
+    (InvalidEvent, 422),
+]
+
+
+def _error(status: int, detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail, "errors": errors or []}, status, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for cls, code in STATUS if isinstance(exc, cls)), 422)
+    items = getattr(exc, "errors", None)
+    errors = [{"field": e.field, "rule": e.rule} for e in items] if isinstance(items, list) else []
+    return _error(status, str(exc), errors)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = []
+    for err in exc.errors() if isinstance(exc, RequestValidationError) else []:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = loc[0] if loc else ""
+        path = ".".join(loc[1:]) if where == "body" else ".".join(loc)
+        rule = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            rule = "is required"
+        elif err.get("type") == "extra_forbidden":
+            rule = "is not a field of this request"
+        head, sep, tail = rule.partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+            path, rule = f"{path}.{head}" if path else head, tail
+        errors.append({"field": path or "(body)", "rule": rule})
+    return _error(422, "the request breaks these rules", errors)
+
+
+def create_app(
+    settings: StackSettings | None = None, clock: Callable[[], datetime] | None = None
+) -> FastAPI:
+    """The API app; the stack is reached when it starts (lifespan), not when this returns."""
+    settings = settings or StackSettings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        publisher = Publisher(settings.kafka_bootstrap, settings.topic_prefix)
+        await publisher.start()
+        try:
+            state = await load_state(settings.kafka_bootstrap, settings.topic_prefix)
+            app.state.services = Services(
+                engine=engine,
+                state=state,
+                commands=Commands(state, publisher),
+                clock=clock or (lambda: datetime.now(UTC)),
+            )
+            yield
+        finally:
+            await publisher.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Allotment API",
+        version="1",
+        description="Token budgets for LLM traffic: budgets, allocation, status and audit.",
+        lifespan=lifespan,
+    )
+    from services.api import routes_allocation, routes_budgets, routes_reads
+
+    app.include_router(routes_budgets.router)
+    app.include_router(routes_reads.router)
+    app.include_router(routes_allocation.router)
+    app.add_exception_handler(AllotmentError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    return app

@@ -1,0 +1,239 @@
+"""The API's write side: check a wish against the rules, publish its event, fold it in.
+
+Each command runs under its tenant's lock: check expected version and tree rules against
+`ConfigState`, build the event with the key's principal as actor, publish it (acknowledged),
+then apply it to the state. A failed publish changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+
+from schemas.allocation import (
+    OverflowDrawn,
+    RebalanceRuleSet,
+    ReservationMade,
+    ReservationReleased,
+)
+from schemas.base import Event
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec, Metric
+from schemas.errors import AllotmentError, FieldError
+from services.api.publisher import Publisher
+from services.api.state import ConfigState
+from streams.allocation import (
+    AllocationMoved,
+    check_reservation,
+    plan_overflow_draw,
+    plan_rebalance,
+)
+from streams.allocation_tree import AllocationRejected, check_retire, validate_tree
+from streams.budgets import Budget
+from streams.errors import BudgetNotFound
+from streams.periods import period_of
+
+Consumption = Callable[[str, dict[str, str]], Awaitable[Mapping[str, Mapping[str, int]]]]
+"""(tenant, {budget_id: period_key}) -> consumed[budget_id][metric], read from the read models."""
+
+
+class VersionConflict(AllotmentError):
+    """The write's expected version is not the budget's current one (HTTP 409)."""
+
+    def __init__(self, budget_id: str, expected: int, actual: int) -> None:
+        self.budget_id = budget_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"expected_version: budget {budget_id!r} is at version {actual}, not {expected}"
+        )
+
+
+class BudgetIdTaken(AllotmentError):
+    """A budget id is used once, across tenants and after retirement (HTTP 409)."""
+
+    def __init__(self, budget_id: str) -> None:
+        self.budget_id = budget_id
+        super().__init__(f"budget_id: {budget_id!r} is already taken")
+
+
+class Commands:
+    def __init__(self, state: ConfigState, publisher: Publisher) -> None:
+        self.state = state
+        self.publisher = publisher
+
+    async def _commit(self, events: list[Event]) -> None:
+        await self.publisher.publish(events)
+        for event in events:
+            self.state.apply(event)
+
+    def _live(self, tenant: str, budget_id: str) -> Budget:
+        budget = self.state.budget(tenant, budget_id)
+        if budget is None or budget.retired:
+            raise BudgetNotFound(budget_id)
+        return budget
+
+    async def define(
+        self, actor: str, tenant: str, budget_id: str, spec: BudgetSpec, reason: str, at: datetime
+    ) -> Budget:
+        async with self.state.locks[tenant]:
+            if budget_id in self.state.index:
+                raise BudgetIdTaken(budget_id)
+            _check_tree({**self.state.specs(tenant), budget_id: spec}, budget_id)
+            event = BudgetDefined(
+                budget_id=budget_id,
+                tenant=tenant,
+                revision=1,
+                occurred_at=at,
+                actor=actor,
+                reason=reason,
+                spec=spec,
+            )
+            await self._commit([event])
+            return self._live(tenant, budget_id)
+
+    async def amend(
+        self,
+        actor: str,
+        tenant: str,
+        budget_id: str,
+        expected: int,
+        spec: BudgetSpec,
+        reason: str,
+        at: datetime,
+    ) -> Budget:
+        async with self.state.locks[tenant]:
+            current = self._live(tenant, budget_id)
+            if current.revision != expected:
+                raise VersionConflict(budget_id, expected, current.revision)
+            _check_tree({**self.state.specs(tenant), budget_id: spec}, budget_id)
+            event = BudgetAmended(
+                budget_id=budget_id,
+                tenant=tenant,
+                revision=expected + 1,
+                occurred_at=at,
+                actor=actor,
+                reason=reason,
+                spec=spec,
+            )
+            await self._commit([event])
+            return self._live(tenant, budget_id)
+
+    async def retire(
+        self, actor: str, tenant: str, budget_id: str, expected: int, reason: str, at: datetime
+    ) -> Budget:
+        async with self.state.locks[tenant]:
+            current = self._live(tenant, budget_id)
+            if current.revision != expected:
+                raise VersionConflict(budget_id, expected, current.revision)
+            errors = check_retire(self.state.specs(tenant), budget_id)
+            if errors:
+                raise AllocationRejected(budget_id, errors)
+            event = BudgetRetired(
+                budget_id=budget_id,
+                tenant=tenant,
+                revision=expected + 1,
+                occurred_at=at,
+                actor=actor,
+                reason=reason,
+            )
+            await self._commit([event])
+            budget = self.state.budget(tenant, budget_id)
+            if budget is None:
+                raise BudgetNotFound(budget_id)
+            return budget
+
+    async def draw(
+        self,
+        actor: str,
+        tenant: str,
+        budget_id: str,
+        metric: Metric,
+        tokens: int,
+        draw_id: str,
+        reason: str,
+        at: datetime,
+    ) -> OverflowDrawn:
+        async with self.state.locks[tenant]:
+            budget = self._live(tenant, budget_id)
+            window = period_of(budget.spec.period, at)
+            event = plan_overflow_draw(
+                self.state.specs(tenant),
+                self.state.allocations[tenant],
+                budget_id,
+                window,
+                at,
+                metric=metric,
+                tokens=tokens,
+                draw_id=draw_id,
+                tenant=tenant,
+                actor=actor,
+                reason=reason,
+            )
+            if event is None:  # only a partial draw returns None
+                raise AllocationRejected(budget_id, [FieldError("tokens", "nothing to draw")])
+            if f"draw:{draw_id}" not in self.state.allocations[tenant].applied:
+                await self._commit([event])
+            return event
+
+    async def reserve(self, event: ReservationMade, at: datetime) -> ReservationMade:
+        async with self.state.locks[event.tenant]:
+            budget = self._live(event.tenant, event.budget_id)
+            window = period_of(budget.spec.period, event.starts_at)
+            check_reservation(
+                self.state.specs(event.tenant),
+                self.state.allocations[event.tenant],
+                event,
+                window,
+                at,
+            )
+            await self._commit([event])
+            return event
+
+    async def release(self, event: ReservationReleased) -> ReservationReleased:
+        async with self.state.locks[event.tenant]:
+            self._live(event.tenant, event.budget_id)
+            held = self.state.allocations[event.tenant].reservations.get(event.reservation_id)
+            if held is None or held.budget_id != event.budget_id:
+                raise AllocationRejected(
+                    event.budget_id,
+                    [FieldError("reservation_id", "names no open reservation of this budget")],
+                )
+            await self._commit([event])
+            return event
+
+    async def set_rule(self, event: RebalanceRuleSet) -> RebalanceRuleSet:
+        async with self.state.locks[event.tenant]:
+            await self._commit([event])
+            return event
+
+    async def rebalance(
+        self, actor: str, tenant: str, consumption: Consumption, at: datetime, reason: str
+    ) -> list[AllocationMoved]:
+        """Run auto-rebalance now for every period the tenant's budgets are in."""
+        async with self.state.locks[tenant]:
+            specs = self.state.specs(tenant)
+            windows = {bid: period_of(spec.period, at) for bid, spec in specs.items()}
+            consumed = await consumption(tenant, {bid: w.key for bid, w in windows.items()})
+            moves: list[AllocationMoved] = []
+            by_key = {w.key: w for w in windows.values()}
+            for window in sorted(by_key.values(), key=lambda w: (w.start, w.key)):
+                same = {b: s for b, s in specs.items() if windows[b].key == window.key}
+                moves += plan_rebalance(
+                    same,
+                    self.state.allocations[tenant],
+                    window,
+                    at,
+                    consumed,
+                    tenant=tenant,
+                    actor=actor,
+                )
+            moves = [m.model_copy(update={"reason": f"{reason}; {m.reason}"}) for m in moves]
+            if moves:
+                await self._commit(list(moves))
+            return moves
+
+
+def _check_tree(specs: dict[str, BudgetSpec], budget_id: str) -> None:
+    errors = validate_tree(specs, budget_id)
+    if errors:
+        raise AllocationRejected(budget_id, errors)

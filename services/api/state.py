@@ -1,0 +1,90 @@
+"""The write side's view of configuration: every budget and each tenant's allocation state.
+
+It is folded from the `budget-events` topic (the source of truth) when the API starts, and then
+from each event this process publishes, after the broker acknowledged it. Writes check expected
+versions and tree rules against it, not against the read models, so a write right after another
+sees it even before the projection caught up.
+
+Concurrency: one lock per tenant serialises a tenant's writes (the tree rules span a tenant,
+so a per-budget lock would let two children over-allocate a parent together). This is correct
+for ONE API process; the projection's revision check refuses a second writer's stale event, but
+that writer would already have answered 2xx. Run one API process (or add a Kafka transactional
+fencing step) until writes are partitioned by tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.allocation import ALLOCATION_EVENTS, AllocationEvent
+from schemas.base import Event
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
+from schemas.codec import decode
+from schemas.errors import AllotmentError
+from schemas.topics import BUDGET_EVENTS
+from streams.allocation import AllocationState, apply_allocation_event
+from streams.budgets import Budget, BudgetIndex, apply_budget_event
+
+
+class ConfigState:
+    """Budgets by id (all tenants) and allocation state per tenant, with per-tenant locks."""
+
+    def __init__(self) -> None:
+        self.index = BudgetIndex()
+        self.allocations: dict[str, AllocationState] = defaultdict(AllocationState)
+        self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.skipped = 0
+
+    def apply(self, event: Event) -> None:
+        """Fold one config event; a replayed or refused one is counted and left out."""
+        if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
+            try:
+                budget = apply_budget_event(self.index.get(event.budget_id), event)
+            except AllotmentError:
+                self.skipped += 1
+                return
+            self.index = self.index.with_budget(budget)
+        elif isinstance(event, ALLOCATION_EVENTS):
+            allocation: AllocationEvent = event  # type: ignore[assignment]
+            tenant = allocation.tenant
+            self.allocations[tenant] = apply_allocation_event(self.allocations[tenant], allocation)
+
+    def budget(self, tenant: str, budget_id: str) -> Budget | None:
+        """The budget when it exists and belongs to `tenant` (another tenant's is invisible)."""
+        budget = self.index.get(budget_id)
+        return budget if budget is not None and budget.tenant == tenant else None
+
+    def specs(self, tenant: str) -> dict[str, BudgetSpec]:
+        """The tenant's live budgets, as the allocation rules take them."""
+        return {b.budget_id: b.spec for b in self.index.for_tenant(tenant)}
+
+
+async def load_state(bootstrap: str, prefix: str) -> ConfigState:
+    """Fold `budget-events` from offset zero to its current end."""
+    state = ConfigState()
+    topic = BUDGET_EVENTS.name(prefix)
+    partitions = [TopicPartition(topic, p) for p in range(BUDGET_EVENTS.partitions)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        idle = 0
+        while idle < 3 and any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            idle = 0 if batch else idle + 1
+            for messages in batch.values():
+                for message in messages:
+                    try:
+                        state.apply(decode(message.value or b""))
+                    except AllotmentError:
+                        state.skipped += 1
+    finally:
+        await consumer.stop()
+    return state

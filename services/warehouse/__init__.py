@@ -1,0 +1,1 @@
+"""The PostgreSQL projection of the topics: the API's read models and the finance warehouse."""

@@ -1,0 +1,172 @@
+"""The projection consumer: reads the topics and writes rows and offsets in one transaction.
+
+It does not use Kafka's consumer groups: the next offset of every (topic, partition) lives in
+`consumer_offsets` beside the rows it produced, so after a crash it resumes exactly where its
+committed rows end. It reads with `read_committed`, because the API writes config events in a
+Kafka transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert
+
+from schemas.errors import AllotmentError
+from schemas.topics import ALL
+from services.warehouse import tables as t
+from services.warehouse.projector import KINDS, Projector, Record
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "warehouse"
+Progress = Callable[[int], None]
+IDLE_STEPS = 3
+"""Empty fetches in a row after which `catch_up` stops: transaction markers at a partition's
+end count in its end offset but are never delivered, so the position may stop short of it."""
+
+
+class ConsumerNotStarted(AllotmentError):
+    """The consumer was used before `start()` (a composition-root bug)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"consumer {name!r}: call start() first")
+
+
+class WarehouseConsumer:
+    """Owns one aiokafka consumer and one `Projector`; build it in a composition root."""
+
+    def __init__(self, engine: Engine, bootstrap: str, prefix: str, name: str = CONSUMER) -> None:
+        self.engine = engine
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.name = name
+        self.projector = Projector()
+        self._kind_of: dict[str, str] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        result = []
+        for spec in ALL:
+            if spec.suffix in KINDS:
+                self._kind_of[spec.name(self.prefix)] = spec.suffix
+                result += [
+                    TopicPartition(spec.name(self.prefix), p) for p in range(spec.partitions)
+                ]
+        return result
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        consumer.assign(self.partitions)
+        await self._seek_to_stored()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _seek_to_stored(self) -> None:
+        consumer = self._require()
+        stored = await asyncio.to_thread(self._load)
+        for tp in self.partitions:
+            if (tp.topic, tp.partition) in stored:
+                consumer.seek(tp, stored[(tp.topic, tp.partition)])
+            else:
+                await consumer.seek_to_beginning(tp)
+
+    def _load(self) -> dict[tuple[str, int], int]:
+        with self.engine.begin() as conn:
+            self.projector.load(conn)
+            rows = conn.execute(
+                select(t.consumer_offsets).where(t.consumer_offsets.c.consumer == self.name)
+            ).mappings()
+            return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def step(self, timeout_ms: int = 500, max_records: int = 5000) -> int:
+        """Fetch one batch and project it; returns how many records it wrote."""
+        consumer = self._require()
+        batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        records = [
+            Record(self._kind_of[tp.topic], tp.partition, m.offset, m.value or b"")
+            for tp, messages in batch.items()
+            for m in messages
+        ]
+        if not records:
+            return 0
+        offsets = {
+            (tp.topic, tp.partition): messages[-1].offset + 1
+            for tp, messages in batch.items()
+            if messages
+        }
+        try:
+            await asyncio.to_thread(self._write, records, offsets)
+        except Exception:
+            await self._seek_to_stored()
+            raise
+        return len(records)
+
+    def _write(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
+        with self.engine.begin() as conn:
+            self.projector.project(conn, records)
+            rows: list[dict[str, Any]] = [
+                {"consumer": self.name, "topic": topic, "partition": p, "next_offset": n}
+                for (topic, p), n in offsets.items()
+            ]
+            stmt = insert(t.consumer_offsets).values(rows)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["consumer", "topic", "partition"],
+                    set_={"next_offset": stmt.excluded.next_offset},
+                )
+            )
+
+    async def backlog(self) -> int:
+        """Records between the current positions and the ends of the partitions."""
+        consumer = self._require()
+        ends = await consumer.end_offsets(self.partitions)
+        return sum(max(0, end - await consumer.position(tp)) for tp, end in ends.items())
+
+    async def catch_up(self, progress: Progress | None = None) -> int:
+        """Project until every partition reaches the end it had when this call began."""
+        consumer = self._require()
+        ends = await consumer.end_offsets(self.partitions)
+        done = idle = 0
+        while idle < IDLE_STEPS:
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not behind:
+                break
+            written = await self.step(timeout_ms=300)
+            idle = 0 if written else idle + 1
+            done += written
+            if progress is not None and written:
+                progress(written)
+        return done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set; a failed batch is retried from the stored offsets."""
+        while not stop.is_set():
+            try:
+                await self.step()
+            except Exception:
+                log.exception("projection batch failed; retrying from the stored offsets")
+                await asyncio.sleep(1)
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise ConsumerNotStarted(self.name)
+        return self._consumer

@@ -1,0 +1,274 @@
+"""Turn records of the topics into read-model rows, idempotently.
+
+Each write is keyed so that a record seen twice leaves one row: config events by their
+(partition, offset) in `budget-events`, budget rows by revision (the pure fold refuses a replayed
+revision), usage by (budget_id, event_id), crossings by (budget, period, metric, threshold),
+policy changes by (budget, effective_at, policy, period), forecasts by (budget, period) with the
+newest `as_of`. The consumer runs a batch of records and its offsets in one transaction.
+
+Usage is matched to budgets here with `streams.selectors.match_budgets` against the budgets this
+projection has seen, because the pipeline's charge messages carry no feature or model and the
+finance warehouse needs both. A usage event is charged to the period it occurred in, in the
+budget's time zone (`streams.periods.period_of`), and to its local day.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert
+
+from schemas.allocation import (
+    AllocationMoved,
+    OverflowDrawn,
+    RebalanceRuleSet,
+    ReservationMade,
+    ReservationReleased,
+)
+from schemas.base import Event
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
+from schemas.codec import decode
+from schemas.errors import AllotmentError
+from schemas.signals import ForecastUpdated, PolicyChanged, ThresholdCrossed
+from schemas.usage import UsageBatch, UsageRecorded
+from services.warehouse import tables as t
+from streams.budgets import Budget, BudgetIndex, apply_budget_event
+from streams.errors import StaleRevision
+from streams.periods import period_of, zone
+from streams.selectors import match_budgets
+
+log = logging.getLogger(__name__)
+
+CONFIG_KINDS = ("budget-events",)
+SIGNAL_KINDS = ("usage", "thresholds", "policies", "forecasts")
+KINDS = CONFIG_KINDS + SIGNAL_KINDS
+"""Topic suffixes the warehouse reads; config first, so usage meets the budgets it matches."""
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+class Projector:
+    """Holds the budgets seen so far (to match usage) and writes rows for records."""
+
+    def __init__(self) -> None:
+        self.index = BudgetIndex()
+        self.counts: Counter[str] = Counter()
+
+    def load(self, conn: Connection) -> None:
+        """Rebuild the in-memory budget index from the budgets table (start, or after a failure)."""
+        rows = conn.execute(select(t.budgets)).mappings()
+        self.index = BudgetIndex(Budget.from_dict(dict(row)) for row in rows)
+
+    def project(self, conn: Connection, records: Sequence[Record]) -> None:
+        usage: list[UsageRecorded] = []
+        for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
+            try:
+                event = decode(record.value)
+            except AllotmentError as exc:
+                self.counts["undecodable"] += 1
+                log.warning("skip %s/%d@%d: %s", record.kind, record.partition, record.offset, exc)
+                continue
+            if record.kind == "budget-events":
+                self._config(conn, record, event)
+            elif isinstance(event, UsageRecorded):
+                usage.append(event)
+            elif isinstance(event, UsageBatch):
+                usage.extend(event.events)
+            elif isinstance(event, ThresholdCrossed | PolicyChanged | ForecastUpdated):
+                _signal(conn, event)
+            else:
+                self.counts["ignored"] += 1
+        if usage:
+            self._usage(conn, usage)
+
+    def _config(self, conn: Connection, record: Record, event: Event) -> None:
+        row = _audit_row(record, event)
+        if row is None:
+            self.counts["ignored"] += 1
+            return
+        conn.execute(insert(t.audit_log).values(row).on_conflict_do_nothing())
+        if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
+            self._budget(conn, event)
+
+    def _budget(
+        self, conn: Connection, event: BudgetDefined | BudgetAmended | BudgetRetired
+    ) -> None:
+        try:
+            budget = apply_budget_event(self.index.get(event.budget_id), event)
+        except StaleRevision as exc:
+            self.counts["replayed" if exc.already_applied else "rejected"] += 1
+            return
+        except AllotmentError as exc:
+            self.counts["rejected"] += 1
+            log.warning("budget event not applied: %s", exc)
+            return
+        self.index = self.index.with_budget(budget)
+        values = {
+            "budget_id": budget.budget_id,
+            "tenant": budget.tenant,
+            "revision": budget.revision,
+            "name": budget.spec.name,
+            "parent_id": budget.spec.parent,
+            "spec": budget.spec.model_dump(mode="json"),
+            "retired": budget.retired,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+            "updated_by": event.actor,
+        }
+        stmt = insert(t.budgets).values(values)
+        changed = {k: stmt.excluded[k] for k in values if k not in ("budget_id", "created_at")}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["budget_id"], set_=changed))
+
+    def _usage(self, conn: Connection, events: Iterable[UsageRecorded]) -> None:
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for event in events:
+            for budget in match_budgets(self.index, event):
+                rows.setdefault((budget.budget_id, event.event_id), _usage_row(budget, event))
+        if not rows:
+            return
+        keys = [{"budget_id": b, "event_id": e} for b, e in rows]
+        fresh = conn.execute(
+            insert(t.usage_charged)
+            .values(keys)
+            .on_conflict_do_nothing()
+            .returning(t.usage_charged.c.budget_id, t.usage_charged.c.event_id)
+        ).all()
+        self.counts["usage_charged"] += len(fresh)
+        periods: dict[tuple[str, str], dict[str, Any]] = {}
+        days: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for budget_id, event_id in fresh:
+            row = rows[(budget_id, event_id)]
+            _accumulate(periods, (budget_id, row["period_key"]), row, ("period_key",))
+            _accumulate(
+                days,
+                (budget_id, row["day"], row["feature"], row["model"]),
+                row,
+                ("day", "feature", "model"),
+            )
+        _add_totals(conn, t.period_usage, ["budget_id", "period_key"], periods.values())
+        _add_totals(conn, t.daily_usage, ["budget_id", "day", "feature", "model"], days.values())
+
+
+def _usage_row(budget: Budget, event: UsageRecorded) -> dict[str, Any]:
+    local = event.occurred_at.astimezone(zone(budget.spec.period.timezone))
+    return {
+        "budget_id": budget.budget_id,
+        "tenant": budget.tenant,
+        "period_key": period_of(budget.spec.period, event.occurred_at).key,
+        "day": local.date(),
+        "feature": event.feature or "",
+        "model": event.response_model or event.request_model or "",
+        "input_tokens": event.input_total,
+        "output_tokens": event.output,
+        "total_tokens": event.total,
+    }
+
+
+TOKEN_COLUMNS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def _accumulate(
+    into: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any], extra: tuple[str, ...]
+) -> None:
+    acc = into.setdefault(
+        key,
+        {
+            "budget_id": row["budget_id"],
+            "tenant": row["tenant"],
+            "events": 0,
+            **{c: row[c] for c in extra},
+            **dict.fromkeys(TOKEN_COLUMNS, 0),
+        },
+    )
+    acc["events"] += 1
+    for column in TOKEN_COLUMNS:
+        acc[column] += row[column]
+
+
+def _add_totals(
+    conn: Connection, table: Any, key: list[str], rows: Iterable[dict[str, Any]]
+) -> None:
+    values = list(rows)
+    if not values:
+        return
+    stmt = insert(table).values(values)
+    added = {c: table.c[c] + stmt.excluded[c] for c in (*TOKEN_COLUMNS, "events")}
+    conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=added))
+
+
+def _signal(conn: Connection, event: ThresholdCrossed | PolicyChanged | ForecastUpdated) -> None:
+    payload = event.to_wire()
+    if isinstance(event, ThresholdCrossed):
+        row = {
+            "budget_id": event.budget_id,
+            "period_key": event.period_key,
+            "metric": event.metric,
+            "threshold": event.threshold,
+            "tenant": event.tenant,
+            "crossed_at": event.crossed_at,
+            "payload": payload,
+        }
+        conn.execute(insert(t.thresholds).values(row).on_conflict_do_nothing())
+    elif isinstance(event, PolicyChanged):
+        row = {
+            "budget_id": event.budget_id,
+            "effective_at": event.effective_at,
+            "policy": event.policy,
+            "period_key": event.period_key,
+            "tenant": event.tenant,
+            "payload": payload,
+        }
+        conn.execute(insert(t.policies).values(row).on_conflict_do_nothing())
+    else:
+        row = {
+            "budget_id": event.budget_id,
+            "period_key": event.period_key,
+            "tenant": event.tenant,
+            "as_of": event.as_of,
+            "payload": payload,
+        }
+        stmt = insert(t.forecasts).values(row)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["budget_id", "period_key"],
+                set_={"as_of": stmt.excluded.as_of, "payload": stmt.excluded.payload},
+                where=t.forecasts.c.as_of < stmt.excluded.as_of,
+            )
+        )
+
+
+def _audit_row(record: Record, event: Event) -> dict[str, Any] | None:
+    if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
+        budget_id: str | None = event.budget_id
+        revision: int | None = event.revision
+    elif isinstance(event, OverflowDrawn | ReservationMade | ReservationReleased):
+        budget_id, revision = event.budget_id, None
+    elif isinstance(event, AllocationMoved):
+        budget_id, revision = event.from_budget_id, None
+    elif isinstance(event, RebalanceRuleSet):
+        budget_id, revision = None, None
+    else:
+        return None
+    return {
+        "partition": record.partition,
+        "offset": record.offset,
+        "tenant": event.tenant,
+        "event_type": event.TYPE,
+        "budget_id": budget_id,
+        "actor": event.actor,
+        "reason": event.reason,
+        "occurred_at": event.occurred_at,
+        "revision": revision,
+        "payload": event.to_wire(),
+    }
