@@ -1,0 +1,201 @@
+"""The proxy's policy cache: matching, the winning policy, and the overshoot bound."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
+from schemas.signals import PolicyChanged
+from services.proxy.enforcement import PolicyCache
+from services.proxy.keys import VirtualKey
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+NOW_MS = int(NOW.timestamp() * 1000)
+RESET = datetime(2026, 12, 1, tzinfo=UTC)
+KEY = VirtualKey("bot", "acme", team="support", feature="copilot")
+
+
+def budget(budget_id: str, revision: int = 1, kind: type = BudgetDefined, **spec: Any) -> Any:
+    fields: dict[str, Any] = {"name": budget_id, "limits": {"total_tokens": 1000}, **spec}
+    return kind(
+        budget_id=budget_id,
+        tenant="acme",
+        revision=revision,
+        occurred_at=NOW,
+        actor="t",
+        spec=BudgetSpec.model_validate(fields),
+    )
+
+
+def policy(
+    budget_id: str,
+    policy: str = "allow",
+    at_limit: str = "hard_stop",
+    consumed: int = 0,
+    limit: int = 1000,
+    **extra: Any,
+) -> PolicyChanged:
+    return PolicyChanged(
+        tenant="acme",
+        budget_id=budget_id,
+        period_key="2026-11",
+        policy=policy,
+        at_limit=at_limit,
+        reason="test",
+        effective_at=NOW - timedelta(minutes=1),
+        reset_at=RESET,
+        metric="total",
+        consumed=consumed,
+        limit=limit,
+        remaining=max(0, limit - consumed),
+        **extra,
+    )
+
+
+def cache_with(*events: Any) -> PolicyCache:
+    cache = PolicyCache()
+    for event in events:
+        if isinstance(event, PolicyChanged):
+            cache.apply_policy(event)
+        else:
+            cache.apply_budget(event)
+    return cache
+
+
+def decide(
+    cache: PolicyCache,
+    model: str = "gpt-4o",
+    est_in: int = 10,
+    est_out: int = 10,
+    key: VirtualKey = KEY,
+) -> Any:
+    matched = cache.matched(key, key.feature, (), model, "openai")
+    return cache.decide(matched, est_in, est_out, NOW_MS)
+
+
+def test_no_budget_or_no_policy_yet_means_allow() -> None:
+    assert decide(PolicyCache()).policy == "allow"
+    assert decide(cache_with(budget("b1"))).policy == "allow"
+
+
+def test_only_budgets_whose_selector_matches_apply() -> None:
+    cache = cache_with(
+        budget("other-team", selector={"team": ["sales"]}),
+        policy("other-team", "hard_stop", consumed=1000),
+        budget("gpt", selector={"model": ["gpt-4o"]}),
+        policy("gpt", "degrade_route", target_model="gpt-4o-mini", consumed=950),
+    )
+    verdict = decide(cache)
+    assert verdict.policy == "degrade_route"
+    assert verdict.target_model("gpt-4o") == "gpt-4o-mini"
+    assert decide(cache, model="claude").policy == "allow"
+
+
+def test_most_restrictive_wins_and_names_its_budget() -> None:
+    cache = cache_with(
+        budget("a"),
+        policy("a", "degrade_route", target_model="m", consumed=900),
+        budget("b"),
+        policy("b", "hard_stop", consumed=1000),
+    )
+    verdict = decide(cache)
+    assert verdict.policy == "hard_stop"
+    assert verdict.winner is not None and verdict.winner.budget_id == "b"
+
+
+def test_model_map_takes_precedence_over_the_target() -> None:
+    cache = cache_with(
+        budget("a"),
+        policy(
+            "a",
+            "degrade_route",
+            at_limit="degrade_route",
+            target_model="small",
+            model_map={"big": "medium"},
+        ),
+    )
+    verdict = decide(cache, model="big")
+    assert verdict.target_model("big") == "medium"
+    assert verdict.target_model("other") == "small"
+
+
+def test_a_budget_change_invalidates_memoised_matches() -> None:
+    cache = cache_with(budget("a", selector={"team": ["sales"]}), policy("a", "hard_stop"))
+    assert decide(cache).policy == "allow"
+    cache.apply_budget(budget("a", revision=2, kind=BudgetAmended))
+    assert decide(cache).policy == "hard_stop"
+    cache.apply_budget(
+        BudgetRetired(budget_id="a", tenant="acme", revision=3, occurred_at=NOW, actor="t")
+    )
+    assert decide(cache).policy == "allow"
+
+
+def test_a_lone_amendment_from_the_compacted_topic_defines_the_budget() -> None:
+    cache = cache_with(budget("a", revision=4, kind=BudgetAmended), policy("a", "hard_stop"))
+    assert decide(cache).policy == "hard_stop"
+    cache.apply_budget(budget("a", revision=2, kind=BudgetAmended, selector={"team": ["x"]}))
+    assert decide(cache).policy == "hard_stop"  # an older revision never wins
+
+
+def test_a_policy_lapses_at_its_reset() -> None:
+    cache = cache_with(budget("a"), policy("a", "hard_stop", consumed=1000))
+    matched = cache.matched(KEY, KEY.feature, (), "m", "openai")
+    reset_ms = int(RESET.timestamp() * 1000)
+    assert cache.decide(matched, 1, 1, reset_ms - 1).policy == "hard_stop"
+    assert cache.decide(matched, 1, 1, reset_ms).policy == "allow"
+
+
+def test_reservations_refuse_once_headroom_is_used_and_settle_releases_them() -> None:
+    cache = cache_with(budget("a"), policy("a", "allow", consumed=950))  # 50 left
+    first = decide(cache, est_in=20, est_out=20)
+    second = decide(cache, est_in=20, est_out=20)
+    assert first.policy == second.policy == "allow"  # 50 - 40 = 10 > 0 when the second asks
+    third = decide(cache, est_in=1, est_out=1)
+    assert third.policy == "hard_stop" and third.local_stop
+    cache.settle(first, 5, 5, NOW_MS)  # used 10 of the 40 it reserved
+    cache.settle(second, 5, 5, NOW_MS)
+    state = cache.states["a"]
+    assert (state.reserved, state.forwarded_sum, state.headroom()) == (0, 20, 30)
+    assert decide(cache).policy == "allow"
+
+
+def test_a_fresh_policy_forgets_what_it_already_counts() -> None:
+    cache = cache_with(budget("a"), policy("a", consumed=900))
+    verdict = decide(cache)
+    cache.settle(verdict, 10, 10, NOW_MS)
+    assert cache.states["a"].forwarded_sum == 20
+    later = policy("a", consumed=920).model_copy(update={"effective_at": NOW})
+    cache.apply_policy(later)
+    assert cache.states["a"].forwarded_sum == 0
+    assert cache.states["a"].headroom() == 80
+
+
+@given(
+    remaining=st.integers(min_value=0, max_value=5000),
+    requests=st.lists(
+        st.tuples(st.integers(1, 400), st.integers(0, 400)), min_size=1, max_size=200
+    ),
+)
+def test_concurrent_admissions_overshoot_by_at_most_one_estimate(
+    remaining: int, requests: list[tuple[int, int]]
+) -> None:
+    """All requests in flight at once: what is admitted exceeds the headroom by less than the
+    largest single estimate (when the estimates bound the real usage)."""
+    cache = cache_with(budget("a"), policy("a", consumed=1000 - min(remaining, 1000), limit=1000))
+    headroom = cache.states["a"].remaining
+    admitted = 0
+    for est_in, est_out in requests:
+        if decide(cache, est_in=est_in, est_out=est_out).policy != "hard_stop":
+            admitted += est_in + est_out
+    largest = max(a + b for a, b in requests)
+    assert admitted - headroom < largest
+
+
+def test_budgets_that_alert_only_are_never_refused_locally() -> None:
+    cache = cache_with(budget("a"), policy("a", "alert_only", at_limit="alert_only", consumed=1000))
+    for _ in range(5):
+        assert decide(cache).policy == "alert_only"
