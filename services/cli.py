@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "services.common.cli",
     "services.alerts.cli",
     "services.proxy.cli",
+    "services.ingest.cli",
+    "streams.faust.cli",
 ]
 
 app = typer.Typer(help="Allotment: token budgets for LLM traffic.", no_args_is_help=True)
