@@ -1,0 +1,136 @@
+"""Budget writes through the API: event on the topics, projection, read; versions; 422 rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api_harness import api_harness, spec, unique
+
+from schemas.budgets import BudgetAmended, BudgetDefined
+from schemas.topics import BUDGET_EVENTS, BUDGETS
+
+
+async def test_a_write_reaches_the_topics_the_projection_and_the_reads(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant], principal="finops-lead")
+        base = f"/v1/tenants/{tenant}"
+        created = await h.client.post(
+            f"{base}/budgets",
+            json={"budget_id": f"{tenant}/org", "spec": spec(1000), "reason": "FY27"},
+            headers=admin,
+        )
+        # A budget id may hold "/", which a path segment cannot: ids without it are addressable.
+        assert created.status_code == 201, created.text
+        org = unique("org")
+        created = await h.client.post(
+            f"{base}/budgets",
+            json={"budget_id": org, "spec": spec(1000, name="Org"), "reason": "FY27 plan"},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["version"] == 1
+
+        audit_events = await h.read_topic(BUDGET_EVENTS)
+        mirror = await h.read_topic(BUDGETS)
+        defined = [e for e in audit_events if isinstance(e, BudgetDefined) and e.budget_id == org]
+        assert len(defined) == 1 and defined[0].actor.startswith("finops-lead")
+        assert [e.budget_id for e in mirror if isinstance(e, BudgetDefined)].count(org) == 1
+
+        assert (await h.client.get(f"{base}/budgets/{org}", headers=admin)).status_code == 404
+        await h.project()
+        got = await h.client.get(f"{base}/budgets/{org}", headers=admin)
+        assert got.status_code == 200 and got.json()["spec"]["name"] == "Org"
+
+        team = unique("team")
+        created = await h.client.post(
+            f"{base}/budgets",
+            json={"budget_id": team, "spec": spec(400, org), "reason": "support"},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        await h.project()
+        tree = (await h.client.get(f"{base}/tree", headers=admin)).json()
+        org_node = next(n for n in tree["roots"] if n["budget_id"] == org)
+        assert [c["budget_id"] for c in org_node["children"]] == [team]
+
+        audit = (await h.client.get(f"{base}/audit", headers=admin)).json()
+        assert [(a["event_type"], a["budget_id"], a["reason"]) for a in audit[:2]] == [
+            ("BudgetDefined", team, "support"),
+            ("BudgetDefined", org, "FY27 plan"),
+        ]
+
+
+async def test_a_stale_version_gets_409_and_the_current_one_wins(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant])
+        base = f"/v1/tenants/{tenant}/budgets"
+        budget = unique("b")
+        await h.client.post(
+            base, json={"budget_id": budget, "spec": spec(100), "reason": "r"}, headers=admin
+        )
+        amend = {"expected_version": 1, "spec": spec(200), "reason": "growth"}
+        first = await h.client.put(f"{base}/{budget}", json=amend, headers=admin)
+        assert first.status_code == 200 and first.json()["version"] == 2
+        stale = await h.client.put(f"{base}/{budget}", json=amend, headers=admin)
+        assert stale.status_code == 409
+        assert "version 2, not 1" in stale.json()["detail"]
+        again = await h.client.post(
+            base, json={"budget_id": budget, "spec": spec(1), "reason": "r"}, headers=admin
+        )
+        assert again.status_code == 409
+        retire = await h.client.post(
+            f"{base}/{budget}/retire", json={"expected_version": 2, "reason": "done"}, headers=admin
+        )
+        assert retire.status_code == 200 and retire.json()["retired"] is True
+        amended = [e for e in await h.read_topic(BUDGET_EVENTS) if isinstance(e, BudgetAmended)]
+        assert [e.revision for e in amended if e.budget_id == budget] == [2]
+
+
+def _errors(response: Any) -> list[tuple[str, str]]:
+    assert response.status_code == 422, response.text
+    return [(e["field"], e["rule"]) for e in response.json()["errors"]]
+
+
+async def test_bad_input_gets_422_naming_field_and_rule(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant])
+        base = f"/v1/tenants/{tenant}/budgets"
+
+        async def create(budget_id: str, body: dict[str, Any]) -> Any:
+            return await h.client.post(
+                base, json={"budget_id": budget_id, "spec": body, "reason": "r"}, headers=admin
+            )
+
+        org, a, b = unique("org"), unique("a"), unique("b")
+        assert (await create(org, spec(100))).status_code == 201
+        assert (await create(a, spec(60, org))).status_code == 201
+
+        over = _errors(await create(b, spec(50, org)))
+        assert over[0][0] == "spec.limits.total_tokens" and "allows no overflow" in over[0][1]
+        ghost = _errors(await create(b, spec(10, "nobody")))
+        assert ghost[0][0] == "spec.parent" and "unknown parent" in ghost[0][1]
+        cycle = await h.client.put(
+            f"{base}/{org}",
+            json={"expected_version": 1, "spec": spec(100, a), "reason": "r"},
+            headers=admin,
+        )
+        assert _errors(cycle)[0][0] == "spec.parent" and "cycle" in _errors(cycle)[0][1]
+        zero = _errors(await create(b, spec(0)))
+        assert zero[0][0] == "spec.limits.total_tokens"
+        negative = _errors(await create(b, spec(-5)))
+        assert negative[0][0] == "spec.limits.total_tokens"
+        zone = _errors(await create(b, spec(10, period={"timezone": "Mars/Olympus"})))
+        assert zone[0][0] == "spec.period.timezone" and "IANA" in zone[0][1]
+        for bad in (0, 201):
+            threshold = _errors(await create(b, spec(10, thresholds=[50, bad])))
+            assert threshold[0][0] == "spec.thresholds.1"
+        assert (await create(b, spec(10, thresholds=[50, 200]))).status_code == 201
