@@ -26,6 +26,8 @@ request id is `<trace id>/<span id>`: a re-exported span maps to the same event.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +90,18 @@ def _json_attributes(items: Any) -> dict[str, Any]:
         for kv in items
         if isinstance(kv, Mapping)
     }
+
+
+def _hex_id(value: Any, size: int) -> str:
+    """OTLP JSON ids are hex; some senders use protobuf-JSON base64 instead, also accepted."""
+    text = str(value or "")
+    if len(text) == size * 2 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return text.lower()
+    return raw.hex() if len(raw) == size else text.lower()
 
 
 def spans_from_json(body: bytes) -> list[dict[str, Any]]:
