@@ -268,7 +268,7 @@ def _policy_headers(verdict: Verdict, caught_up: bool) -> list[tuple[bytes, byte
     if tight is not None:
         headers.append((b"x-allotment-budget", tight.budget_id.encode()))
         headers.append(
-            (b"x-allotment-budget-remaining-tokens", str(max(0, tight.headroom())).encode())
+            (b"x-allotment-budget-remaining-tokens", str(max(0, verdict.remaining)).encode())
         )
         if tight.reset_iso:
             headers.append((b"x-allotment-budget-reset", tight.reset_iso.encode()))

@@ -134,6 +134,8 @@ class Verdict:
     matched: tuple[BudgetState, ...]
     reservations: list[tuple[BudgetState, int]]
     local_stop: bool = False
+    remaining: int = 0
+    """The tightest budget's headroom as this request found it (before its own reservation)."""
 
     def target_model(self, model: str | None) -> str | None:
         """The model a degraded request goes to (None: leave it as it is)."""
@@ -223,28 +225,30 @@ class PolicyCache:
             return ALLOW
         decisions: list[PolicyDecision] = []
         tightest: BudgetState | None = None
+        least = 0
         stop: BudgetState | None = None
         for state in matched:
             decision = state.decision
             if decision is None or now_ms >= state.reset_ms:
                 continue  # no verdict yet, or its period has reset since
             decisions.append(decision)
-            if tightest is None or state.headroom() < tightest.headroom():
-                tightest = state
+            headroom = state.headroom()
+            if tightest is None or headroom < least:
+                tightest, least = state, headroom
             if (
                 stop is None
+                and headroom <= 0
                 and state.at_limit == "hard_stop"
                 and decision.policy != "hard_stop"
-                and state.headroom() <= 0
             ):
                 stop = state
         if not decisions:
             return Verdict("allow", None, None, matched, [])
         if stop is not None:
-            return Verdict("hard_stop", stop, tightest, matched, [], local_stop=True)
+            return Verdict("hard_stop", stop, tightest, matched, [], True, least)
         winner_decision = most_restrictive(decisions)
         winner = next((s for s in matched if s.decision is winner_decision), tightest)
-        verdict = Verdict(winner_decision.policy, winner, tightest, matched, [])
+        verdict = Verdict(winner_decision.policy, winner, tightest, matched, [], False, least)
         if winner_decision.policy != "hard_stop":
             for state in matched:
                 if state.decision is not None and state.at_limit == "hard_stop":

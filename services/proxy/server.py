@@ -87,6 +87,7 @@ class Proxy:
             date_header=False,
             log_level="warning",
             backlog=4096,
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         await self._server.serve(sockets=[sock] if sock is not None else None)

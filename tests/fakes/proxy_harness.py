@@ -1,0 +1,176 @@
+"""What the proxy's integration tests share: a running proxy in front of the fake provider,
+budget and policy events put on the real topics, and usage events read back from the real topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.base import Event
+from schemas.budgets import BudgetDefined, BudgetSpec
+from schemas.codec import decode, encode
+from schemas.signals import PolicyChanged
+from schemas.topics import BUDGETS, POLICIES, USAGE
+from schemas.usage import UsageBatch, UsageRecorded
+from services.proxy.keys import KeyStore, hash_key
+from services.proxy.server import Proxy
+from services.proxy.settings import ProxySettings
+
+SECRET = "sk-allotment-test"
+
+
+@dataclass
+class Running:
+    proxy: Proxy
+    url: str
+    tenant: str
+    secret: str = SECRET
+
+
+def unique_tenant() -> str:
+    return f"acme-{uuid.uuid4().hex[:8]}"
+
+
+def budget_defined(tenant: str, budget_id: str, total: int = 1_000_000, **spec: Any) -> Any:
+    fields = {"name": f"{budget_id} budget", "limits": {"total_tokens": total}, **spec}
+    return BudgetDefined(
+        budget_id=budget_id,
+        tenant=tenant,
+        revision=1,
+        occurred_at=datetime.now(UTC),
+        actor="test",
+        spec=BudgetSpec.model_validate(fields),
+    )
+
+
+def policy_changed(
+    tenant: str,
+    budget_id: str,
+    policy: str,
+    consumed: int,
+    limit: int = 1_000_000,
+    at_limit: str = "hard_stop",
+    reset_in: timedelta = timedelta(hours=3),
+    **extra: Any,
+) -> PolicyChanged:
+    now = datetime.now(UTC)
+    return PolicyChanged(
+        tenant=tenant,
+        budget_id=budget_id,
+        period_key=now.strftime("%Y-%m"),
+        policy=policy,
+        at_limit=at_limit,
+        reason="test",
+        effective_at=now - timedelta(seconds=5),
+        reset_at=(now + reset_in).replace(microsecond=0),
+        metric="total",
+        consumed=consumed,
+        limit=limit,
+        remaining=max(0, limit - consumed),
+        **extra,
+    )
+
+
+async def publish(bootstrap: str, prefix: str, events: Iterable[Event]) -> None:
+    """Put budget events on `budgets` and policies on `policies`, keyed by budget id."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            spec = POLICIES if isinstance(event, PolicyChanged) else BUDGETS
+            budget_id: str = event.budget_id  # type: ignore[attr-defined]
+            await producer.send_and_wait(spec.name(prefix), encode(event), key=budget_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_usage(
+    bootstrap: str, prefix: str, count: int, timeout: float = 30.0
+) -> list[UsageRecorded]:
+    """Every usage event on the topic, from the start, once at least `count` have arrived."""
+    topic = USAGE.name(prefix)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    events: list[UsageRecorded] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            found = consumer.partitions_for_topic(topic) or set()
+            partitions = [TopicPartition(topic, p) for p in found]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=300)
+            for records in batches.values():
+                for record in records:
+                    event = decode(record.value)
+                    if isinstance(event, UsageBatch):
+                        events.extend(event.events)
+                    elif isinstance(event, UsageRecorded):
+                        events.append(event)
+            if len(events) >= count:
+                # one more poll, so that an unexpected extra event is seen too
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        event = decode(record.value)
+                        if isinstance(event, UsageBatch):
+                            events.extend(event.events)
+                break
+    finally:
+        await consumer.stop()
+    return events
+
+
+def key_store(tenant: str, **attribution: Any) -> KeyStore:
+    entry = {"id": "test-key", "key_sha256": hash_key(SECRET), "tenant": tenant, **attribution}
+    return KeyStore.from_entries([entry], "test")
+
+
+@asynccontextmanager
+async def running_proxy(
+    bootstrap: str,
+    prefix: str,
+    upstream: str,
+    spool_dir: Path,
+    tenant: str,
+    wait_caught_up: bool = True,
+    keys: KeyStore | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Running]:
+    settings = ProxySettings(
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        upstreams={"openai": upstream, "anthropic": upstream},
+        spool_dir=spool_dir,
+        flush_interval_s=0.02,
+        **overrides,
+    )
+    proxy = Proxy(settings, keys or key_store(tenant, team="support", feature="copilot"))
+    await proxy.start()
+    try:
+        url = await proxy.serve_in_background()
+        if wait_caught_up and proxy.feed is not None:
+            await proxy.feed.wait_caught_up(30)
+        yield Running(proxy, url, tenant)
+    finally:
+        await proxy.stop()
+
+
+async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; fail with `what` after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
