@@ -73,7 +73,8 @@ async def load_state(bootstrap: str, prefix: str) -> ConfigState:
     await consumer.start()
     try:
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, 0)
         ends = await consumer.end_offsets(partitions)
         idle = 0
         while idle < 3 and any([await consumer.position(tp) < ends[tp] for tp in partitions]):

@@ -84,10 +84,9 @@ class WarehouseConsumer:
         consumer = self._require()
         stored = await asyncio.to_thread(self._load)
         for tp in self.partitions:
-            if (tp.topic, tp.partition) in stored:
-                consumer.seek(tp, stored[(tp.topic, tp.partition)])
-            else:
-                await consumer.seek_to_beginning(tp)
+            # Offset 0 of a partition whose head expired is out of range; auto_offset_reset
+            # "earliest" then starts at its first retained record.
+            consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
 
     def _load(self) -> dict[tuple[str, int], int]:
         with self.engine.begin() as conn:
@@ -139,7 +138,10 @@ class WarehouseConsumer:
         """Records between the current positions and the ends of the partitions."""
         consumer = self._require()
         ends = await consumer.end_offsets(self.partitions)
-        return sum(max(0, end - await consumer.position(tp)) for tp, end in ends.items())
+        behind = 0
+        for tp, end in ends.items():
+            behind += max(0, end - await consumer.position(tp))
+        return behind
 
     async def catch_up(self, progress: Progress | None = None) -> int:
         """Project until every partition reaches the end it had when this call began."""

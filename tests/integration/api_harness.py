@@ -79,7 +79,8 @@ class Harness:
         try:
             tps = [TopicPartition(spec.name(self.prefix), p) for p in range(spec.partitions)]
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                consumer.seek(tp, 0)
             ends = await consumer.end_offsets(tps)
             found: list[Event] = []
             idle = 0
