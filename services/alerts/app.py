@@ -65,7 +65,10 @@ def _int_env(name: str, default: int) -> int:
         raise AlertConfigError(name, f"must be an integer, got {raw!r}") from None
 
 
-async def run(settings: AlertsSettings, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: AlertsSettings, stop: asyncio.Event | None = None, install_signals: bool = True
+) -> None:
+    """Run until SIGTERM/SIGINT (when `install_signals`) or until `stop` is set."""
     from prometheus_client import start_http_server
 
     from services.common.db import make_engine
@@ -73,7 +76,7 @@ async def run(settings: AlertsSettings, stop: asyncio.Event | None = None) -> No
     config = load_config(settings.config_path)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     engine = make_engine(settings.stack.database_url)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from schemas.base import Event
 from schemas.signals import ForecastUpdated, PolicyChanged, ProjectedOverrun, ThresholdCrossed
-from services.alerts.routing import AlertSignal
+from services.alerts.routing import AlertSignal, is_period_reset
 
 _NAMESPACE = uuid.UUID("6f1c1f3e-8a53-4c1e-9a63-2d1f0c8b7a10")
 
@@ -48,6 +49,11 @@ class BudgetView:
     effective_limit: int | None = None
     projections: dict[str, dict[str, Any]] = field(default_factory=dict)
     trend_vs_prev_7d: float | None = None
+    last_reset_at: str | None = None
+
+    def reset_since(self, at: datetime) -> bool:
+        """Whether a period reset later than `at` was already seen (the event is stale)."""
+        return self.last_reset_at is not None and datetime.fromisoformat(self.last_reset_at) > at
 
     def projection(self, metric: str | None) -> dict[str, Any] | None:
         if metric is not None and metric in self.projections:
@@ -80,6 +86,8 @@ def update_view(view: BudgetView, event: Event) -> BudgetView:
             trend_vs_prev_7d=trend if trend is not None else view.trend_vs_prev_7d,
         )
     if isinstance(event, PolicyChanged):
+        if is_period_reset(event):
+            view = replace(view, last_reset_at=event.effective_at.isoformat())
         if not event.limit:
             return replace(view, policy=event.policy, policy_reason=event.reason)
         return replace(

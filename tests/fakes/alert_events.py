@@ -1,0 +1,106 @@
+"""Builders of the events the alerts service consumes, with realistic defaults."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.budgets import BudgetDefined, BudgetSpec, Limits
+from schemas.signals import Band, PolicyChanged, ProjectedOverrun, Projection, ThresholdCrossed
+
+# A period wholly in the past, so "not before" times are due at once.
+OCT_START = datetime(2026, 10, 1, tzinfo=UTC)
+NOV_START = datetime(2026, 11, 1, tzinfo=UTC)
+AT = datetime(2026, 10, 17, 10, 30, tzinfo=UTC)
+
+
+def projection(p50: float = 470e6, metric: str = "total") -> Projection:
+    return Projection(
+        metric=metric,  # type: ignore[arg-type]
+        p50=p50,
+        band80=Band(low=p50 * 0.93, high=p50 * 1.07),
+        band95=Band(low=p50 * 0.88, high=p50 * 1.12),
+        method="ets",
+        as_of=AT,
+    )
+
+
+def budget(
+    tenant: str, budget_id: str, parent: str | None = None, limit: int = 420_000_000
+) -> BudgetDefined:
+    spec = BudgetSpec(
+        name=budget_id.replace("-", " "),
+        limits=Limits(total_tokens=limit),
+        parent=parent,
+        at_limit="hard_stop",
+    )
+    return BudgetDefined(
+        budget_id=budget_id, tenant=tenant, revision=1, occurred_at=AT, actor="test", spec=spec
+    )
+
+
+def crossed(tenant: str, budget_id: str, threshold: int, **over: Any) -> ThresholdCrossed:
+    limit = over.pop("limit", 420_000_000)
+    fields: dict[str, Any] = {
+        "tenant": tenant,
+        "budget_id": budget_id,
+        "period_key": "2026-10",
+        "period_start": OCT_START,
+        "period_end": NOV_START,
+        "metric": "total",
+        "threshold": threshold,
+        "consumed": limit * threshold // 100,
+        "limit": limit,
+        "effective_limit": limit,
+        "crossed_at": AT,
+        "projection": projection(),
+        "trend_vs_prev_7d": 0.18,
+        "recommended_action": "Move 50M tokens from the org pool or enable degrade_route.",
+    }
+    fields.update(over)
+    return ThresholdCrossed(**fields)
+
+
+def policy(tenant: str, budget_id: str, name: str, **over: Any) -> PolicyChanged:
+    fields: dict[str, Any] = {
+        "tenant": tenant,
+        "budget_id": budget_id,
+        "period_key": "2026-10",
+        "policy": name,
+        "at_limit": "hard_stop",
+        "reason": f"consumption reached 100% of the limit: {name}",
+        "effective_at": AT,
+        "reset_at": NOV_START,
+        "metric": "total",
+        "consumed": 420_000_000,
+        "limit": 420_000_000,
+    }
+    fields.update(over)
+    return PolicyChanged(**fields)
+
+
+def reset(tenant: str, budget_id: str) -> PolicyChanged:
+    """The pipeline's period reset: `allow` in the new period, the reason names the reset."""
+    return policy(
+        tenant,
+        budget_id,
+        "allow",
+        period_key="2026-11",
+        reason="period reset: new period 2026-11",
+        effective_at=NOV_START,
+        reset_at=datetime(2026, 12, 1, tzinfo=UTC),
+        consumed=0,
+    )
+
+
+def overrun(tenant: str, budget_id: str) -> ProjectedOverrun:
+    return ProjectedOverrun(
+        tenant=tenant,
+        budget_id=budget_id,
+        period_key="2026-10",
+        period_end=NOV_START,
+        consumed=248_000_000,
+        limit=420_000_000,
+        projection=projection(),
+        detected_at=AT,
+    )

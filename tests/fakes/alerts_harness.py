@@ -1,0 +1,135 @@
+"""Running the alerts service against the fake receivers: config, events in, service up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from schemas.base import Event
+from schemas.codec import encode
+from schemas.topics import TopicSpec
+from services.alerts.app import AlertsSettings, run
+from services.common.settings import StackSettings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST = {
+    "base_delay_seconds": 0.2,
+    "max_delay_seconds": 1.0,
+    "lease_seconds": 3.0,
+    "request_timeout_seconds": 2.0,
+    "poll_seconds": 0.1,
+}
+
+
+def write_config(
+    path: Path,
+    tenant: str,
+    http_url: str,
+    smtp_port: int | None = None,
+    channels: Iterable[str] = ("slack", "pd", "hook"),
+    **delivery: Any,
+) -> Path:
+    available: dict[str, dict[str, Any]] = {
+        "slack": {"type": "slack", "name": "slack", "url": f"{http_url}/slack"},
+        "pd": {
+            "type": "pagerduty",
+            "name": "pd",
+            "routing_key": "test-routing-key",
+            "url": f"{http_url}/pagerduty",
+        },
+        "hook": {"type": "webhook", "name": "hook", "url": f"{http_url}/webhook", "secret": SECRET},
+        "mail": {
+            "type": "email",
+            "name": "mail",
+            "host": "127.0.0.1",
+            "port": smtp_port or 25,
+            "sender": "allotment@example.test",
+            "recipients": ["finance@example.test"],
+        },
+    }
+    chosen = [available[name] for name in channels]
+    config = {
+        "api_base": "http://api.test:8000",
+        "channels": chosen,
+        "rules": [{"tenant": tenant, "channels": [c["name"] for c in chosen]}],
+        "delivery": {**FAST, **delivery},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def produce(bootstrap: str, prefix: str, events: Iterable[tuple[TopicSpec, Event]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for spec, event in events:
+            key = getattr(event, "budget_id", None) or getattr(event, "tenant", "")
+            await producer.send_and_wait(spec.name(prefix), encode(event), key=str(key).encode())
+    finally:
+        await producer.stop()
+
+
+def settings(
+    bootstrap: str,
+    database_url: str,
+    prefix: str,
+    config: Path,
+    otlp: str | None = None,
+) -> AlertsSettings:
+    return AlertsSettings(
+        stack=StackSettings(bootstrap, database_url, prefix),
+        config_path=str(config),
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        otlp_endpoint=otlp,
+        otlp_interval_ms=300,
+    )
+
+
+@contextlib.asynccontextmanager
+async def service(alerts: AlertsSettings) -> AsyncIterator[asyncio.Task[None]]:
+    """The service in this process, stopped (and its exporters flushed) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(alerts, stop, install_signals=False))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def subprocess_env(bootstrap: str, database_url: str, prefix: str, config: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ALLOTMENT_KAFKA_BOOTSTRAP": bootstrap,
+        "ALLOTMENT_DATABASE_URL": database_url,
+        "ALLOTMENT_TOPIC_PREFIX": prefix,
+        "ALLOTMENT_ALERTS_CONFIG": str(config),
+        "ALLOTMENT_ALERTS_METRICS_PORT": "0",
+    }
+
+
+async def until(
+    predicate: Any, timeout: float = 30.0, alive: asyncio.Task[None] | None = None
+) -> bool:
+    """Poll `predicate` (sync) without blocking the loop; a bound, not a timing assertion.
+
+    With `alive`, a service task that ended early raises its error here instead of waiting.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if alive is not None and alive.done():
+            alive.result()
+            raise AssertionError("the alerts service stopped early")
+        if await asyncio.to_thread(predicate):
+            return True
+        await asyncio.sleep(0.1)
+    return bool(await asyncio.to_thread(predicate))
