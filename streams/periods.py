@@ -194,6 +194,7 @@ def window_of_key(period: Period, key: str) -> PeriodWindow:
     return _window(unit, period.timezone, start.toordinal())[0]
 
 
+@lru_cache(maxsize=65_536)
 def day_key(ordinal: int) -> str:
     """The key of the day bucket for a proleptic Gregorian ordinal."""
     return date.fromordinal(ordinal).isoformat()
