@@ -259,7 +259,10 @@ def check_reservation(
     window: Window,
     at: datetime,
 ) -> None:
-    """A reservation must lie ahead, and its budget must still have the tokens to hold."""
+    """A reservation must lie ahead, and its budget must still have the tokens to hold.
+
+    A parent can only hold back what it has not allocated to its children (its pool).
+    """
     if event.starts_at <= at:
         raise AllocationRejected(
             event.budget_id, [FieldError("starts_at", "must be in the future (a later range)")]
@@ -271,8 +274,11 @@ def check_reservation(
     if event.metric not in limits:
         rule = f"the budget limits no {event.metric}"
         raise AllocationRejected(event.budget_id, [FieldError("metric", rule)])
-    if event.tokens > limits[event.metric]:
-        rule = f"exceeds what the budget can still hold back: {limits[event.metric]}"
+    free = limits[event.metric]
+    if children_of(specs, event.budget_id):
+        free = pool(specs, state, event.budget_id, window, at).get(event.metric, 0)
+    if event.tokens > free:
+        rule = f"exceeds what the budget can still hold back: {max(0, free)} unallocated"
         raise AllocationRejected(event.budget_id, [FieldError("tokens", rule)])
 
 

@@ -115,6 +115,9 @@ class Status(BaseModel):
     effective_limits: dict[str, int]
     consumed: dict[str, int]
     remaining: dict[str, int]
+    pool: dict[str, int] | None = Field(
+        description="A parent's unallocated tokens (its overflow pool) in this period."
+    )
     policy: dict[str, Any] | None
     forecast: dict[str, Any] | None
     history: list[PeriodRow]

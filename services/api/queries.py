@@ -16,7 +16,8 @@ from schemas.allocation import ALLOCATION_EVENTS, AllocationEvent
 from schemas.budgets import BudgetSpec, Metric
 from schemas.codec import from_dict
 from services.warehouse import tables as t
-from streams.allocation import AllocationState, apply_allocation_event, effective_limits
+from streams.allocation import AllocationState, apply_allocation_event, effective_limits, pool
+from streams.allocation_tree import children_of
 from streams.budgets import Budget
 from streams.periods import period_of
 
@@ -77,8 +78,12 @@ def status(engine: Engine, tenant: str, target: Budget, now: datetime) -> dict[s
             )
         }
         specs[target.budget_id] = target.spec
-        limits = effective_limits(
-            specs, allocation_state(conn, tenant), target.budget_id, window, now
+        allocation = allocation_state(conn, tenant)
+        limits = effective_limits(specs, allocation, target.budget_id, window, now)
+        free = (
+            pool(specs, allocation, target.budget_id, window, now)
+            if children_of(specs, target.budget_id)
+            else None
         )
         history = _rows(
             conn,
@@ -104,6 +109,7 @@ def status(engine: Engine, tenant: str, target: Budget, now: datetime) -> dict[s
         "effective_limits": limits,
         "consumed": consumed,
         "remaining": {m: limit - consumed[m] for m, limit in limits.items()},
+        "pool": free,
         "policy": policy["payload"] if policy else None,
         "forecast": forecast["payload"] if forecast else None,
         "history": [

@@ -20,13 +20,13 @@ from sqlalchemy.dialects.postgresql import insert
 from schemas.errors import AllotmentError
 from schemas.topics import ALL
 from services.warehouse import tables as t
-from services.warehouse.projector import KINDS, Projector, Record
+from services.warehouse.projector import CONFIG_KINDS, KINDS, Projector, Record
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "warehouse"
 Progress = Callable[[int], None]
-IDLE_STEPS = 3
+IDLE_STEPS = 20
 """Empty fetches in a row after which `catch_up` stops: transaction markers at a partition's
 end count in its end offset but are never delivered, so the position may stop short of it."""
 
@@ -50,6 +50,7 @@ class WarehouseConsumer:
         self.projector = Projector()
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._config_ends: dict[TopicPartition, int] = {}
 
     @property
     def partitions(self) -> list[TopicPartition]:
@@ -74,6 +75,7 @@ class WarehouseConsumer:
         self._consumer = consumer
         consumer.assign(self.partitions)
         await self._seek_to_stored()
+        self._config_ends = await consumer.end_offsets(self._config_partitions())
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -96,9 +98,34 @@ class WarehouseConsumer:
             ).mappings()
             return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
+    def _config_partitions(self) -> list[TopicPartition]:
+        return [tp for tp in self.partitions if self._kind_of[tp.topic] in CONFIG_KINDS]
+
+    async def _gate(self) -> None:
+        """Hold usage and signals back while config lags its last known end.
+
+        Usage is matched against the budgets projected so far; reading config first makes a
+        rebuild match exactly as the live run did for usage that came after its budget.
+        """
+        consumer = self._require()
+        lagging = False
+        for tp in self._config_partitions():
+            end = consumer.last_stable_offset(tp)
+            if end is None:
+                end = consumer.highwater(tp)
+            if end is None:
+                end = self._config_ends.get(tp, 0)
+            lagging = lagging or await consumer.position(tp) < end
+        others = [tp for tp in self.partitions if self._kind_of[tp.topic] not in CONFIG_KINDS]
+        if lagging:
+            consumer.pause(*others)
+        else:
+            consumer.resume(*others)
+
     async def step(self, timeout_ms: int = 500, max_records: int = 5000) -> int:
         """Fetch one batch and project it; returns how many records it wrote."""
         consumer = self._require()
+        await self._gate()
         batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [
             Record(self._kind_of[tp.topic], tp.partition, m.offset, m.value or b"")

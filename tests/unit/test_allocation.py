@@ -186,6 +186,12 @@ def test_a_reservation_in_the_past_or_too_large_is_rejected() -> None:
     assert err.value.errors[0].field == "tokens"
 
 
+def test_a_parent_holds_back_only_its_pool() -> None:
+    with pytest.raises(AllocationRejected) as err:
+        check_reservation(SPECS, AllocationState(), reservation(201), NOV, EARLY)
+    assert "200 unallocated" in err.value.errors[0].rule
+
+
 def test_rebalance_waits_for_the_midpoint() -> None:
     assert not rebalance_due(AllocationState().rule, NOV, EARLY)
     assert plan_rebalance(SPECS, AllocationState(), NOV, EARLY, {}, tenant="t", actor="x") == []

@@ -1,0 +1,132 @@
+"""The tree rules through the API: overflow draws, reservations and auto-rebalance change the
+effective limits that the status shows, and every move is an event in the audit log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from api_harness import Harness, api_harness, spec, unique
+
+from schemas.allocation import AllocationMoved, OverflowDrawn, ReservationMade
+from schemas.topics import BUDGET_EVENTS, USAGE
+from schemas.usage import UsageRecorded
+
+
+def usage(tenant: str, feature: str, tokens: int, day: int, n: int) -> UsageRecorded:
+    at = datetime(2026, 11, day, 10, tzinfo=UTC)
+    return UsageRecorded(
+        event_id=f"{tenant}-{feature}-{n}",
+        source="test",
+        occurred_at=at,
+        received_at=at,
+        tenant=tenant,
+        feature=feature,
+        request_model="gpt-4o",
+        input_uncached=tokens // 2,
+        output=tokens - tokens // 2,
+    )
+
+
+async def status(h: Harness, tenant: str, budget: str, key: dict[str, str]) -> dict[str, Any]:
+    response = await h.client.get(f"/v1/tenants/{tenant}/budgets/{budget}/status", headers=key)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_overflow_reservation_and_rebalance_move_effective_limits(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    now = [datetime(2026, 11, 5, 12, tzinfo=UTC)]
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url, lambda: now[0]) as h:
+        key = h.key("tenant-admin", [tenant], principal="lead")
+        base = f"/v1/tenants/{tenant}"
+        org, a, b = unique("org"), unique("search"), unique("chat")
+        for budget_id, body in (
+            (org, spec(1000)),
+            (a, spec(400, org, overflow_cap_tokens=150, selector={"feature": ["search"]})),
+            (b, spec(400, org, selector={"feature": ["chat"]})),
+        ):
+            created = await h.client.post(
+                f"{base}/budgets",
+                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
+                headers=key,
+            )
+            assert created.status_code == 201, created.text
+
+        async def draw(budget: str, draw_id: str, tokens: int) -> Any:
+            return await h.client.post(
+                f"{base}/budgets/{budget}/overflow-draws",
+                json={"draw_id": draw_id, "tokens": tokens, "reason": "launch week"},
+                headers=key,
+            )
+
+        assert (await draw(a, "d1", 100)).status_code == 201
+        capped = await draw(a, "d2", 60)
+        assert capped.status_code == 422 and capped.json()["errors"][0]["field"] == "tokens"
+        assert (await draw(b, "d3", 1)).status_code == 422  # b has no overflow cap
+
+        reservation = {
+            "reservation_id": "black-friday",
+            "tokens": 150,
+            "starts_at": "2026-11-27T00:00:00Z",
+            "ends_at": "2026-11-30T00:00:00Z",
+            "reason": "sale traffic",
+        }
+        too_big = await h.client.post(
+            f"{base}/budgets/{org}/reservations", json=reservation, headers=key
+        )
+        assert too_big.status_code == 422  # the pool holds only 100 after the draw
+        reservation["tokens"] = 100
+        reserved = await h.client.post(
+            f"{base}/budgets/{org}/reservations", json=reservation, headers=key
+        )
+        assert reserved.status_code == 201, reserved.text
+        starved = await draw(a, "d4", 10)
+        assert starved.status_code == 422 and "pool" in starved.json()["errors"][0]["rule"]
+
+        await h.produce(
+            USAGE,
+            [
+                (e.event_id, e)
+                for e in [usage(tenant, "search", 50, 3, i) for i in range(2)]
+                + [usage(tenant, "chat", 100, 4, i) for i in range(3)]
+            ],
+        )
+        await h.project()
+        assert (await status(h, tenant, a, key))["effective_limits"] == {"total": 500}
+        assert (await status(h, tenant, a, key))["consumed"]["total"] == 100
+        org_status = await status(h, tenant, org, key)
+        assert org_status["effective_limits"] == {"total": 900}
+        assert org_status["pool"] == {"total": 0}
+        assert org_status["consumed"]["total"] == 400
+
+        early = await h.client.post(f"{base}/rebalance", json={"reason": "mid"}, headers=key)
+        assert early.status_code == 200 and early.json()["events"] == []
+        now[0] = datetime(2026, 11, 20, tzinfo=UTC)
+        moved = await h.client.post(f"{base}/rebalance", json={"reason": "mid"}, headers=key)
+        assert [(e["from_budget_id"], e["tokens"]) for e in moved.json()["events"]] == [(a, 200)]
+        again = await h.client.post(f"{base}/rebalance", json={"reason": "mid"}, headers=key)
+        assert again.json()["events"] == []
+
+        await h.project()
+        assert (await status(h, tenant, a, key))["effective_limits"] == {"total": 300}
+        assert (await status(h, tenant, org, key))["pool"] == {"total": 200}
+        now[0] = datetime(2026, 11, 28, tzinfo=UTC)
+        assert (await status(h, tenant, org, key))["effective_limits"] == {"total": 1000}
+
+        events = [
+            e for e in await h.read_topic(BUDGET_EVENTS) if getattr(e, "tenant", "") == tenant
+        ]
+        kinds = [type(e) for e in events if not type(e).__name__.startswith("Budget")]
+        assert kinds == [OverflowDrawn, ReservationMade, AllocationMoved]
+        audit = (await h.client.get(f"{base}/audit", headers=key)).json()
+        assert audit[0]["event_type"] == "AllocationMoved"
+        assert audit[0]["actor"].startswith("lead") and audit[0]["reason"].startswith("mid")
+        daily = (await h.client.get(f"{base}/budgets/{org}/usage/daily", headers=key)).json()
+        assert [(d["day"], d["feature"], d["model"], d["total_tokens"]) for d in daily] == [
+            ("2026-11-03", "search", "gpt-4o", 100),
+            ("2026-11-04", "chat", "gpt-4o", 300),
+        ]
