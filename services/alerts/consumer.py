@@ -33,8 +33,9 @@ from services.alerts.payload import BudgetView, budget_path, build_payload, deli
 from services.alerts.routing import AlertSignal, Route, route, signal_of
 
 log = logging.getLogger(__name__)
-SIGNAL_SPECS: tuple[TopicSpec, ...] = (THRESHOLDS, FORECASTS, POLICIES)
-"""In this order inside a batch: a crossing is enqueued before a reset read with it."""
+SIGNAL_SPECS: tuple[TopicSpec, ...] = (FORECASTS, THRESHOLDS, POLICIES)
+"""In this order inside a batch: a forecast enriches the crossings read with it, and a
+crossing is enqueued before a reset read with it."""
 SIGNAL_TYPES = (ThresholdCrossed, PolicyChanged, ProjectedOverrun, ForecastUpdated)
 
 

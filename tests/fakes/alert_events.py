@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.budgets import BudgetDefined, BudgetSpec, Limits
-from schemas.signals import Band, PolicyChanged, ProjectedOverrun, Projection, ThresholdCrossed
+from schemas.signals import (
+    Band,
+    ForecastUpdated,
+    PolicyChanged,
+    ProjectedOverrun,
+    Projection,
+    ThresholdCrossed,
+)
 
 # A period wholly in the past, so "not before" times are due at once.
 OCT_START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -103,4 +110,16 @@ def overrun(tenant: str, budget_id: str) -> ProjectedOverrun:
         limit=420_000_000,
         projection=projection(),
         detected_at=AT,
+    )
+
+
+def forecast(tenant: str, budget_id: str, p50: float = 470e6) -> ForecastUpdated:
+    return ForecastUpdated(
+        tenant=tenant,
+        budget_id=budget_id,
+        period_key="2026-10",
+        period_end=NOV_START,
+        as_of=AT,
+        days_of_history=16,
+        projections=[projection(p50)],
     )

@@ -82,12 +82,13 @@ def settings(
     prefix: str,
     config: Path,
     otlp: str | None = None,
+    metrics_port: int = 0,
 ) -> AlertsSettings:
     return AlertsSettings(
         stack=StackSettings(bootstrap, database_url, prefix),
         config_path=str(config),
         metrics_host="127.0.0.1",
-        metrics_port=0,
+        metrics_port=metrics_port,
         otlp_endpoint=otlp,
         otlp_interval_ms=300,
     )

@@ -87,7 +87,7 @@ class Received:
 
 @dataclass
 class _Faults:
-    down: str | None = None  # "503" or "refuse"
+    down: str | None = None  # "503", "400" or "refuse"
     hold: set[str] = field(default_factory=set)
 
 
@@ -140,7 +140,8 @@ class FakeReceivers:
         await self._open()
 
     async def _open(self) -> None:
-        assert self._runner is not None
+        if self._runner is None:
+            raise RuntimeError("start the receivers first")
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await self._site.start()
 
@@ -150,7 +151,8 @@ class FakeReceivers:
 
     # ------------------------------------------------------------------ faults
     def down(self, mode: str = "503") -> None:
-        """Be unavailable: answer 503, or ("refuse") stop listening and drop connections."""
+        """Be unavailable: answer 503, or ("refuse") stop listening and drop connections, or
+        ("400") reject every request as a receiver with a permanent problem would."""
         self._faults.down = mode
         if mode == "refuse" and self._site is not None:
             self._call(self._site.stop())
@@ -235,6 +237,8 @@ class FakeReceivers:
             return got, web.Response(status=503)
         if self._faults.down == "503":
             return got, self._answer(got, web.Response(status=503, text="down"))
+        if self._faults.down == "400":
+            return got, self._answer(got, web.Response(status=400, text="invalid_payload"))
         if request.path in self._faults.hold:
             await self._release.wait()
         return got, None
