@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "services.proxy.cli",
     "services.ingest.cli",
     "streams.faust.cli",
+    "services.api.cli",
+    "services.warehouse.cli",
 ]
 
 app = typer.Typer(help="Allotment: token budgets for LLM traffic.", no_args_is_help=True)

@@ -8,6 +8,7 @@ acknowledge.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 
 from schemas.errors import AllotmentError, InvalidEvent
 from services.api.auth import Forbidden, Unauthenticated
@@ -25,6 +27,7 @@ from services.api.publisher import Publisher, PublishFailed
 from services.api.state import load_state
 from services.common.db import make_engine
 from services.common.settings import StackSettings
+from services.warehouse.consumer import WarehouseConsumer
 from streams.allocation_tree import AllocationRejected
 from streams.errors import BudgetAlreadyRetired, BudgetNotFound
 
@@ -71,10 +74,35 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(422, "the request breaks these rules", errors)
 
 
+@asynccontextmanager
+async def _projection(
+    engine: Engine, settings: StackSettings, enabled: bool
+) -> AsyncIterator[None]:
+    if not enabled:
+        yield
+        return
+    consumer = WarehouseConsumer(engine, settings.kafka_bootstrap, settings.topic_prefix)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        await consumer.stop()
+
+
 def create_app(
-    settings: StackSettings | None = None, clock: Callable[[], datetime] | None = None
+    settings: StackSettings | None = None,
+    clock: Callable[[], datetime] | None = None,
+    run_projection: bool = False,
 ) -> FastAPI:
-    """The API app; the stack is reached when it starts (lifespan), not when this returns."""
+    """The API app; the stack is reached when it starts (lifespan), not when this returns.
+
+    With `run_projection` the warehouse consumer runs in the same process, so a single
+    `allotment api` keeps its own read models up to date.
+    """
     settings = settings or StackSettings.from_env()
 
     @asynccontextmanager
@@ -90,7 +118,8 @@ def create_app(
                 commands=Commands(state, publisher),
                 clock=clock or (lambda: datetime.now(UTC)),
             )
-            yield
+            async with _projection(engine, settings, run_projection):
+                yield
         finally:
             await publisher.stop()
             engine.dispose()
