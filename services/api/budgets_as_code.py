@@ -133,6 +133,8 @@ def _parents_first(specs: dict[str, BudgetSpec]) -> list[str]:
 def _diff(before: BudgetSpec | None, after: BudgetSpec) -> tuple[str, ...]:
     old = _flat(before.model_dump(mode="json")) if before is not None else {}
     new = _flat(after.model_dump(mode="json"))
+    if before is None:
+        new = {k: v for k, v in new.items() if v not in ([], None, {})}
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
