@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from services.alerts import outbox
+from services.alerts import facts, outbox
 from services.alerts.config import AlertsConfig, load_config
 from services.alerts.consumer import BatchResult, consume
 from services.alerts.delivery import DeliveryLoop
 from services.alerts.errors import AlertConfigError
+from services.alerts.payload import BudgetView
 from services.alerts.telemetry import Telemetry
 from services.common.settings import StackSettings
 
@@ -91,6 +92,9 @@ async def run(
         flush=True,
     )
     try:
+        views = await asyncio.to_thread(_views, engine, prefix)
+        for budget_id, (tenant, view) in views.items():
+            telemetry.set_budget(tenant, budget_id, view)
         delivery = DeliveryLoop(engine, config, prefix, telemetry.delivery_outcome)
         tasks = [
             asyncio.create_task(
@@ -133,6 +137,11 @@ async def _refresh_gauges(
         telemetry.set_outbox_counts(counts)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 5.0)
+
+
+def _views(engine: Engine, prefix: str) -> dict[str, tuple[str, BudgetView]]:
+    with engine.connect() as conn:
+        return facts.all_views(conn, prefix)
 
 
 def _counts(engine: Engine, prefix: str) -> dict[str, int]:

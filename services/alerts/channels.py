@@ -71,7 +71,7 @@ async def post_json(
     )
 
 
-async def deliver(delivery: Delivery, client: httpx.AsyncClient) -> None:
+async def deliver(delivery: Delivery, client: httpx.AsyncClient, timeout: float = 10.0) -> None:
     """Send one delivery through its channel's adapter; returns when the receiver took it."""
     from services.alerts import email, pagerduty, slack, webhook
 
@@ -83,4 +83,4 @@ async def deliver(delivery: Delivery, client: httpx.AsyncClient) -> None:
     elif isinstance(channel, WebhookChannel):
         await webhook.send(client, channel, delivery)
     else:
-        await email.send(channel, delivery)
+        await email.send(channel, delivery, timeout)

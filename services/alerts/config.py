@@ -14,7 +14,14 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.base import field_errors
 from services.alerts.errors import AlertConfigError
@@ -133,6 +140,15 @@ class DeliveryTuning(_Part):
     request_timeout_seconds: float = Field(default=10.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0)
     batch_size: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> DeliveryTuning:
+        if self.lease_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                "delivery.lease_seconds: must exceed request_timeout_seconds, or a slow request "
+                "still in flight is taken over by another worker and sent twice"
+            )
+        return self
 
 
 class AlertsConfig(_Part):

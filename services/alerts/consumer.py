@@ -13,6 +13,7 @@ caught up to the end of `budgets` before any signal is read, so budget paths are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
@@ -55,14 +57,14 @@ def apply_signal(
     and how many rows were added (0 on a replay)."""
     if not isinstance(event, SIGNAL_TYPES):
         return BudgetView(), 0
-    view = update_view(facts.load_view(conn, event.budget_id), event)
-    facts.save_view(conn, event.tenant, event.budget_id, view)
+    view = update_view(facts.load_view(conn, source, event.budget_id), event)
+    facts.save_view(conn, source, event.tenant, event.budget_id, view)
     signal = signal_of(event)
     if signal is None:
         return view, 0
-    path = budget_path(signal.budget_id, facts.parents(conn, signal.tenant))
+    path = budget_path(signal.budget_id, facts.parents(conn, source, signal.tenant))
     names = [c.name for c in config.channels]
-    routes = route(signal, path, config, outbox.last_sent(conn, signal.budget_id, names))
+    routes = route(signal, path, config, outbox.last_sent(conn, source, signal.budget_id, names))
     if signal.pages and view.reset_since(signal.at):
         routes = [_too_late(r) if r.channel_type == "pagerduty" else r for r in routes]
     payload = build_payload(event, signal, path, view, config.api_base)
@@ -142,7 +144,7 @@ def apply_batch(
             if event is None:
                 result.skipped += 1
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
-                facts.apply_budget_event(conn, event)
+                facts.apply_budget_event(conn, source, event)
             elif isinstance(event, SIGNAL_TYPES):
                 view, added = apply_signal(conn, config, source, event)
                 result.events.append((event, view))
@@ -210,10 +212,34 @@ async def consume(
             records = [r for tp in sorted(batch, key=order) for r in batch[tp]]
             if not records:
                 continue
-            result = await asyncio.to_thread(apply_batch, engine, config, prefix, records)
-            on_batch(result)
+            result = await _apply_until_stored(engine, config, prefix, records, stop)
+            if result is not None:
+                on_batch(result)
     finally:
         await consumer.stop()
+
+
+async def _apply_until_stored(
+    engine: Engine,
+    config: AlertsConfig,
+    prefix: str,
+    records: list[ConsumerRecord[bytes, bytes]],
+    stop: asyncio.Event,
+) -> BatchResult | None:
+    """Apply a batch, retrying while PostgreSQL is unavailable; None if stopped first.
+
+    Nothing was committed by a failed try, so retrying the same records is exact.
+    """
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return await asyncio.to_thread(apply_batch, engine, config, prefix, records)
+        except DBAPIError as exc:
+            log.warning("alerts: storing a batch failed, retrying in %.1fs: %s", delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+    return None
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from services.alerts import outbox
 from services.alerts.channels import Delivery, deliver
@@ -32,7 +33,9 @@ def backoff_delay(attempt: int, tuning: DeliveryTuning, unit: float) -> float:
 
     `unit` is a uniform draw from [0, 1); it is an argument so the schedule can be tested.
     """
-    step = min(tuning.max_delay_seconds, tuning.base_delay_seconds * 2 ** max(0, attempt - 1))
+    step: float = min(
+        tuning.max_delay_seconds, tuning.base_delay_seconds * 2.0 ** max(0, attempt - 1)
+    )
     return step / 2 + unit * step / 2
 
 
@@ -58,7 +61,11 @@ class DeliveryLoop:
         timeout = httpx.Timeout(self.tuning.request_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout) as client:
             while not stop.is_set():
-                rows = await asyncio.to_thread(self._claim)
+                try:
+                    rows = await asyncio.to_thread(self._claim)
+                except DBAPIError as exc:  # PostgreSQL away: nothing claimed, try again later
+                    log.warning("alerts: claiming failed: %s", exc)
+                    rows = []
                 if rows:
                     await asyncio.gather(*(self._deliver_one(client, row) for row in rows))
                     continue
@@ -85,7 +92,7 @@ class DeliveryLoop:
                 payload=with_id(row.payload, row.delivery_id),
                 attempt=row.attempts,
             )
-            await deliver(delivery, client)
+            await deliver(delivery, client, self.tuning.request_timeout_seconds)
         except AlertConfigError as exc:
             await asyncio.to_thread(self._finish, row, "failed", 0.0, str(exc))
         except DeliveryFailed as exc:
@@ -103,6 +110,13 @@ class DeliveryLoop:
             await asyncio.to_thread(self._finish, row, "delivered", 0.0, "")
 
     def _finish(self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str) -> None:
+        try:
+            self._record(row, outcome, delay, error)
+        except DBAPIError as exc:  # the row stays `sending`; its lease runs out, it is retried
+            log.warning("alerts: recording %s for alert %d failed: %s", outcome, row.id, exc)
+        self.on_outcome(row.channel_type, outcome)
+
+    def _record(self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str) -> None:
         with self.engine.begin() as conn:
             if outcome == "delivered":
                 ok = outbox.mark_delivered(conn, row.id, row.attempts)
@@ -114,4 +128,3 @@ class DeliveryLoop:
             log.warning("alert %d: lease lost before recording %s", row.id, outcome)
         if outcome != "delivered":
             log.warning("alert %d via %s: %s (%s)", row.id, row.channel, outcome, error)
-        self.on_outcome(row.channel_type, outcome)

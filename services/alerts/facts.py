@@ -15,31 +15,39 @@ from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from services.alerts.payload import BudgetView
 
 
-def apply_budget_event(conn: Connection, event: Event) -> None:
+def apply_budget_event(conn: Connection, source: str, event: Event) -> None:
     """Record a budget's parent and name from the budgets topic (latest spec wins)."""
     if isinstance(event, BudgetDefined | BudgetAmended):
         conn.execute(
             text(
-                "INSERT INTO alert_budgets (budget_id, tenant, parent, name) "
-                "VALUES (:b, :t, :p, :n) ON CONFLICT (budget_id) DO UPDATE "
+                "INSERT INTO alert_budgets (source, budget_id, tenant, parent, name) "
+                "VALUES (:s, :b, :t, :p, :n) ON CONFLICT (source, budget_id) DO UPDATE "
                 "SET parent = EXCLUDED.parent, name = EXCLUDED.name"
             ),
-            {"b": event.budget_id, "t": event.tenant, "p": event.spec.parent, "n": event.spec.name},
+            {
+                "s": source,
+                "b": event.budget_id,
+                "t": event.tenant,
+                "p": event.spec.parent,
+                "n": event.spec.name,
+            },
         )
     elif isinstance(event, BudgetRetired):
         pass  # a retired budget keeps its place in the tree: its alerts still need a path
 
 
-def parents(conn: Connection, tenant: str) -> dict[str, str | None]:
+def parents(conn: Connection, source: str, tenant: str) -> dict[str, str | None]:
     rows = conn.execute(
-        text("SELECT budget_id, parent FROM alert_budgets WHERE tenant = :t"), {"t": tenant}
+        text("SELECT budget_id, parent FROM alert_budgets WHERE source = :s AND tenant = :t"),
+        {"s": source, "t": tenant},
     )
     return {r.budget_id: r.parent for r in rows}
 
 
-def load_view(conn: Connection, budget_id: str) -> BudgetView:
+def load_view(conn: Connection, source: str, budget_id: str) -> BudgetView:
     row = conn.execute(
-        text("SELECT name, view FROM alert_budgets WHERE budget_id = :b"), {"b": budget_id}
+        text("SELECT name, view FROM alert_budgets WHERE source = :s AND budget_id = :b"),
+        {"s": source, "b": budget_id},
     ).first()
     if row is None:
         return BudgetView()
@@ -47,20 +55,23 @@ def load_view(conn: Connection, budget_id: str) -> BudgetView:
     return BudgetView.from_dict({**view.to_dict(), "name": row.name or view.name})
 
 
-def save_view(conn: Connection, tenant: str, budget_id: str, view: BudgetView) -> None:
+def save_view(conn: Connection, source: str, tenant: str, budget_id: str, view: BudgetView) -> None:
     conn.execute(
         text(
-            "INSERT INTO alert_budgets (budget_id, tenant, view) "
-            "VALUES (:b, :t, CAST(:v AS jsonb)) "
-            "ON CONFLICT (budget_id) DO UPDATE SET view = EXCLUDED.view"
+            "INSERT INTO alert_budgets (source, budget_id, tenant, view) "
+            "VALUES (:s, :b, :t, CAST(:v AS jsonb)) "
+            "ON CONFLICT (source, budget_id) DO UPDATE SET view = EXCLUDED.view"
         ),
-        {"b": budget_id, "t": tenant, "v": orjson.dumps(view.to_dict()).decode()},
+        {"s": source, "b": budget_id, "t": tenant, "v": orjson.dumps(view.to_dict()).decode()},
     )
 
 
-def all_views(conn: Connection) -> dict[str, tuple[str, BudgetView]]:
-    """budget_id -> (tenant, view) for every budget with a known state (for telemetry)."""
-    rows = conn.execute(text("SELECT budget_id, tenant, name, view FROM alert_budgets"))
+def all_views(conn: Connection, source: str) -> dict[str, tuple[str, BudgetView]]:
+    """budget_id -> (tenant, view) for every budget of `source` (to seed telemetry)."""
+    rows = conn.execute(
+        text("SELECT budget_id, tenant, name, view FROM alert_budgets WHERE source = :s"),
+        {"s": source},
+    )
     result = {}
     for r in rows:
         view = BudgetView.from_dict({**(r.view or {}), "name": r.name or ""})

@@ -96,14 +96,16 @@ def enqueue(conn: Connection, row: NewRow) -> bool:
     return result.rowcount == 1
 
 
-def last_sent(conn: Connection, budget_id: str, channels: Iterable[str]) -> dict[str, datetime]:
+def last_sent(
+    conn: Connection, source: str, budget_id: str, channels: Iterable[str]
+) -> dict[str, datetime]:
     """Per channel, the event time of this budget's latest alert that was not suppressed."""
     rows = conn.execute(
         text(
-            "SELECT channel, max(event_at) AS at FROM alert_outbox WHERE budget_id = :b "
-            "AND channel = ANY(:c) AND state <> 'suppressed' GROUP BY channel"
+            "SELECT channel, max(event_at) AS at FROM alert_outbox WHERE source = :s "
+            "AND budget_id = :b AND channel = ANY(:c) AND state <> 'suppressed' GROUP BY channel"
         ),
-        {"b": budget_id, "c": list(channels)},
+        {"s": source, "b": budget_id, "c": list(channels)},
     )
     return {r.channel: r.at for r in rows}
 

@@ -27,7 +27,15 @@ from schemas.signals import PolicyChanged, ThresholdCrossed
 from services.alerts.payload import BudgetView
 
 log = logging.getLogger(__name__)
-_POINTS = (("p50", "p50"), ("band80", "p80"), ("band95", "p95"))
+
+
+def projection_points(projection: dict[str, Any]) -> dict[str, float]:
+    """p50 and the band edges, named as the `allotment.point` attribute names them."""
+    points = {"p50": float(projection["p50"])}
+    for key, name in (("band80", "p80"), ("band95", "p95")):
+        points[f"{name}_low"] = float(projection[key]["low"])
+        points[f"{name}_high"] = float(projection[key]["high"])
+    return points
 
 
 def event_time(event: Event) -> Any:
@@ -135,41 +143,9 @@ class Telemetry:
         """Export one consumed signal event and the budget's state after it."""
         tenant, budget_id = getattr(event, "tenant", ""), getattr(event, "budget_id", "")
         self.events.labels(event.TYPE).inc()
-        metric = view.metric or "total"
-        labels = (tenant, budget_id, metric)
-        limit = view.effective_limit or view.limit
-        if view.consumed is not None:
-            self.consumed.labels(*labels).set(view.consumed)
-        if limit:
-            self.limit.labels(*labels).set(limit)
-        projection = view.projection(view.metric)
-        if projection is not None:
-            self.projected.labels(*labels).set(float(projection["p50"]))
+        self.set_budget(tenant, budget_id, view)
         if self._logger_provider is None:
             return
-        attrs = {
-            "allotment.tenant": tenant,
-            "allotment.budget.id": budget_id,
-            "allotment.metric": metric,
-        }
-        if view.consumed is not None:
-            self._otel_consumed.set(view.consumed, attrs)
-        if limit:
-            self._otel_limit.set(limit, attrs)
-        if projection is not None:
-            for key, point in _POINTS:
-                if key == "p50":
-                    self._otel_projection.set(
-                        float(projection["p50"]), {**attrs, "allotment.point": "p50"}
-                    )
-                else:
-                    band = projection[key]
-                    self._otel_projection.set(
-                        float(band["low"]), {**attrs, "allotment.point": f"{point}_low"}
-                    )
-                    self._otel_projection.set(
-                        float(band["high"]), {**attrs, "allotment.point": f"{point}_high"}
-                    )
         at = event_time(event)
         critical = isinstance(event, PolicyChanged) and event.policy == "hard_stop"
         self._otel_logger.emit(
@@ -180,6 +156,30 @@ class Telemetry:
             attributes=budget_attributes(event),
             event_name=f"allotment.budget.{event.TYPE}",
         )
+
+    def set_budget(self, tenant: str, budget_id: str, view: BudgetView) -> None:
+        """Set the per-budget gauges (also used to seed them from PostgreSQL at start)."""
+        metric = view.metric or "total"
+        labels = (tenant, budget_id, metric)
+        limit = view.effective_limit or view.limit
+        projection = view.projection(view.metric)
+        if view.consumed is not None:
+            self.consumed.labels(*labels).set(view.consumed)
+        if limit:
+            self.limit.labels(*labels).set(limit)
+        if projection is not None:
+            self.projected.labels(*labels).set(float(projection["p50"]))
+        if self._meter_provider is None:
+            return
+        attrs = {"allotment.tenant": tenant, "allotment.budget.id": budget_id}
+        attrs["allotment.metric"] = metric
+        if view.consumed is not None:
+            self._otel_consumed.set(view.consumed, attrs)
+        if limit:
+            self._otel_limit.set(limit, attrs)
+        if projection is not None:
+            for name, value in projection_points(projection).items():
+                self._otel_projection.set(value, {**attrs, "allotment.point": name})
 
     def delivery_outcome(self, channel_type: str, outcome: str) -> None:
         self.deliveries.labels(channel_type, outcome).inc()

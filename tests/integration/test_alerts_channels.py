@@ -115,6 +115,13 @@ async def test_pagerduty_trigger_and_resolve_pair_up_on_one_dedup_key(
             assert await until(
                 lambda: outbox_states(database_url, topic_prefix) == {"delivered": 3}, alive=task
             ), dump(database_url, topic_prefix)
+            # A page for the old period read after its reset would never be resolved: held.
+            late = ev.crossed(tenant, leaf, 100, metric="input")
+            await produce(kafka_bootstrap, topic_prefix, [(THRESHOLDS, late)])
+            expected = {"delivered": 3, "suppressed": 1}
+            assert await until(
+                lambda: outbox_states(database_url, topic_prefix) == expected, alive=task
+            ), dump(database_url, topic_prefix)
         sent = [r.json() for r in rx.received("/pagerduty", accepted_only=True)]
         assert [s["event_action"] for s in sent] == ["trigger", "trigger", "resolve"]
         assert {s["dedup_key"] for s in sent} == {f"{leaf}:2026-10"}

@@ -61,8 +61,8 @@ async def test_worker_killed_mid_delivery_then_restarted(
             tenant,
             rx.url,
             channels=("slack", "pd", "hook"),
-            lease_seconds=2.0,
-            request_timeout_seconds=30.0,
+            lease_seconds=3.0,
+            request_timeout_seconds=2.0,
         )
         env = subprocess_env(kafka_bootstrap, database_url, topic_prefix, path)
         rx.hold("/slack", "/pagerduty", "/webhook")

@@ -67,9 +67,12 @@ def upgrade() -> None:
         ["next_attempt_at"],
         postgresql_where=sa.text("state IN ('pending', 'sending')"),
     )
-    op.create_index("alert_outbox_budget", "alert_outbox", ["budget_id", "channel", "event_at"])
+    op.create_index(
+        "alert_outbox_budget", "alert_outbox", ["source", "budget_id", "channel", "event_at"]
+    )
     op.create_table(
         "alert_budgets",
+        sa.Column("source", sa.Text, primary_key=True),
         sa.Column("budget_id", sa.Text, primary_key=True),
         sa.Column("tenant", sa.Text, nullable=False),
         sa.Column("parent", sa.Text, nullable=True),
