@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from schemas.budgets import Metric
+from schemas.budgets import Metric, Period
 from schemas.signals import Band, Projection
 from streams.forecast.daily import DailySeries, day_fraction_left, local_date, local_days
 from streams.forecast.errors import ForecastInputError
@@ -30,6 +30,7 @@ from streams.forecast.profile import WeekdayProfile
 from streams.forecast.shifts import align_to_last_level, deseasonalise, detect_shift
 from streams.forecast.statespace import fast_paths, statsmodels_paths
 from streams.forecast.tiers import EPS, TierPaths, cold_start, weekday_average
+from streams.periods import PeriodWindow, period_of
 
 Engine = Literal["fast", "statsmodels"]
 COLD_START_DAYS = 7
@@ -151,3 +152,34 @@ def _until_yesterday(history: DailySeries, today: date) -> DailySeries:
         return history.until(yesterday)
     gap = (yesterday - history.end).days
     return DailySeries(history.start, history.values + (0.0,) * gap)
+
+
+def project_budget(
+    period: Period,
+    as_of: datetime,
+    histories: Mapping[Metric, DailySeries],
+    consumed: Mapping[Metric, float],
+    pooled: Mapping[Metric, WeekdayProfile | None] | None = None,
+    engine: Engine = "fast",
+    n_paths: int = N_PATHS,
+    seed: int = 0,
+) -> tuple[PeriodWindow, list[Projection]]:
+    """Project to the end of the period that contains `as_of`, in the budget's zone.
+
+    For a rolling period the window is today's day bucket: the projection is the rolling
+    consumption at the next reset, when the oldest bucket drops out.
+    """
+    window = period_of(period, as_of)
+    projections = project_period(
+        window.start,
+        window.end,
+        period.timezone,
+        as_of,
+        histories,
+        consumed,
+        pooled,
+        engine,
+        n_paths,
+        seed,
+    )
+    return window, projections

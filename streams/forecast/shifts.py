@@ -52,7 +52,7 @@ def _noise(z: np.ndarray) -> float:
         return 0.1
     diffs = np.diff(z)
     mad = float(np.median(np.abs(diffs - np.median(diffs))))
-    return max(1.4826 * mad / np.sqrt(2.0), 0.02)
+    return max(float(1.4826 * mad / np.sqrt(2.0)), 0.02)
 
 
 def detect_shift(z: np.ndarray) -> LevelShift | None:
@@ -64,7 +64,9 @@ def detect_shift(z: np.ndarray) -> LevelShift | None:
         before = z[max(0, index - 21) : index]
         tail = z[index:]
         sigma = _noise(before)
-        delta = float(np.median(tail) - np.median(before))
+        # Means, not medians, for the step: a break placed too late leaves shifted days in
+        # `before`, and only the mean is pulled by them, so the true break scores highest.
+        delta = float(np.mean(tail) - np.mean(before))
         if abs(delta) < MIN_STEP:
             continue
         midpoint = float(np.median(before)) + delta / 2

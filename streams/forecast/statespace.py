@@ -23,9 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.7])
-GAMMAS = np.array([0.0, 0.05, 0.15, 0.3])
+GAMMAS = np.array([0.0, 0.02, 0.05, 0.1])
+"""Small seasonal gains: a weekday rhythm is stable; a large gain chases noise."""
 WARMUP = 7
 """One-step errors of the first week are dominated by the initial states; not scored."""
+CLIP = 2.5
+"""State updates use innovations clipped at this many robust standard deviations."""
+HUBER = 3.0
+"""Grid scoring caps each squared error at this many mean absolute errors."""
 SIGMA_INFLATION = 1.15
 """In-sample errors flatter the fit (the grid chose them); widen draws by this factor."""
 
@@ -55,10 +60,9 @@ def _initial_states(y: np.ndarray, weekdays: np.ndarray) -> tuple[float, np.ndar
     return level, seasonal - level
 
 
-def fit_ets(y: np.ndarray, weekdays: np.ndarray) -> EtsFit:
-    """Run the ETS(A,N,A) recursions for every grid point at once; keep the best."""
-    alpha = np.repeat(ALPHAS, len(GAMMAS))
-    gamma = np.tile(GAMMAS, len(ALPHAS))
+def _recursions(
+    y: np.ndarray, weekdays: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, clip: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     level0, seasonal0 = _initial_states(y, weekdays)
     level = np.full(len(alpha), level0)
     seasonal = np.tile(seasonal0, (len(alpha), 1))
@@ -66,10 +70,29 @@ def fit_ets(y: np.ndarray, weekdays: np.ndarray) -> EtsFit:
     for t, (value, wd) in enumerate(zip(y, weekdays, strict=True)):
         error = value - (level + seasonal[:, wd])
         errors[:, t] = error
-        level = level + alpha * error
-        seasonal[:, wd] += gamma * error
+        update = np.clip(error, -clip, clip)
+        level = level + alpha * update
+        seasonal[:, wd] += gamma * update
+    return level, seasonal, errors
+
+
+def fit_ets(y: np.ndarray, weekdays: np.ndarray) -> EtsFit:
+    """Run the ETS(A,N,A) recursions for every grid point at once; keep the best.
+
+    A second pass clips the innovations that update the states at CLIP robust standard
+    deviations, so a one-day spike neither lifts the level nor a weekday for weeks after.
+    The errors kept for the bands are the unclipped ones: spikes do happen again.
+    """
+    alpha = np.repeat(ALPHAS, len(GAMMAS))
+    gamma = np.tile(GAMMAS, len(ALPHAS))
+    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, np.inf)
     scored = errors[:, WARMUP:]
     best = int(np.argmin(np.einsum("ij,ij->i", scored, scored)))
+    spread = 1.4826 * float(np.median(np.abs(scored[best] - np.median(scored[best]))))
+    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, CLIP * max(spread, 1e-3))
+    scored = errors[:, WARMUP:]
+    clipped = np.clip(scored, -HUBER * np.abs(scored).mean(), HUBER * np.abs(scored).mean())
+    best = int(np.argmin(np.einsum("ij,ij->i", clipped, clipped)))
     return EtsFit(
         float(alpha[best]),
         float(gamma[best]),
@@ -117,7 +140,10 @@ def statsmodels_paths(y: np.ndarray, horizon: int, n_paths: int, seed: int) -> n
         model = ETSModel(y, error="add", trend=None, seasonal="add", seasonal_periods=7)
         results = model.fit(disp=False)
         simulated = results.simulate(
-            nsimulations=horizon, anchor="end", repetitions=n_paths, random_state=seed
+            nsimulations=horizon,
+            anchor="end",
+            repetitions=n_paths,
+            rng=np.random.default_rng(seed),
         )
     paths: np.ndarray = np.asarray(simulated, dtype=float).reshape(horizon, n_paths).T
     return paths

@@ -20,8 +20,11 @@ PRIOR_DAY_SIGMA = 0.30
 """Day-to-day noise (log scale) assumed before a budget has shown its own."""
 PRIOR_WEIGHT = 3.0
 """How many days of evidence the prior noise is worth when blended with observed noise."""
-DRIFT_PER_DAY = 0.02
-"""Random-walk drift of the level per day ahead (log scale): usage rarely holds still."""
+COLD_START_DRIFT = 0.03
+WEEKDAY_AVERAGE_DRIFT = 0.05
+"""Random-walk drift of the level per day ahead (log scale): usage rarely holds still, and
+a few days of history say nothing of next week's new pipeline. Both were set on the
+backtest's development seed (1), not on the seed it reports."""
 EPS = 1.0
 
 
@@ -49,15 +52,23 @@ def simulate_level_profile(
     sigma_level: float,
     n_paths: int,
     rng: np.random.Generator,
+    drift_per_day: float,
+    ratios: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Paths of level * factor[weekday] with a per-path level shock and per-day noise."""
+    """Paths of level * factor[weekday] with a per-path level shock and per-day noise.
+
+    Day noise is lognormal around the median (`sigma_day`), or, given `ratios` (observed
+    day / fitted day, mean one), resampled from them, so a budget's own spikes recur.
+    """
     horizon = len(ahead_weekdays)
     level_shock = rng.standard_normal((n_paths, 1)) * sigma_level
-    drift = np.cumsum(rng.standard_normal((n_paths, horizon)), axis=1) * DRIFT_PER_DAY
-    noise = rng.standard_normal((n_paths, horizon)) * sigma_day
-    # Lognormal draws centred on the median: the p50 of a day stays level * factor.
+    drift = np.cumsum(rng.standard_normal((n_paths, horizon)), axis=1) * drift_per_day
+    if ratios is None:
+        noise = np.exp(rng.standard_normal((n_paths, horizon)) * sigma_day)
+    else:
+        noise = rng.choice(ratios, size=(n_paths, horizon), replace=True)
     base = level * factors[ahead_weekdays]
-    result: np.ndarray = base * np.exp(level_shock + drift + noise)
+    result: np.ndarray = base * noise * np.exp(level_shock + drift)
     return result
 
 
@@ -81,7 +92,14 @@ def cold_start(
     sigma_day = _blend_sigma(residuals * np.sqrt(len(logs) / max(len(logs) - 1, 1)))
     sigma_level = sigma_day / np.sqrt(len(logs))
     paths = simulate_level_profile(
-        np.exp(level_log), factors, ahead_weekdays, sigma_day, sigma_level, n_paths, rng
+        np.exp(level_log),
+        factors,
+        ahead_weekdays,
+        sigma_day,
+        sigma_level,
+        n_paths,
+        rng,
+        COLD_START_DRIFT,
     )
     return TierPaths(np.maximum(paths - EPS, 0.0), method)
 
@@ -94,25 +112,53 @@ def weekday_average(
     n_paths: int,
     rng: np.random.Generator,
 ) -> TierPaths:
-    """7 to 13 days: each weekday's own average (in logs), after aligning any level shift."""
+    """7 to 13 days: weekday averages (in logs), after aligning any level shift.
+
+    Each weekday has been seen only once or twice, so its own average is shrunk towards the
+    prior (the pooled profile, or flat) in proportion to how noisy the days are: an
+    empirical-Bayes weekday average. The level comes from all days, as linear
+    extrapolation's does, so the tier is never noisier than it.
+    """
     logs = np.log(values + EPS)
-    seasonal = None if pooled is None else np.log(pooled.array())
-    shift = detect_shift(deseasonalise(logs, weekdays, seasonal))
+    prior = np.zeros(7) if pooled is None else np.log(pooled.array())
+    prior = prior - prior.mean()
+    shift = detect_shift(deseasonalise(logs, weekdays, prior if pooled is not None else None))
     logs = align_to_last_level(logs, shift)
-    means = np.zeros(7)
-    counts = np.zeros(7)
-    np.add.at(means, weekdays, logs)
-    np.add.at(counts, weekdays, 1.0)
-    means = means / np.maximum(counts, 1.0)
-    residuals = logs - means[weekdays]
+    counts = np.bincount(weekdays, minlength=7).astype(float)
+    seen = counts > 0
+    level = float(np.mean(logs - prior[weekdays]))
+    sums = np.bincount(weekdays, weights=logs - level, minlength=7)
+    raw = np.where(seen, sums / np.maximum(counts, 1.0), prior)
     repeated = counts[weekdays] >= 2
-    # A weekday seen twice leaves one degree of freedom: scale its residuals up by sqrt(2).
-    sigma_day = _blend_sigma(residuals[repeated] * np.sqrt(2.0))
-    sigma_level = sigma_day / np.sqrt(len(values) / 7.0 * 2.0)
-    level = float(np.exp(np.mean(means)))
-    factors = np.exp(means - np.mean(means))
+    within = (logs - level - raw[weekdays])[repeated] * np.sqrt(2.0)
+    sigma_day = _blend_sigma(within)
+    spread = float(np.var((raw - prior)[seen]))
+    tau2 = max(spread - sigma_day**2 * float(np.mean(1.0 / counts[seen])), 1e-4)
+    weight = counts * tau2 / (counts * tau2 + sigma_day**2)
+    effects = prior + weight * (raw - prior)
+    effects -= effects.mean()
+    level = float(np.mean(logs - effects[weekdays]))
+    residuals = logs - level - effects[weekdays]
+    dof = max(len(logs) - 1.0 - float(weight.sum()), 1.0)
+    sigma_day = _blend_sigma(residuals * np.sqrt(len(logs) / dof))
+    # The level is an arithmetic mean (the bill is a sum); the day noise is the budget's own
+    # day-to-fit ratios (mean one), and the level's uncertainty is its mean's standard error.
+    factors = np.exp(effects)
+    adjusted = (values + EPS) / factors[weekdays]
+    mean_level = float(np.mean(adjusted))
+    ratios = adjusted / mean_level
+    spread = float(np.std(ratios, ddof=1)) * np.sqrt(len(logs) / dof)
+    sigma_level = max(sigma_day, spread) / np.sqrt(len(logs))
     paths = simulate_level_profile(
-        level, factors, ahead_weekdays, sigma_day, sigma_level, n_paths, rng
+        mean_level,
+        factors,
+        ahead_weekdays,
+        sigma_day,
+        sigma_level,
+        n_paths,
+        rng,
+        WEEKDAY_AVERAGE_DRIFT,
+        ratios,
     )
     method = "weekday_average" + ("+shift" if shift else "")
     return TierPaths(np.maximum(paths - EPS, 0.0), method, shift.index if shift else None)

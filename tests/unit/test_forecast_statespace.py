@@ -1,0 +1,54 @@
+"""The numpy ETS engine: its path shortcut equals running the model's recursions forward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streams.forecast.statespace import fit_ets, innovation_matrix
+
+
+def _run_forward(
+    level: float,
+    seasonal: np.ndarray,
+    weekdays: np.ndarray,
+    errors: np.ndarray,
+    alpha: float,
+    gamma: float,
+) -> np.ndarray:
+    seasonal = seasonal.copy()
+    out = []
+    for wd, e in zip(weekdays, errors, strict=True):
+        out.append(level + seasonal[wd] + e)
+        level += alpha * e
+        seasonal[wd] += gamma * e
+    return np.array(out)
+
+
+def test_paths_by_matrix_equal_the_recursions() -> None:
+    rng = np.random.default_rng(7)
+    seasonal = rng.normal(0, 0.3, 7)
+    weekdays = (np.arange(24) + 3) % 7
+    errors = rng.normal(0, 0.1, 24)
+    alpha, gamma = 0.3, 0.1
+    by_matrix = 5.0 + seasonal[weekdays] + errors @ innovation_matrix(alpha, gamma, 24)
+    forward = _run_forward(5.0, seasonal, weekdays, errors, alpha, gamma)
+    assert np.allclose(by_matrix, forward)
+
+
+def test_fit_finds_the_weekday_effect_and_the_level() -> None:
+    rng = np.random.default_rng(11)
+    effect = np.array([0.2, 0.2, 0.2, 0.2, 0.2, -0.5, -0.5])
+    weekdays = np.arange(63) % 7
+    y = 10.0 + effect[weekdays] + rng.normal(0, 0.05, 63)
+    fit = fit_ets(y, weekdays)
+    assert abs(fit.level + fit.seasonal.mean() - 10.0 - effect.mean()) < 0.05
+    assert np.allclose(fit.seasonal - fit.seasonal.mean(), effect - effect.mean(), atol=0.06)
+    assert len(fit.residuals) == 63 - 7
+
+
+def test_a_spike_does_not_lift_the_level() -> None:
+    weekdays = np.arange(42) % 7
+    y = np.full(42, 10.0)
+    y[-2] += 1.5  # one day at 4.5 times the usual
+    fit = fit_ets(y + np.random.default_rng(2).normal(0, 0.03, 42), weekdays)
+    assert abs(fit.level + fit.seasonal.mean() - 10.0) < 0.1
