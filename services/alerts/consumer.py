@@ -57,9 +57,10 @@ def apply_signal(
     and how many rows were added (0 on a replay)."""
     if not isinstance(event, SIGNAL_TYPES):
         return BudgetView(), 0
-    view = update_view(facts.load_view(conn, source, event.budget_id), event)
+    before = facts.load_view(conn, source, event.budget_id)
+    view = update_view(before, event)
     facts.save_view(conn, source, event.tenant, event.budget_id, view)
-    signal = signal_of(event)
+    signal = signal_of(event, before.prior)
     if signal is None:
         return view, 0
     path = budget_path(signal.budget_id, facts.parents(conn, source, signal.tenant))

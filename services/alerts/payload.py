@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from schemas.base import Event
 from schemas.signals import ForecastUpdated, PolicyChanged, ProjectedOverrun, ThresholdCrossed
-from services.alerts.routing import AlertSignal, is_period_reset
+from services.alerts.routing import AlertSignal, PriorPolicy, is_period_reset
 
 _NAMESPACE = uuid.UUID("6f1c1f3e-8a53-4c1e-9a63-2d1f0c8b7a10")
 
@@ -50,6 +50,11 @@ class BudgetView:
     projections: dict[str, dict[str, Any]] = field(default_factory=dict)
     trend_vs_prev_7d: float | None = None
     last_reset_at: str | None = None
+    policy_period: str | None = None
+
+    @property
+    def prior(self) -> PriorPolicy:
+        return PriorPolicy(self.policy, self.policy_period)
 
     def reset_since(self, at: datetime) -> bool:
         """Whether a period reset later than `at` was already seen (the event is stale)."""
@@ -86,8 +91,9 @@ def update_view(view: BudgetView, event: Event) -> BudgetView:
             trend_vs_prev_7d=trend if trend is not None else view.trend_vs_prev_7d,
         )
     if isinstance(event, PolicyChanged):
-        if is_period_reset(event):
+        if is_period_reset(event, view.prior):
             view = replace(view, last_reset_at=event.effective_at.isoformat())
+        view = replace(view, policy_period=event.period_key)
         if not event.limit:
             return replace(view, policy=event.policy, policy_reason=event.reason)
         return replace(

@@ -60,13 +60,37 @@ class Route:
     reason: str = ""
 
 
-def is_period_reset(event: PolicyChanged) -> bool:
-    """The pipeline marks a period reset as `allow` with a reason that names the reset."""
-    return event.policy == "allow" and "reset" in event.reason.lower()
+@dataclass(frozen=True)
+class PriorPolicy:
+    """The policy last seen for a budget, and the period it was decided in."""
+
+    policy: str = "allow"
+    period_key: str | None = None
 
 
-def signal_of(event: Event) -> AlertSignal | None:
-    """The alertable view of a signal event, or None for events that alert nobody."""
+def is_period_reset(event: PolicyChanged, prior: PriorPolicy | None = None) -> bool:
+    """A return to `allow` because a new period began.
+
+    Recognised by a reason that names the reset, or by a restrictive policy of an earlier
+    period giving way to `allow` in another period (the reset timer's own event).
+    """
+    if event.policy != "allow":
+        return False
+    if "reset" in event.reason.lower():
+        return True
+    return (
+        prior is not None
+        and prior.policy != "allow"
+        and prior.period_key is not None
+        and prior.period_key != event.period_key
+    )
+
+
+def signal_of(event: Event, prior: PriorPolicy | None = None) -> AlertSignal | None:
+    """The alertable view of a signal event, or None for events that alert nobody.
+
+    `prior` is the budget's policy before `event`, to recognise a period reset.
+    """
     if isinstance(event, ThresholdCrossed):
         return AlertSignal(
             kind="threshold",
@@ -87,7 +111,7 @@ def signal_of(event: Event) -> AlertSignal | None:
             at=event.detected_at,
         )
     if isinstance(event, PolicyChanged):
-        reset = is_period_reset(event)
+        reset = is_period_reset(event, prior)
         return AlertSignal(
             kind="period_reset" if reset else "policy_changed",
             tenant=event.tenant,

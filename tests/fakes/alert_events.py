@@ -86,14 +86,16 @@ def policy(tenant: str, budget_id: str, name: str, **over: Any) -> PolicyChanged
     return PolicyChanged(**fields)
 
 
-def reset(tenant: str, budget_id: str) -> PolicyChanged:
-    """The pipeline's period reset: `allow` in the new period, the reason names the reset."""
+def reset(
+    tenant: str, budget_id: str, reason: str = "period reset: new period 2026-11"
+) -> PolicyChanged:
+    """A period reset: `allow` in the new period (the reason may or may not name it)."""
     return policy(
         tenant,
         budget_id,
         "allow",
         period_key="2026-11",
-        reason="period reset: new period 2026-11",
+        reason=reason,
         effective_at=NOV_START,
         reset_at=datetime(2026, 12, 1, tzinfo=UTC),
         consumed=0,

@@ -106,7 +106,8 @@ async def test_pagerduty_trigger_and_resolve_pair_up_on_one_dedup_key(
         (BUDGETS, ev.budget(tenant, leaf)),
         (THRESHOLDS, ev.crossed(tenant, leaf, 100)),
         (POLICIES, ev.policy(tenant, leaf, "hard_stop")),
-        (POLICIES, ev.reset(tenant, leaf)),
+        # What the reset timer of streams/ publishes: `allow` in the next period.
+        (POLICIES, ev.reset(tenant, leaf, reason="0% of the total limit")),
     ]
     with FakeReceivers(SECRET) as rx:
         path = write_config(tmp_path / "alerts.yaml", tenant, rx.url, channels=("pd",))

@@ -9,7 +9,14 @@ from fakes import alert_events as ev
 
 from services.alerts.config import AlertsConfig, QuietHours, parse_config
 from services.alerts.errors import AlertConfigError
-from services.alerts.routing import AlertSignal, quiet_until, route, signal_of
+from services.alerts.routing import (
+    AlertSignal,
+    PriorPolicy,
+    is_period_reset,
+    quiet_until,
+    route,
+    signal_of,
+)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -111,3 +118,14 @@ def test_config_names_the_broken_field() -> None:
         parse_config(
             {"channels": [{"type": "webhook", "name": "h", "url": "u", "secret": "plain"}]}
         )
+
+
+def test_reset_recognised_by_reason_or_by_a_new_period_after_a_restrictive_policy() -> None:
+    plain = ev.policy("acme", "team-a", "allow", period_key="2026-11", reason="0% of the limit")
+    assert not is_period_reset(plain)
+    assert not is_period_reset(plain, PriorPolicy("allow", "2026-10"))
+    assert not is_period_reset(plain, PriorPolicy("hard_stop", "2026-11"))  # limit raised
+    assert is_period_reset(plain, PriorPolicy("hard_stop", "2026-10"))
+    assert is_period_reset(ev.reset("acme", "team-a"))
+    signal = signal_of(plain, PriorPolicy("degrade_route", "2026-10"))
+    assert signal is not None and signal.kind == "period_reset"
