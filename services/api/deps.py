@@ -21,6 +21,7 @@ from services.api.state import ConfigState
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 BUDGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
+NAME_PATTERN = r"^[^\x00/]{1,200}$"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import BudgetId, Name, PositiveTokens, TenantId, UtcDatetime
 from schemas.budgets import BudgetSpec, Metric
@@ -17,8 +17,32 @@ from schemas.budgets import BudgetSpec, Metric
 Reason = Field(min_length=1, max_length=2000, description="Why: recorded in the audit log.")
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        if any("\x00" in str(k) for k in value):
+            return path or "(body)"
+    elif isinstance(value, list):
+        items = [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value)]
+    return next((p for key, v in items if (p := _nul_at(v, key)) is not None), None)
+
+
 class _Body(BaseModel):
+    """A request body. Text holding NUL is refused: PostgreSQL cannot store it, and no name,
+    id or reason needs it."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        where = _nul_at(data, "")
+        if where is not None:
+            raise ValueError(f"{where}: must not contain the NUL character")
+        return data
 
 
 class CreateBudget(_Body):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
 from fastapi.concurrency import run_in_threadpool
 
 from schemas.allocation import RebalanceRuleSet, ReservationMade, ReservationReleased
 from services.api import queries
-from services.api.deps import BudgetPath, Svc, TenantPath, Writer
+from services.api.deps import NAME_PATTERN, BudgetPath, Svc, TenantPath, Writer
 from services.api.models import (
     Accepted,
     DrawOverflow,
@@ -63,7 +64,7 @@ async def make_reservation(
 async def release_reservation(
     tenant: TenantPath,
     budget_id: BudgetPath,
-    reservation_id: str,
+    reservation_id: Annotated[str, Path(pattern=NAME_PATTERN, max_length=200)],
     body: ReleaseReservation,
     caller: Writer,
     svc: Svc,

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.errors import AllotmentError
 from schemas.topics import ALL
@@ -147,19 +148,46 @@ class WarehouseConsumer:
         return len(records)
 
     def _write(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                self.projector.project(conn, records)
+                self._store(conn, offsets)
+        except SQLAlchemyError:
+            log.warning("batch of %d failed; projecting it record by record", len(records))
+            self._write_one_by_one(records, offsets)
+
+    def _write_one_by_one(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
+        """Bad input never stops the projection: a record the database refuses is skipped
+        (logged with its origin; it stays on its topic) and the others are written."""
         with self.engine.begin() as conn:
-            self.projector.project(conn, records)
-            rows: list[dict[str, Any]] = [
-                {"consumer": self.name, "topic": topic, "partition": p, "next_offset": n}
-                for (topic, p), n in offsets.items()
-            ]
-            stmt = insert(t.consumer_offsets).values(rows)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["consumer", "topic", "partition"],
-                    set_={"next_offset": stmt.excluded.next_offset},
-                )
+            self.projector.load(conn)
+            for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
+                try:
+                    with conn.begin_nested():
+                        self.projector.project(conn, [record])
+                except SQLAlchemyError as exc:
+                    self.projector.counts["unprojectable"] += 1
+                    log.error(
+                        "skipped %s/%d@%d: the read model refuses it (%s)",
+                        record.kind,
+                        record.partition,
+                        record.offset,
+                        type(exc.orig or exc).__name__,
+                    )
+            self._store(conn, offsets)
+
+    def _store(self, conn: Connection, offsets: dict[tuple[str, int], int]) -> None:
+        rows: list[dict[str, Any]] = [
+            {"consumer": self.name, "topic": topic, "partition": p, "next_offset": n}
+            for (topic, p), n in offsets.items()
+        ]
+        stmt = insert(t.consumer_offsets).values(rows)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["consumer", "topic", "partition"],
+                set_={"next_offset": stmt.excluded.next_offset},
             )
+        )
 
     async def backlog(self) -> int:
         """Records between the current positions and the ends of the partitions."""

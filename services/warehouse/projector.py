@@ -50,6 +50,20 @@ KINDS = CONFIG_KINDS + SIGNAL_KINDS
 """Topic suffixes the warehouse reads; config first, so usage meets the budgets it matches."""
 
 
+def pg_safe(value: Any) -> Any:
+    """PostgreSQL text and JSONB cannot hold NUL; the read model shows U+FFFD in its place.
+
+    The event itself stays untouched on its topic.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {pg_safe(k): pg_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [pg_safe(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Record:
     kind: str
@@ -97,7 +111,7 @@ class Projector:
         if row is None:
             self.counts["ignored"] += 1
             return
-        conn.execute(insert(t.audit_log).values(row).on_conflict_do_nothing())
+        conn.execute(insert(t.audit_log).values(pg_safe(row)).on_conflict_do_nothing())
         if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
             self._budget(conn, event)
 
@@ -113,7 +127,6 @@ class Projector:
             self.counts["rejected"] += 1
             log.warning("budget event not applied: %s", exc)
             return
-        self.index = self.index.with_budget(budget)
         values = {
             "budget_id": budget.budget_id,
             "tenant": budget.tenant,
@@ -126,15 +139,17 @@ class Projector:
             "updated_at": event.occurred_at,
             "updated_by": event.actor,
         }
-        stmt = insert(t.budgets).values(values)
+        stmt = insert(t.budgets).values(pg_safe(values))
         changed = {k: stmt.excluded[k] for k in values if k not in ("budget_id", "created_at")}
         conn.execute(stmt.on_conflict_do_update(index_elements=["budget_id"], set_=changed))
+        self.index = self.index.with_budget(budget)
 
     def _usage(self, conn: Connection, events: Iterable[UsageRecorded]) -> None:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for event in events:
             for budget in match_budgets(self.index, event):
-                rows.setdefault((budget.budget_id, event.event_id), _usage_row(budget, event))
+                key = (budget.budget_id, pg_safe(event.event_id))
+                rows.setdefault(key, _usage_row(budget, event))
         if not rows:
             return
         keys = [{"budget_id": b, "event_id": e} for b, e in rows]
@@ -167,8 +182,8 @@ def _usage_row(budget: Budget, event: UsageRecorded) -> dict[str, Any]:
         "tenant": budget.tenant,
         "period_key": period_of(budget.spec.period, event.occurred_at).key,
         "day": local.date(),
-        "feature": event.feature or "",
-        "model": event.response_model or event.request_model or "",
+        "feature": pg_safe(event.feature or ""),
+        "model": pg_safe(event.response_model or event.request_model or ""),
         "input_tokens": event.input_total,
         "output_tokens": event.output,
         "total_tokens": event.total,
@@ -219,7 +234,7 @@ def _signal(conn: Connection, event: ThresholdCrossed | PolicyChanged | Forecast
             "crossed_at": event.crossed_at,
             "payload": payload,
         }
-        conn.execute(insert(t.thresholds).values(row).on_conflict_do_nothing())
+        conn.execute(insert(t.thresholds).values(pg_safe(row)).on_conflict_do_nothing())
     elif isinstance(event, PolicyChanged):
         row = {
             "budget_id": event.budget_id,
@@ -229,7 +244,7 @@ def _signal(conn: Connection, event: ThresholdCrossed | PolicyChanged | Forecast
             "tenant": event.tenant,
             "payload": payload,
         }
-        conn.execute(insert(t.policies).values(row).on_conflict_do_nothing())
+        conn.execute(insert(t.policies).values(pg_safe(row)).on_conflict_do_nothing())
     else:
         row = {
             "budget_id": event.budget_id,
@@ -238,7 +253,7 @@ def _signal(conn: Connection, event: ThresholdCrossed | PolicyChanged | Forecast
             "as_of": event.as_of,
             "payload": payload,
         }
-        stmt = insert(t.forecasts).values(row)
+        stmt = insert(t.forecasts).values(pg_safe(row))
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["budget_id", "period_key"],
@@ -270,5 +285,5 @@ def _audit_row(record: Record, event: Event) -> dict[str, Any] | None:
         "reason": event.reason,
         "occurred_at": event.occurred_at,
         "revision": revision,
-        "payload": event.to_wire(),
+        "payload": event.to_wire(),  # made NUL-safe with the whole row
     }

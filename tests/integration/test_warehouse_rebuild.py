@@ -76,6 +76,7 @@ async def test_duplicates_count_once_and_a_rebuild_gives_identical_rows(
             usage(tenant, "e2", 20, team="ml", feature="rag", request_model="m2"),
             usage(tenant, "e3", 30, team="web"),
             usage(tenant, "e1", 10, team="ml", feature="rag", request_model="m1"),  # duplicate
+            usage(tenant, "e\x004", 1, team="ml", feature="r\x00g"),  # PostgreSQL refuses NUL
         ]
         await h.produce(USAGE, [(e.event_id, e) for e in events])
         for spec_, (k, event) in zip(
@@ -86,8 +87,11 @@ async def test_duplicates_count_once_and_a_rebuild_gives_identical_rows(
 
         live = {table.name: h.rows(table, [tenant]) for table in ALL_TABLES}
         by_budget = {r["budget_id"]: r["total_tokens"] for r in live["period_usage"]}
-        assert by_budget == {org: 120, team: 60}
-        assert [r["events"] for r in live["daily_usage"] if r["budget_id"] == team] == [1, 1]
+        assert by_budget == {org: 122, team: 62}
+        team_days = [
+            (r["feature"], r["events"]) for r in live["daily_usage"] if r["budget_id"] == team
+        ]
+        assert sorted(team_days) == [("r\ufffdg", 1), ("rag", 1), ("rag", 1)]
         assert len(live["thresholds"]) == len(live["policies"]) == len(live["forecasts"]) == 1
         assert [r["revision"] for r in live["budgets"] if r["budget_id"] == org] == [2]
         assert len(live["audit_log"]) == 3
