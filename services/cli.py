@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "streams.faust.cli",
     "services.api.cli",
     "services.warehouse.cli",
+    "services.forecast.cli",
 ]
 
 app = typer.Typer(help="Allotment: token budgets for LLM traffic.", no_args_is_help=True)

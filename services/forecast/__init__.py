@@ -1,0 +1,1 @@
+"""The forecast edge: reading the latest projection of a budget for people (the CLI)."""
