@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from datetime import UTC, datetime
 
@@ -44,6 +45,7 @@ class Proxy:
         self._session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def start(self) -> ProxyApp:
         settings = self.settings
@@ -75,10 +77,15 @@ class Proxy:
         """Serve HTTP until `stop()`; binds settings.host:port unless given a socket."""
         if self.app is None:
             raise RuntimeError("Proxy.start() was not called")
+        if sock is None:
+            sock = _listen(self.settings.host, self.settings.port)
+        if self.settings.server == "aiohttp":
+            from services.proxy.web import serve_aiohttp
+
+            await serve_aiohttp(self.app, sock, self._stop)
+            return
         config = uvicorn.Config(
             self.app,
-            host=self.settings.host,
-            port=self.settings.port,
             http="httptools",
             loop="none",
             lifespan="off",
@@ -90,24 +97,20 @@ class Proxy:
             proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
-        await self._server.serve(sockets=[sock] if sock is not None else None)
+        serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+        await self._stop.wait()
+        self._server.should_exit = True
+        await serving
 
     async def serve_in_background(self) -> str:
         """Start serving on an ephemeral port (tests, benchmarks); returns the base URL."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.host, 0))
+        sock = _listen(self.settings.host, 0)
         port = sock.getsockname()[1]
         self._serving = asyncio.create_task(self.serve(sock))
-        while self._server is None or not self._server.started:
-            if self._serving.done():
-                self._serving.result()
-            await asyncio.sleep(0.01)
         return f"http://{self.settings.host}:{port}"
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        self._stop.set()
         if self._serving is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serving
@@ -123,10 +126,22 @@ class Proxy:
 
 
 async def run(settings: ProxySettings) -> None:
-    """Run until cancelled (the CLI's entry point)."""
+    """Run until SIGINT/SIGTERM (the CLI's entry point); then stop cleanly, spooling usage."""
     proxy = Proxy(settings)
     await proxy.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, proxy._stop.set)
     try:
         await proxy.serve()
     finally:
         await proxy.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock

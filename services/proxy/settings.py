@@ -36,6 +36,12 @@ class ProxySettings:
     default_output_estimate: int = 1024
     concise_prompt: str = DEFAULT_CONCISE_PROMPT
     upstream_pool_size: int = 512
+    server: str = "uvicorn"
+    """HTTP server for the ASGI app: "uvicorn" (httptools; measured cheaper here) or "aiohttp"."""
+
+    def __post_init__(self) -> None:
+        if self.server not in ("aiohttp", "uvicorn"):
+            raise ProxyConfigError("server", f"must be 'aiohttp' or 'uvicorn', got {self.server!r}")
 
     def upstream(self, provider: str) -> str:
         try:
@@ -73,6 +79,7 @@ class ProxySettings:
             else None,
             "keys_json": env.get("ALLOTMENT_PROXY_KEYS"),
             "spool_dir": Path(env.get("ALLOTMENT_PROXY_SPOOL_DIR", "var/proxy-spool")),
+            "server": env.get("ALLOTMENT_PROXY_SERVER", "uvicorn"),
             "fail_open": env.get("ALLOTMENT_PROXY_FAIL_OPEN", "true").lower()
             not in ("0", "false", "no"),
         }

@@ -387,11 +387,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:
-        pass
-    asyncio.run(_serve(args.host, args.port))
+        asyncio.run(_serve(args.host, args.port))
+    else:
+        uvloop.run(_serve(args.host, args.port))
 
 
 if __name__ == "__main__":
