@@ -1,0 +1,118 @@
+"""Daily usage folded from charges, and the signals the forecast agent publishes."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from schemas.budgets import BudgetSpec, Limits, Period
+from schemas.signals import ThresholdCrossed
+from streams.budgets import Budget
+from streams.forecast.signals import forecast_budget, threshold_fields
+from streams.forecast.usage_days import UsageDays, add_lines, announce
+from streams.ledger import ChargeLine
+from streams.periods import to_ms
+
+ZONE = "America/New_York"
+TZ = ZoneInfo(ZONE)
+
+
+def _budget(limit: int, kind: str = "month") -> Budget:
+    spec = BudgetSpec(
+        name="support copilot",
+        limits=Limits(total_tokens=limit),
+        period=Period(kind=kind, timezone=ZONE, window_days=7 if kind == "rolling" else None),
+    )
+    return Budget("support-copilot", "acme", 1, spec)
+
+
+def _daily_usage(first: date, days: int, per_day: int) -> UsageDays:
+    """`per_day` tokens each local day (two charge lines at local noon and evening)."""
+    state = UsageDays("support-copilot")
+    lines = []
+    for i in range(days):
+        day = first + timedelta(days=i)
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=TZ)
+        lines.append(ChargeLine((2 * i, 0), to_ms(noon), per_day // 4, per_day // 4))
+        late = noon + timedelta(hours=11, minutes=30)  # 23:30 local: still the same local day
+        lines.append(ChargeLine((2 * i + 1, 0), to_ms(late), per_day // 4, per_day // 4))
+    return add_lines(state, ZONE, 0, lines)
+
+
+def test_lines_land_on_local_days_and_redelivery_is_skipped() -> None:
+    state = _daily_usage(date(2026, 11, 1), 3, 1000)
+    assert state.days == {
+        "2026-11-01": (500, 500),
+        "2026-11-02": (500, 500),
+        "2026-11-03": (500, 500),
+    }
+    redelivered = add_lines(
+        state, ZONE, 0, [ChargeLine((5, 0), to_ms(datetime(2026, 11, 3, 12, tzinfo=TZ)), 9, 9)]
+    )
+    assert redelivered == state
+    other_partition = add_lines(
+        state, ZONE, 1, [ChargeLine((0, 0), to_ms(datetime(2026, 11, 3, 12, tzinfo=TZ)), 9, 9)]
+    )
+    assert other_partition.days["2026-11-03"] == (509, 509)
+    assert UsageDays.from_dict(other_partition.to_dict()) == other_partition
+
+
+def test_series_is_zero_filled_and_consumed_sums_a_range() -> None:
+    state = _daily_usage(date(2026, 11, 1), 2, 1000)
+    series = state.series("input", date(2026, 11, 4))
+    assert series.values == (500.0, 500.0, 0.0, 0.0)
+    assert state.consumed("total", date(2026, 11, 2), date(2026, 11, 30)) == 1000
+
+
+def test_forecast_budget_projects_the_period_and_announces_an_overrun_once() -> None:
+    state = _daily_usage(date(2026, 10, 1), 45, 10_000)  # Oct 1 - Nov 14
+    as_of = datetime(2026, 11, 15, 0, 0, tzinfo=TZ)
+    result = forecast_budget(_budget(250_000), state, as_of)
+    (projection,) = result.updated.projections
+    assert result.updated.period_key == "2026-11"
+    assert result.updated.period_end == datetime(2026, 12, 1, tzinfo=TZ)
+    assert projection.p50 == pytest.approx(300_000, rel=0.02)
+    assert result.overrun is not None
+    assert result.overrun.consumed == 140_000
+    assert result.overrun.recommended_action.startswith("projected 20% over")
+    again = forecast_budget(_budget(250_000), announce(state, "2026-11"), as_of)
+    assert again.overrun is None
+    assert forecast_budget(_budget(400_000), state, as_of).overrun is None
+
+
+def test_rolling_budget_projects_to_the_next_reset() -> None:
+    state = _daily_usage(date(2026, 10, 1), 45, 10_000)
+    as_of = datetime(2026, 11, 15, 12, 0, tzinfo=TZ)
+    result = forecast_budget(_budget(1_000_000, "rolling"), state, as_of)
+    (projection,) = result.updated.projections
+    # Six days of the window are known (Nov 9-14, 60k); at noon, half of today is to come.
+    assert projection.p50 == pytest.approx(65_000, rel=0.02)
+
+
+def test_threshold_events_carry_the_projection_trend_and_action() -> None:
+    state = _daily_usage(date(2026, 10, 1), 45, 10_000)
+    as_of = datetime(2026, 11, 15, 0, 0, tzinfo=TZ)
+    forecast = forecast_budget(_budget(250_000), state, as_of).updated
+    fields = threshold_fields(forecast, "2026-11", "total", 250_000, state, as_of.date())
+    crossing = ThresholdCrossed(
+        tenant="acme",
+        budget_id="support-copilot",
+        period_key="2026-11",
+        period_start=datetime(2026, 11, 1, tzinfo=TZ),
+        period_end=datetime(2026, 12, 1, tzinfo=TZ),
+        metric="total",
+        threshold=50,
+        consumed=140_000,
+        limit=250_000,
+        effective_limit=250_000,
+        crossed_at=as_of,
+        **fields,
+    )
+    assert crossing.projection is not None
+    assert crossing.projection.p50 == forecast.projections[0].p50
+    assert crossing.trend_vs_prev_7d == pytest.approx(0.0)
+    assert crossing.recommended_action.startswith("projected 20% over")
+    assert threshold_fields(forecast, "2026-10", "total", 250_000) == {}
+    assert threshold_fields(None, "2026-11", "total", 250_000) == {}
