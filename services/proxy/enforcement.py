@@ -156,6 +156,9 @@ class PolicyCache:
         self.index = BudgetIndex()
         self.states: dict[str, BudgetState] = {}
         self._memo: dict[tuple[object, ...], tuple[BudgetState, ...]] = {}
+        self._winners: dict[
+            int, tuple[tuple[BudgetState, ...], tuple[PolicyDecision, ...], PolicyDecision]
+        ] = {}
         self.caught_up = False
 
     # -- feeding ------------------------------------------------------------------------------
@@ -179,6 +182,7 @@ class PolicyCache:
         if state is not None:
             state.name = budget.spec.name if budget.spec is not None else state.name
         self._memo.clear()
+        self._winners.clear()
 
     def apply_policy(self, event: PolicyChanged) -> None:
         state = self.states.get(event.budget_id)
@@ -214,6 +218,7 @@ class PolicyCache:
         found = tuple(states)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
+            self._winners.clear()
         self._memo[memo_key] = found
         return found
 
@@ -246,7 +251,7 @@ class PolicyCache:
             return Verdict("allow", None, None, matched, [])
         if stop is not None:
             return Verdict("hard_stop", stop, tightest, matched, [], True, least)
-        winner_decision = most_restrictive(decisions)
+        winner_decision = self._most_restrictive(matched, decisions)
         winner = next((s for s in matched if s.decision is winner_decision), tightest)
         verdict = Verdict(winner_decision.policy, winner, tightest, matched, [], False, least)
         if winner_decision.policy != "hard_stop":
@@ -256,6 +261,23 @@ class PolicyCache:
                     state.reserved += amount
                     verdict.reservations.append((state, amount))
         return verdict
+
+    def _most_restrictive(
+        self, matched: tuple[BudgetState, ...], decisions: list[PolicyDecision]
+    ) -> PolicyDecision:
+        """`most_restrictive`, remembered per matched set until one of its decisions changes
+        (a tie is broken by comparing serialised decisions, too slow to redo per request)."""
+        entry = self._winners.get(id(matched))
+        if (
+            entry is not None
+            and entry[0] is matched
+            and len(entry[1]) == len(decisions)
+            and all(a is b for a, b in zip(entry[1], decisions, strict=True))
+        ):
+            return entry[2]
+        winner = most_restrictive(decisions)
+        self._winners[id(matched)] = (matched, tuple(decisions), winner)
+        return winner
 
     def settle(self, verdict: Verdict, input_total: int, output: int, occurred_ms: int) -> None:
         """Release the request's reservations and count what it really used."""

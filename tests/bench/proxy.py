@@ -149,7 +149,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def decision_us(loops: int) -> float:
-    """matched + decide + settle for a key whose tenant has 20 budgets, 3 of them matching."""
+    """matched + decide + settle for a key whose tenant has 20 budgets, 3 of them matching,
+    all resetting at the same time (the usual case, and the slow one: ties)."""
     from schemas.budgets import BudgetDefined, BudgetSpec
     from schemas.signals import PolicyChanged
     from services.proxy.enforcement import PolicyCache
@@ -186,7 +187,7 @@ def decision_us(loops: int) -> float:
                 at_limit="hard_stop",
                 reason="bench",
                 effective_at=now,
-                reset_at=now + timedelta(days=3 + i),
+                reset_at=now + timedelta(days=3),
                 consumed=10**8,
                 limit=10**9,
                 remaining=9 * 10**8,

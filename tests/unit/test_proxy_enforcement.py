@@ -199,3 +199,19 @@ def test_budgets_that_alert_only_are_never_refused_locally() -> None:
     cache = cache_with(budget("a"), policy("a", "alert_only", at_limit="alert_only", consumed=1000))
     for _ in range(5):
         assert decide(cache).policy == "alert_only"
+
+
+def test_the_remembered_winner_follows_policy_changes() -> None:
+    cache = cache_with(
+        budget("a"),
+        policy("a", "degrade_route", target_model="m"),
+        budget("b"),
+        policy("b", "allow"),
+    )
+    assert decide(cache).policy == "degrade_route"
+    assert decide(cache).policy == "degrade_route"  # remembered
+    cache.apply_policy(policy("b", "hard_stop", consumed=1000))
+    verdict = decide(cache)
+    assert verdict.policy == "hard_stop" and verdict.winner is cache.states["b"]
+    cache.apply_policy(policy("b", "allow"))
+    assert decide(cache).policy == "degrade_route"
