@@ -58,25 +58,41 @@ class DeliveryLoop:
         self.rng = rng or random.Random()
 
     async def run(self, stop: asyncio.Event) -> None:
-        timeout = httpx.Timeout(self.tuning.request_timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            while not stop.is_set():
-                try:
-                    rows = await asyncio.to_thread(self._claim)
-                except DBAPIError as exc:  # PostgreSQL away: nothing claimed, try again later
-                    log.warning("alerts: claiming failed: %s", exc)
-                    rows = []
-                if rows:
-                    await asyncio.gather(*(self._deliver_one(client, row) for row in rows))
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.tuning.poll_seconds)
+        """Keep up to `batch_size` deliveries in flight; claim more as each one finishes.
 
-    def _claim(self) -> list[outbox.ClaimedRow]:
+        A slow receiver holds only its own slots, never the others' deliveries. On stop, the
+        deliveries in flight are finished and recorded before returning.
+        """
+        timeout = httpx.Timeout(self.tuning.request_timeout_seconds)
+        inflight: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            try:
+                while not stop.is_set():
+                    free = self.tuning.batch_size - len(inflight)
+                    rows = await self._claim_safely(free) if free > 0 else []
+                    for row in rows:
+                        task = asyncio.create_task(self._deliver_one(client, row))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    if rows and len(rows) == free:
+                        await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    elif not rows:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.tuning.poll_seconds)
+            finally:
+                if inflight:
+                    await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _claim_safely(self, limit: int) -> list[outbox.ClaimedRow]:
+        try:
+            return await asyncio.to_thread(self._claim, limit)
+        except DBAPIError as exc:  # PostgreSQL away: nothing claimed, try again later
+            log.warning("alerts: claiming failed: %s", exc)
+            return []
+
+    def _claim(self, limit: int) -> list[outbox.ClaimedRow]:
         with self.engine.begin() as conn:
-            return outbox.claim_due(
-                conn, self.source, self.tuning.batch_size, self.tuning.lease_seconds
-            )
+            return outbox.claim_due(conn, self.source, limit, self.tuning.lease_seconds)
 
     async def _deliver_one(self, client: httpx.AsyncClient, row: outbox.ClaimedRow) -> None:
         try:

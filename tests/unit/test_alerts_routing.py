@@ -129,3 +129,8 @@ def test_reset_recognised_by_reason_or_by_a_new_period_after_a_restrictive_polic
     assert is_period_reset(ev.reset("acme", "team-a"))
     signal = signal_of(plain, PriorPolicy("degrade_route", "2026-10"))
     assert signal is not None and signal.kind == "period_reset"
+
+
+def test_lease_must_outlive_a_request() -> None:
+    with pytest.raises(AlertConfigError, match="lease_seconds"):
+        parse_config({"delivery": {"lease_seconds": 5, "request_timeout_seconds": 10}})
