@@ -55,7 +55,7 @@ def allocation_state(conn: Connection, tenant: str) -> AllocationState:
     stmt = (
         select(t.audit_log.c.payload)
         .where(t.audit_log.c.tenant == tenant, t.audit_log.c.event_type.in_(ALLOCATION_TYPES))
-        .order_by(t.audit_log.c.partition, t.audit_log.c.offset)
+        .order_by(t.audit_log.c.topic, t.audit_log.c.partition, t.audit_log.c.offset)
     )
     state = AllocationState()
     for (payload,) in conn.execute(stmt):

@@ -129,7 +129,7 @@ class WarehouseConsumer:
         await self._gate()
         batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [
-            Record(self._kind_of[tp.topic], tp.partition, m.offset, m.value or b"")
+            Record(self._kind_of[tp.topic], tp.topic, tp.partition, m.offset, m.value or b"")
             for tp, messages in batch.items()
             for m in messages
         ]

@@ -67,6 +67,7 @@ def pg_safe(value: Any) -> Any:
 @dataclass(frozen=True)
 class Record:
     kind: str
+    topic: str
     partition: int
     offset: int
     value: bytes
@@ -276,6 +277,7 @@ def _audit_row(record: Record, event: Event) -> dict[str, Any] | None:
     else:
         return None
     return {
+        "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "tenant": event.tenant,

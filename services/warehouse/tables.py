@@ -109,6 +109,7 @@ forecasts = Table(
 audit_log = Table(
     "audit_log",
     metadata,
+    Column("topic", Text, primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("offset", BigInteger, primary_key=True),
     Column("tenant", Text, nullable=False),
