@@ -57,6 +57,7 @@ class BudgetState:
         "effective_ms",
         "forwarded",
         "forwarded_sum",
+        "guarded",
         "limit",
         "metric",
         "name",
@@ -73,6 +74,7 @@ class BudgetState:
         self.name = name
         self.decision: PolicyDecision | None = None
         self.at_limit = "alert_only"
+        self.guarded = False
         self.metric = "total"
         self.period_key = ""
         self.consumed = 0
@@ -108,6 +110,7 @@ class BudgetState:
             limit=event.limit,
         )
         self.at_limit = event.at_limit
+        self.guarded = event.at_limit == "hard_stop"  # reservations bound its overshoot
         self.metric = event.metric or "total"
         self.period_key = event.period_key
         self.consumed, self.limit, self.remaining = event.consumed, event.limit, event.remaining
@@ -157,7 +160,7 @@ class PolicyCache:
         self.states: dict[str, BudgetState] = {}
         self._memo: dict[tuple[object, ...], tuple[BudgetState, ...]] = {}
         self._winners: dict[
-            int, tuple[tuple[BudgetState, ...], tuple[PolicyDecision, ...], PolicyDecision]
+            int, tuple[tuple[BudgetState, ...], tuple[PolicyDecision | None, ...], BudgetState]
         ] = {}
         self.caught_up = False
 
@@ -228,55 +231,58 @@ class PolicyCache:
         """The policy for a request matching `matched`; reserves its estimate where needed."""
         if not matched:
             return ALLOW
-        decisions: list[PolicyDecision] = []
+        live: list[BudgetState] = []
         tightest: BudgetState | None = None
-        least = 0
         stop: BudgetState | None = None
+        least = 0
         for state in matched:
             decision = state.decision
             if decision is None or now_ms >= state.reset_ms:
                 continue  # no verdict yet, or its period has reset since
-            decisions.append(decision)
-            headroom = state.headroom()
+            live.append(state)
+            headroom = state.remaining - state.forwarded_sum - state.reserved
             if tightest is None or headroom < least:
                 tightest, least = state, headroom
-            if (
-                stop is None
-                and headroom <= 0
-                and state.at_limit == "hard_stop"
-                and decision.policy != "hard_stop"
-            ):
+            if headroom <= 0 and stop is None and state.guarded and decision.policy != "hard_stop":
                 stop = state
-        if not decisions:
+        if not live:
             return Verdict("allow", None, None, matched, [])
         if stop is not None:
             return Verdict("hard_stop", stop, tightest, matched, [], True, least)
-        winner_decision = self._most_restrictive(matched, decisions)
-        winner = next((s for s in matched if s.decision is winner_decision), tightest)
-        verdict = Verdict(winner_decision.policy, winner, tightest, matched, [], False, least)
-        if winner_decision.policy != "hard_stop":
-            for state in matched:
-                if state.decision is not None and state.at_limit == "hard_stop":
-                    amount = _by_metric(state.metric, estimate_in, estimate_out)
+        winner = live[0] if len(live) == 1 else self._winner(matched, live, tightest)
+        policy = winner.decision.policy  # type: ignore[union-attr]
+        reservations: list[tuple[BudgetState, int]] = []
+        if policy != "hard_stop":
+            for state in live:
+                if state.guarded:
+                    metric = state.metric
+                    amount = (
+                        estimate_in + estimate_out
+                        if metric == "total"
+                        else estimate_in
+                        if metric == "input"
+                        else estimate_out
+                    )
                     state.reserved += amount
-                    verdict.reservations.append((state, amount))
-        return verdict
+                    reservations.append((state, amount))
+        return Verdict(policy, winner, tightest, matched, reservations, False, least)
 
-    def _most_restrictive(
-        self, matched: tuple[BudgetState, ...], decisions: list[PolicyDecision]
-    ) -> PolicyDecision:
-        """`most_restrictive`, remembered per matched set until one of its decisions changes
-        (a tie is broken by comparing serialised decisions, too slow to redo per request)."""
+    def _winner(
+        self,
+        matched: tuple[BudgetState, ...],
+        live: list[BudgetState],
+        fallback: BudgetState | None,
+    ) -> BudgetState:
+        """The budget whose decision `most_restrictive` picks, remembered per matched set until
+        one of its decisions changes (ties are broken by comparing serialised decisions, too
+        slow to redo per request)."""
+        decisions = tuple(state.decision for state in live)
         entry = self._winners.get(id(matched))
-        if (
-            entry is not None
-            and entry[0] is matched
-            and len(entry[1]) == len(decisions)
-            and all(a is b for a, b in zip(entry[1], decisions, strict=True))
-        ):
+        if entry is not None and entry[0] is matched and entry[1] == decisions:
             return entry[2]
-        winner = most_restrictive(decisions)
-        self._winners[id(matched)] = (matched, tuple(decisions), winner)
+        best = most_restrictive(d for d in decisions if d is not None)
+        winner = next((s for s in live if s.decision is best), fallback or live[0])
+        self._winners[id(matched)] = (matched, decisions, winner)
         return winner
 
     def settle(self, verdict: Verdict, input_total: int, output: int, occurred_ms: int) -> None:

@@ -142,6 +142,26 @@ async def concurrent(
     return per_client * clients / (time.perf_counter() - start), latencies
 
 
+async def client_p50s(url: str, headers: dict[str, str], n: int) -> dict[str, float]:
+    """The upstream-client choice, measured: p50 of the same direct call through aiohttp's
+    ClientSession and through httpx.AsyncClient (its cost is what a proxy built on it adds)."""
+    import httpx
+
+    results: dict[str, list[float]] = {"aiohttp": [], "httpx": []}
+    async with aiohttp.ClientSession() as session, httpx.AsyncClient() as client:
+        for i in range(n + 100):
+            start = time.perf_counter()
+            async with session.post(url, data=BODY, headers=headers) as response:
+                await response.read()
+            middle = time.perf_counter()
+            (await client.post(url, content=BODY, headers=headers)).read()
+            end = time.perf_counter()
+            if i >= 100:
+                results["aiohttp"].append((middle - start) * 1000)
+                results["httpx"].append((end - middle) * 1000)
+    return {name: round(pct(values, 0.5), 3) for name, values in results.items()}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used (load-independent cost measure)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -183,7 +203,7 @@ def decision_us(loops: int) -> float:
                 tenant="acme",
                 budget_id=f"b{i}",
                 period_key="2026-11",
-                policy="degrade_route" if i == 1 else "allow",
+                policy="allow",
                 at_limit="hard_stop",
                 reason="bench",
                 effective_at=now,
@@ -206,7 +226,7 @@ def decision_us(loops: int) -> float:
         verdict = decide(matched_fn(key, "copilot", (), "gpt-4o", "openai"), 10, 10, now_ms)
         settle(verdict, 0, 0, now_ms)
     elapsed = time.perf_counter() - start
-    if verdict.policy != "degrade_route":
+    if verdict.policy != "allow" or len(verdict.matched) != 3:
         raise RuntimeError(f"unexpected decision {verdict.policy}")
     return elapsed / loops * 1e6
 
@@ -270,6 +290,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
                     raise RuntimeError("the proxy never matched the bench budget")
             d, p = await sequential(session, direct, proxied, headers, args.requests)
             _, cd = await concurrent(session, direct, headers, 64, args.concurrent_requests)
+            clients = await client_p50s(direct, headers, min(args.requests, 1000))
             cpu_before = cpu_seconds(procs[1].pid)
             rps, cp = await concurrent(session, proxied, headers, 64, args.concurrent_requests)
             await asyncio.sleep(0.5)  # let the usage batch of the last requests be spooled
@@ -293,6 +314,8 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         "concurrent_direct_rps": round(direct_rps, 1),
         "concurrent_added_p99_ms": round(pct(cp, 0.99) - pct(cd, 0.99), 3),
         "concurrent_added_p50_ms": round(pct(cp, 0.5) - pct(cd, 0.5), 3),
+        "client_aiohttp_p50_ms": clients["aiohttp"],
+        "client_httpx_p50_ms": clients["httpx"],
         "proxy_cpu_us_per_request": round(cpu_per_request * 1e6, 1),
         "decision_us": round(decision, 2),
         "policy_loaded_from_kafka": kafka,
@@ -310,6 +333,10 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     print(
         f"proxy CPU per request (concurrent phase, incl. usage emission): "
         f"{result['proxy_cpu_us_per_request']} µs"
+    )
+    print(
+        f"upstream client, direct call p50: aiohttp {clients['aiohttp']} ms, "
+        f"httpx {clients['httpx']} ms"
     )
     print(f"decision alone: {result['decision_us']} µs")
     print(f"load average after: {os.getloadavg()}")
