@@ -1,0 +1,241 @@
+"""The agents: resolve usage, charge budgets, reset policies. Each body is a few calls.
+
+Both table-updating agents run with `concurrency=1` (faust-streaming #606: concurrent
+instances of one agent race on table keys). Offsets are committed by Faust only for events
+whose processing finished, and only after the producer flushed, so every output of a committed
+event (charges, dead letters, changelog writes) is durable before its offset is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event
+from faust.types import EventT
+from pydantic import ValidationError
+
+from schemas.charges import BudgetCharged
+from services.common.kafka import partition_for
+from streams.faust.app import WorkerConfig
+from streams.faust.charging import Charger, StoredLedger, policy_changed, policy_event
+from streams.faust.deadletter import Rejected, dead_letter_key, to_dead_letter
+from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.faust.metrics import WorkerMetrics
+from streams.faust.resolve import Resolver, UsageRecord
+from streams.faust.tables import PipelineTables, declare_tables
+from streams.faust.topics import PipelineTopics, declare_topics
+
+log = logging.getLogger("allotment.worker")
+
+
+@contextlib.contextmanager
+def current(event: EventT) -> Iterator[None]:
+    """Make `event` the stream's current event while writing a table.
+
+    `take_events` hands the agent a list; Faust's context variable then still points at no
+    event, and a table write needs one to pick its changelog partition (the event's own).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@contextlib.contextmanager
+def crash_on_error(agent: str) -> Iterator[None]:
+    """End the process on an unexpected error instead of acking the event and moving on.
+
+    Faust acks an event whose processing raised, and its supervisor restarts the agent with
+    the next one: that would drop the event. Exiting leaves its offset uncommitted, so the
+    restarted worker reads it again (at-least-once), and the error is in the log.
+    """
+    try:
+        yield
+    except Exception:
+        log.critical(
+            "agent failed; exiting so the batch is redelivered",
+            exc_info=True,
+            extra={"agent": agent},
+        )
+        logging.shutdown()
+        os._exit(70)
+
+
+class Pipeline:
+    """The wired app: topics, tables, stage adapters and the three agents."""
+
+    def __init__(self, app: faust.App, config: WorkerConfig, metrics: WorkerMetrics) -> None:
+        self.app = app
+        self.config = config
+        self.metrics = metrics
+        self.topics: PipelineTopics = declare_topics(app, config.topic_prefix)
+        self.tables: PipelineTables = declare_tables(app, self.topics, config)
+        self.dedupe = DedupeIndex(int(config.dedupe_window.total_seconds() * 1000))
+        self.resolver = Resolver(
+            self.topics.usage.get_topic_name(),
+            config.partitions,
+            self.dedupe,
+            self.tables.budget_view.index,
+        )
+        self.charger = Charger(
+            config.late_window, self.tables.emitted.__contains__, self.tables.current_policy
+        )
+        self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
+        self._wire()
+
+    async def _rebuild_dedupe_index(self) -> None:
+        records = [BatchRecord.from_dict(orjson.loads(v)) for v in self.tables.dedupe.values()]
+        self.dedupe.reset(records)
+        log.info("dedupe index rebuilt", extra={"batches": len(records), "ids": self.dedupe.size()})
+
+    def _wire(self) -> None:
+        app, config = self.app, self.config
+
+        async def resolve_usage(stream: Any) -> None:
+            async for events in stream.take_events(config.batch_max, config.batch_within):
+                with crash_on_error("resolve_usage"):
+                    await self.resolve_batch(events)
+
+        async def charge_budgets(stream: Any) -> None:
+            async for event in stream.events():
+                with crash_on_error("charge_budgets"):
+                    await self.charge(event)
+
+        async def reset_policies() -> None:
+            await self.reset_policies(datetime.now(UTC))
+
+        app.agent(self.topics.usage, name="resolve_usage", concurrency=1)(resolve_usage)
+        app.agent(self.topics.charges, name="charge_budgets", concurrency=1)(charge_budgets)
+        app.timer(config.reset_check_interval, name="reset_policies")(reset_policies)
+        app.timer(5.0, name="report_lag")(self.report_lag)
+
+    async def resolve_batch(self, events: list[EventT]) -> None:
+        records = [
+            UsageRecord(
+                e.message.partition,
+                e.message.offset,
+                round((e.message.timestamp or 0) * 1000),
+                e.message.value,
+            )
+            for e in events
+        ]
+        out = self.resolver.resolve(records)
+        for rejected in out.rejected:
+            await self.dead_letter(rejected)
+        for budget_id, value in out.charges:
+            await self.topics.charges.send(key=budget_id.encode(), value=value)
+        by_partition = {e.message.partition: e for e in events}
+        for record in out.records:
+            with current(by_partition[record.partition]):
+                self.tables.dedupe[record.key.encode()] = orjson.dumps(record.to_dict())
+        for partition, keys in out.expired.items():
+            with current(by_partition[partition]):
+                for key in keys:
+                    self.tables.dedupe.pop(key.encode(), None)
+        self.metrics.events_in.inc(out.events_in)
+        self.metrics.duplicates.inc(out.duplicates)
+
+    async def dead_letter(self, rejected: Rejected) -> None:
+        await self.topics.dead_letter.send(
+            key=dead_letter_key(rejected), value=to_dead_letter(rejected)
+        )
+        self.metrics.dead_letters.inc()
+        log.warning(
+            "dead-lettered",
+            extra={
+                "topic": rejected.topic,
+                "partition": rejected.partition,
+                "offset": rejected.offset,
+                "index": rejected.index,
+                "reason": rejected.reason,
+            },
+        )
+
+    async def charge(self, event: EventT) -> None:
+        message = event.message
+        try:
+            charge = BudgetCharged.model_validate_json(message.value or b"")
+        except ValidationError as exc:
+            rejected = Rejected(
+                message.topic, message.partition, message.offset, str(exc), message.value or b""
+            )
+            await self.dead_letter(rejected)
+            return
+        budget = self.tables.budget_view.index().get(charge.budget_id)
+        if budget is None:
+            log.error("charge for an unknown budget", extra={"budget_id": charge.budget_id})
+            return
+        key = charge.budget_id.encode()
+        stored = StoredLedger.from_bytes(self.tables.ledger.get(key), charge.budget_id)
+        outcome = self.charger.charge(stored, budget, charge)
+        self.tables.ledger[key] = outcome.stored.to_bytes()
+        for wire in outcome.thresholds:
+            value = orjson.dumps(wire)
+            self.tables.crossings[key] = value
+            self.tables.emitted.add_wire(value)
+            self.metrics.thresholds.inc()
+        if outcome.policy is not None:
+            self.tables.policies[key] = orjson.dumps(outcome.policy)
+            self.metrics.policies.inc()
+        self.metrics.charges.inc()
+        self.metrics.lines_applied.inc(outcome.applied)
+        if outcome.late:
+            self.metrics.late_events.inc(outcome.late)
+            log.warning(
+                "late events counted, not charged",
+                extra={"budget_id": charge.budget_id, "late": outcome.late},
+            )
+
+    def owned_charge_partitions(self) -> set[int]:
+        name = self.topics.charges.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
+
+    async def reset_policies(self, now: datetime) -> None:
+        """Return budgets to their period's policy once `reset_at` passed.
+
+        A hard-stopped budget gets no traffic, so no charge would ever reset it; this timer does,
+        for the budgets whose charges partition this worker owns.
+        """
+        owned = self.owned_charge_partitions()
+        index = self.tables.budget_view.index()
+        for key, raw in list(self.tables.policies.items()):
+            current = orjson.loads(raw)
+            reset_at = current.get("reset_at")
+            if current.get("policy") == "allow" or reset_at is None:
+                continue
+            if datetime.fromisoformat(reset_at) > now:
+                continue
+            budget_id = key.decode()
+            budget = index.get(budget_id)
+            if budget is None or partition_for(budget_id, self.config.partitions) not in owned:
+                continue
+            stored = StoredLedger.from_bytes(self.tables.ledger.get(key), budget_id)
+            new = policy_event(budget, stored.state, now)
+            if policy_changed(current, new):
+                self.tables.policies[key] = orjson.dumps(new)
+                self.metrics.policies.inc()
+                log.info("policy reset", extra={"budget_id": budget_id, "policy": new["policy"]})
+
+    async def report_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in (
+                self.topics.usage.get_topic_name(),
+                self.topics.charges.get_topic_name(),
+            ):
+                continue
+            high = consumer.highwater(tp)
+            read = self.app.monitor.tp_read_offsets.get(tp)  # type: ignore[attr-defined]
+            if high is None:
+                continue
+            lag = max(0, high - ((read or -1) + 1))
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -1,0 +1,182 @@
+"""The ledger and policy stages for one charge message: fold, crossings, routing policy.
+
+Crash safety rests on three facts (design.md, invariants 1 and 3):
+- The fold skips lines at or below the watermark of their source partition, so a redelivered
+  charge, cut anywhere, is applied exactly above it (`streams.ledger.apply_charge`).
+- "Threshold already emitted" is read from the thresholds topic itself: it is the changelog of
+  the worker's crossings table, restored from that topic after every start or rebalance
+  (`tables.EmittedCrossings`). The stored ledger value also keeps the full payload of every
+  crossing of its live periods, so if the local state ran ahead of the topic (kill -9 after the
+  store write, before the send was acknowledged) the next charge of that budget emits what is
+  missing; and if the state fell behind (a recovery replayed an older value), the crossing found
+  again is already in the topic and is not sent twice.
+- Routing policy is idempotent: the latest per budget wins on a compacted topic, and it is only
+  sent when it differs from what the policies topic holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from schemas.charges import BudgetCharged
+from schemas.signals import ThresholdCrossed
+from streams.budgets import Budget
+from streams.ledger import ChargeLine, LedgerState, apply_charge, totals_at
+from streams.periods import from_ms, next_reset, period_of, window_of_key
+from streams.policy import decide
+from streams.thresholds import Crossing, consumed_of, usage_percent
+
+
+def crossing_key(budget_id: str, period_key: str, threshold: int) -> tuple[str, str, int]:
+    return (budget_id, period_key, threshold)
+
+
+@dataclass
+class StoredLedger:
+    """The ledger table's value: the domain state plus the crossings of its live periods."""
+
+    state: LedgerState
+    crossings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"state": self.state.to_dict(), "crossings": self.crossings})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None, budget_id: str) -> StoredLedger:
+        if raw is None:
+            return cls(LedgerState(budget_id))
+        data = orjson.loads(raw)
+        return cls(LedgerState.from_dict(data["state"]), dict(data.get("crossings", {})))
+
+
+@dataclass
+class ChargeOutcome:
+    stored: StoredLedger
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
+    policy: dict[str, Any] | None = None
+    applied: int = 0
+    skipped: int = 0
+    late: int = 0
+
+
+def threshold_event(budget: Budget, crossing: Crossing, at_limit_hint: str) -> dict[str, Any]:
+    """The wire form of a crossing; deterministic, so a re-emission is byte-identical."""
+    window = window_of_key(budget.spec.period, crossing.period_key)
+    event = ThresholdCrossed(
+        tenant=budget.tenant,
+        budget_id=budget.budget_id,
+        period_key=crossing.period_key,
+        period_start=window.start,
+        period_end=window.end,
+        metric=crossing.metric,
+        threshold=crossing.threshold,
+        consumed=crossing.consumed,
+        limit=crossing.limit,
+        effective_limit=crossing.limit,
+        crossed_at=from_ms(crossing.crossed_at_ms),
+        recommended_action=at_limit_hint,
+    )
+    return event.to_wire()
+
+
+def policy_event(budget: Budget, state: LedgerState, now: datetime) -> dict[str, Any]:
+    """The routing policy in force for `budget` at `now`, from its ledger (domain `decide`)."""
+    period = budget.spec.period
+    totals = totals_at(state, budget, now)
+    percent, metric = usage_percent(totals, budget.limits)
+    decision = decide(
+        budget,
+        percent,
+        period_of(period, now),
+        next_reset(period, now),
+        metric=metric,
+        consumed=consumed_of(totals, metric),
+        limit=budget.limits.get(metric, 0),
+    )
+    return decision.to_event(now).to_wire()
+
+
+def policy_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether `new` must be published over `current` (what the policies topic holds)."""
+    if current is None:
+        return bool(new["policy"] != "allow")
+    if _instant(new.get("effective_at")) < _instant(current.get("effective_at")):
+        return False  # a replay catching up: never publish over a newer decision
+    if current["policy"] != new["policy"]:
+        return True
+    if new["policy"] == "allow":
+        return False
+    return bool(
+        current.get("period_key") != new["period_key"]
+        or current.get("target_model") != new.get("target_model")
+        or current.get("model_map") != new.get("model_map")
+    )
+
+
+def _instant(value: Any) -> datetime:
+    if not value:
+        return datetime.min.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+class Charger:
+    """Applies charge messages to stored ledgers and says what to publish."""
+
+    def __init__(
+        self,
+        late_window: timedelta,
+        emitted: Callable[[tuple[str, str, int]], bool],
+        current_policy: Callable[[str], dict[str, Any] | None],
+    ) -> None:
+        self.late_window = late_window
+        self._emitted = emitted
+        self._current_policy = current_policy
+
+    def charge(self, stored: StoredLedger, budget: Budget, charge: BudgetCharged) -> ChargeOutcome:
+        lines = [ChargeLine.from_wire(row) for row in charge.lines]
+        result = apply_charge(
+            stored.state, budget, charge.source_partition, lines, self.late_window
+        )
+        crossings = dict(stored.crossings)
+        for crossing in result.crossings:
+            hint = policy_hint(budget, crossing)
+            crossings[f"{crossing.period_key}|{crossing.threshold}"] = threshold_event(
+                budget, crossing, hint
+            )
+        live = set(result.state.periods) | set(result.state.crossed)
+        crossings = {k: v for k, v in crossings.items() if k.split("|", 1)[0] in live}
+        outcome = ChargeOutcome(
+            StoredLedger(result.state, crossings),
+            applied=result.applied,
+            skipped=result.skipped,
+            late=len(result.late),
+        )
+        outcome.thresholds = self.unsent(budget.budget_id, crossings)
+        if result.state.event_time_high_ms > 0:
+            now = from_ms(result.state.event_time_high_ms)
+            new_policy = policy_event(budget, result.state, now)
+            if policy_changed(self._current_policy(budget.budget_id), new_policy):
+                outcome.policy = new_policy
+        return outcome
+
+    def unsent(self, budget_id: str, crossings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Stored crossings the thresholds topic does not hold yet, in crossing order."""
+        missing = [
+            wire
+            for wire in crossings.values()
+            if not self._emitted(crossing_key(budget_id, wire["period_key"], wire["threshold"]))
+        ]
+        missing.sort(key=lambda w: (w["crossed_at"], w["threshold"]))
+        return missing
+
+
+def policy_hint(budget: Budget, crossing: Crossing) -> str:
+    """The action the policy rules recommend at this crossing's percentage."""
+    window = window_of_key(budget.spec.period, crossing.period_key)
+    decision = decide(budget, float(crossing.threshold), window, window.end)
+    return decision.policy

@@ -1,0 +1,93 @@
+"""`allotment worker`: run one stream-pipeline worker (resolve, ledger, policy)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from schemas.topics import USAGE
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def worker(
+    broker: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers [env ALLOTMENT_KAFKA_BOOTSTRAP]")
+    ] = None,
+    topic_prefix: Annotated[
+        str | None, typer.Option(help="Topic prefix [env ALLOTMENT_TOPIC_PREFIX]")
+    ] = None,
+    store_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory of the worker's table stores [env ALLOTMENT_STORE_DIR]"),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Table store: rocksdb (production) or memory [env ALLOTMENT_STORE]"),
+    ] = None,
+    partitions: Annotated[
+        int, typer.Option(help="Partitions of usage and charges")
+    ] = USAGE.partitions,
+    web_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics, 0 for any free one [env ALLOTMENT_WORKER_WEB_PORT]"),
+    ] = None,
+    group: Annotated[
+        str, typer.Option(help="Consumer group / app id (default: <prefix>.pipeline)")
+    ] = "",
+    instance_id: Annotated[
+        str,
+        typer.Option(
+            help="Static group membership id: a restart takes its partitions back at once"
+        ),
+    ] = "",
+    dedupe_window_hours: Annotated[float, typer.Option(help="Window of event_id dedupe")] = 24 * 7,
+    late_window_hours: Annotated[
+        float, typer.Option(help="How late an event may still be charged")
+    ] = 48,
+    batch_max: Annotated[int, typer.Option(help="Most usage records taken in one batch")] = 4000,
+    batch_within: Annotated[float, typer.Option(help="Longest wait (s) to fill a batch")] = 0.05,
+    session_timeout: Annotated[
+        float, typer.Option(help="Consumer group session timeout (s)")
+    ] = 10.0,
+    reset_check_interval: Annotated[
+        float, typer.Option(help="How often (s) to check resets")
+    ] = 5.0,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Run a stream-pipeline worker: dedupe and match usage, keep ledgers, publish policy."""
+    from services.common.settings import StackSettings
+    from streams.faust.app import WorkerConfig
+    from streams.faust.worker import run_worker
+
+    stack = StackSettings.from_env()
+    config = WorkerConfig(
+        bootstrap=broker or stack.kafka_bootstrap,
+        topic_prefix=topic_prefix or stack.topic_prefix,
+        store_dir=store_dir or Path(_env("ALLOTMENT_STORE_DIR", "./var/worker")),
+        store=store or _env("ALLOTMENT_STORE", "rocksdb"),
+        group=group,
+        instance_id=instance_id,
+        partitions=partitions,
+        web_port=web_port
+        if web_port is not None
+        else int(_env("ALLOTMENT_WORKER_WEB_PORT", "6066")),
+        dedupe_window=timedelta(hours=dedupe_window_hours),
+        late_window=timedelta(hours=late_window_hours),
+        batch_max=batch_max,
+        batch_within=batch_within,
+        session_timeout=session_timeout,
+        reset_check_interval=reset_check_interval,
+        log_level=log_level,
+    )
+    run_worker(config.validate())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)

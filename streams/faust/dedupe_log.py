@@ -1,0 +1,120 @@
+"""Dedupe state of the resolve stage: written per consumed batch, indexed in memory per event.
+
+One table write per usage event would cap the worker near 4,600 events/s (design.md), so the
+durable form is one table key per consumed batch of one usage partition, holding the event ids
+it saw first (or saw again at the same position) with their positions. The in-memory index
+(`event_id -> first position`) is rebuilt from those keys after every recovery, and both expire
+after the dedupe window, measured in Kafka record time so that a replay expires exactly as the
+first run did.
+
+The record lives in the changelog partition of the usage partition it describes, so whichever
+worker owns a usage partition restores exactly its dedupe history. Which position wins is the
+domain's rule (`streams.dedupe.classify`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.dedupe import classify
+from streams.ledger import Position
+
+
+@dataclass
+class BatchRecord:
+    """What one consumed batch of one usage partition contributed to the dedupe history."""
+
+    partition: int
+    first_offset: int
+    last_offset: int
+    record_time_ms: int
+    ids: list[str] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.partition}:{self.first_offset}-{self.last_offset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p": self.partition,
+            "first": self.first_offset,
+            "last": self.last_offset,
+            "ts": self.record_time_ms,
+            "ids": self.ids,
+            "pos": [list(p) for p in self.positions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRecord:
+        return cls(
+            partition=int(data["p"]),
+            first_offset=int(data["first"]),
+            last_offset=int(data["last"]),
+            record_time_ms=int(data["ts"]),
+            ids=[str(i) for i in data["ids"]],
+            positions=[(int(p[0]), int(p[1])) for p in data["pos"]],
+        )
+
+
+@dataclass
+class _PartitionIndex:
+    first_seen: dict[str, Position] = field(default_factory=dict)
+    records: deque[BatchRecord] = field(default_factory=deque)
+
+
+class DedupeIndex:
+    """event_id -> first position, per usage partition, with expiry by record time."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._partitions: dict[int, _PartitionIndex] = {}
+
+    def reset(self, records: list[BatchRecord]) -> None:
+        """Rebuild from the stored batch records (after a recovery or a rebalance)."""
+        self._partitions = {}
+        for record in sorted(records, key=lambda r: (r.partition, r.first_offset, r.last_offset)):
+            self._load(record)
+
+    def _load(self, record: BatchRecord) -> None:
+        index = self._partitions.setdefault(record.partition, _PartitionIndex())
+        index.records.append(record)
+        for event_id, position in zip(record.ids, record.positions, strict=True):
+            known = index.first_seen.get(event_id)
+            if known is None or position < known:
+                index.first_seen[event_id] = position
+
+    def classify(self, partition: int, event_id: str, position: Position) -> str:
+        """ "new", "redelivery" or "duplicate"; records a new event's position at once, so a
+        second copy later in the same batch is already a duplicate."""
+        index = self._partitions.get(partition)
+        if index is None:
+            index = self._partitions[partition] = _PartitionIndex()
+        kind = classify(index.first_seen.get(event_id), position)
+        if kind == "new":
+            index.first_seen[event_id] = position
+        return kind
+
+    def add(self, record: BatchRecord) -> None:
+        """Remember a batch record written for this batch (its ids are already indexed)."""
+        self._partitions.setdefault(record.partition, _PartitionIndex()).records.append(record)
+
+    def expire(self, partition: int, now_ms: int) -> list[str]:
+        """Forget batches older than the window before `now_ms`; returns their table keys."""
+        index = self._partitions.get(partition)
+        if index is None:
+            return []
+        expired = []
+        horizon = now_ms - self.window_ms
+        while index.records and index.records[0].record_time_ms < horizon:
+            record = index.records.popleft()
+            expired.append(record.key)
+            for event_id, position in zip(record.ids, record.positions, strict=True):
+                if index.first_seen.get(event_id) == position:
+                    del index.first_seen[event_id]
+        return expired
+
+    def size(self) -> int:
+        return sum(len(p.first_seen) for p in self._partitions.values())

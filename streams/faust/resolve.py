@@ -1,0 +1,202 @@
+"""The resolve stage: read usage records, dedupe by event_id, fan out one charge per budget.
+
+One consumed batch (any mix of envelopes and single-event messages, from any partitions) gives:
+- one `BudgetCharged` per (budget, source partition), listing its lines in position order;
+- one dedupe `BatchRecord` per source partition (the ids seen first, or again at the same
+  position, in this batch);
+- a dead letter per unreadable record or unreadable event inside an envelope.
+
+Nothing here touches Faust: the agent feeds records in and writes what comes out, so the whole
+stage is tested without a broker. The rules are the domain's: `classify` (dedupe),
+`match_budgets` (selectors); this module only keeps positions and groups lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas.codec import upcast
+from schemas.errors import AllotmentError, FieldError, InvalidEvent
+from schemas.usage import UsageRecorded
+from services.common.kafka import partition_for
+from streams.budgets import BudgetIndex
+from streams.faust.deadletter import Rejected, reason_of
+from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.periods import to_ms
+from streams.selectors import match_budgets
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One consumed Kafka record of the usage topic."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes | None
+
+
+@dataclass
+class ResolvedBatch:
+    charges: list[tuple[str, bytes]] = field(default_factory=list)
+    records: list[BatchRecord] = field(default_factory=list)
+    expired: dict[int, list[str]] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    events_in: int = 0
+    duplicates: int = 0
+    redeliveries: int = 0
+    unmatched: int = 0
+
+
+def _parse_event(payload: Any) -> UsageRecorded:
+    if isinstance(payload, dict) and "type" not in payload:
+        payload = {**payload, "type": "UsageRecorded"}
+    if not isinstance(payload, dict):
+        raise InvalidEvent("UsageRecorded", [FieldError("(payload)", "must be a JSON object")])
+    payload = upcast(payload)
+    if payload.get("type") != "UsageRecorded":
+        raise InvalidEvent(
+            "UsageRecorded", [FieldError("type", "must be UsageRecorded inside an envelope")]
+        )
+    event: UsageRecorded = UsageRecorded.parse(payload)
+    return event
+
+
+def _events_of(raw: bytes) -> tuple[bool, list[tuple[int, Any]]]:
+    """Whether the record is an envelope, and its (index, payload) pairs."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("(unknown)", [FieldError("(payload)", f"is not JSON: {exc}")]) from None
+    if isinstance(payload, dict) and payload.get("type") == "UsageBatch":
+        events = payload.get("events")
+        if not isinstance(events, list) or not events:
+            raise InvalidEvent("UsageBatch", [FieldError("events", "must be a non-empty list")])
+        if payload.get("version", 1) != 1:
+            raise InvalidEvent("UsageBatch", [FieldError("version", "must be 1")])
+        return True, list(enumerate(events))
+    return False, [(0, payload)]
+
+
+class Resolver:
+    """Turns consumed usage records into charges, dedupe records and dead letters."""
+
+    def __init__(
+        self,
+        topic: str,
+        partitions: int,
+        dedupe: DedupeIndex,
+        budgets: Callable[[], BudgetIndex],
+    ) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.dedupe = dedupe
+        self._budgets = budgets
+
+    def resolve(self, records: Sequence[UsageRecord]) -> ResolvedBatch:
+        out = ResolvedBatch()
+        index = self._budgets()
+        lines: dict[tuple[str, int], list[list[int]]] = {}
+        tenants: dict[str, str] = {}
+        batch: dict[int, BatchRecord] = {}
+        for record in records:
+            self._resolve_record(record, index, out, lines, tenants, batch)
+        for (budget_id, partition), budget_lines in lines.items():
+            charge = {
+                "type": "BudgetCharged",
+                "version": 1,
+                "budget_id": budget_id,
+                "tenant": tenants[budget_id],
+                "source_partition": partition,
+                "lines": budget_lines,
+            }
+            out.charges.append((budget_id, orjson.dumps(charge)))
+        for partition, batch_record in batch.items():
+            out.records.append(batch_record)
+            self.dedupe.add(batch_record)
+            expired = self.dedupe.expire(partition, batch_record.record_time_ms)
+            if expired:
+                out.expired[partition] = expired
+        return out
+
+    def _reject(
+        self,
+        out: ResolvedBatch,
+        record: UsageRecord,
+        exc: AllotmentError,
+        payload: bytes,
+        index: int | None,
+    ) -> None:
+        reason, errors = reason_of(exc)
+        out.rejected.append(
+            Rejected(self.topic, record.partition, record.offset, reason, payload, errors, index)
+        )
+
+    def _resolve_record(
+        self,
+        record: UsageRecord,
+        index: BudgetIndex,
+        out: ResolvedBatch,
+        lines: dict[tuple[str, int], list[list[int]]],
+        tenants: dict[str, str],
+        batch: dict[int, BatchRecord],
+    ) -> None:
+        raw = record.value or b""
+        try:
+            envelope, payloads = _events_of(raw)
+        except AllotmentError as exc:
+            self._reject(out, record, exc, raw, None)
+            return
+        partition = record.partition
+        for position_index, payload in payloads:
+            where = position_index if envelope else None
+            try:
+                event = _parse_event(payload)
+            except AllotmentError as exc:
+                self._reject(out, record, exc, orjson.dumps(payload), where)
+                continue
+            home = partition_for(event.event_id, self.partitions)
+            if home != partition:
+                rule = f"hashes to usage partition {home}, arrived on {partition}"
+                exc = InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
+                self._reject(out, record, exc, orjson.dumps(payload), where)
+                continue
+            out.events_in += 1
+            position = (record.offset, position_index)
+            kind = self.dedupe.classify(partition, event.event_id, position)
+            if kind == "duplicate":
+                out.duplicates += 1
+                continue
+            if kind == "redelivery":
+                out.redeliveries += 1
+            dedupe = batch.get(partition)
+            if dedupe is None:
+                dedupe = batch[partition] = BatchRecord(
+                    partition, record.offset, record.offset, record.timestamp_ms
+                )
+            dedupe.last_offset = record.offset
+            dedupe.record_time_ms = max(dedupe.record_time_ms, record.timestamp_ms)
+            dedupe.ids.append(event.event_id)
+            dedupe.positions.append(position)
+            budgets = match_budgets(index, event)
+            if not budgets:
+                out.unmatched += 1
+                continue
+            line = [
+                record.offset,
+                position_index,
+                to_ms(event.occurred_at),
+                event.input_total,
+                event.output,
+            ]
+            for budget in budgets:
+                key = (budget.budget_id, partition)
+                found = lines.get(key)
+                if found is None:
+                    found = lines[key] = []
+                    tenants[budget.budget_id] = budget.tenant
+                found.append(line)

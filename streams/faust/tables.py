@@ -1,0 +1,166 @@
+"""The pipeline's tables, and the views the agents read them through.
+
+- `dedupe` (store per config, RocksDB in production): one key per consumed batch of one usage
+  partition; its changelog partition is that usage partition (`dedupe_log.py`).
+- `ledger` (store per config): one key per budget, the `StoredLedger` of `charging.py`; written
+  once per charge message, also when every line was skipped, so a local state that ran ahead of
+  its changelog before a crash reaches the changelog before the next offset commit.
+- `crossings` (in memory): its changelog topic IS the thresholds topic, so after any restart or
+  rebalance the set of emitted crossings is exactly what the thresholds topic holds. A local
+  store could keep a write whose send never completed and claim an emission that never
+  happened; memory is rebuilt from the topic each time.
+- `policies` (in memory): its changelog topic IS the compacted policies topic (latest per budget).
+- `budgets` (global, in memory): its changelog topic IS the compacted budgets topic; every
+  worker reads all of it (configs are small).
+
+The output tables use `use_partitioner=True`: their records are keyed by budget id and land
+where the default partitioner puts that key, the same partition number as the charges record
+they come from, because thresholds, policies and charges have the same partition count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.tables.globaltable import GlobalTable
+from faust.types import EventT
+
+from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
+from schemas.codec import decode
+from schemas.errors import AllotmentError
+from streams.budgets import Budget, BudgetIndex
+from streams.faust.app import WorkerConfig
+from streams.faust.charging import crossing_key
+from streams.faust.topics import PipelineTopics
+
+
+class TopicBackedGlobalTable(GlobalTable):
+    """A global table whose changelog is a topic of the contract (here: budgets).
+
+    Faust's assignor looks a global table's changelog up by the default name
+    (`<app id>-<table>-changelog`) even when `changelog_topic` names another topic, and then
+    fails inside the consumer thread without a word; this names the real topic.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return str(self.changelog_topic.get_topic_name())
+
+
+@dataclass
+class EmittedCrossings:
+    """(budget, period, threshold) of every crossing the thresholds topic holds."""
+
+    seen: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def add_wire(self, value: bytes | None) -> None:
+        if not value:
+            return
+        try:
+            wire = orjson.loads(value)
+            self.seen.add(crossing_key(wire["budget_id"], wire["period_key"], wire["threshold"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return  # not a crossing; nothing was emitted under it
+
+    async def on_changelog_event(self, event: EventT) -> None:
+        self.add_wire(event.message.value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.seen
+
+
+class BudgetView:
+    """The live budgets, rebuilt into a `BudgetIndex` only when the budgets topic moved.
+
+    The topic is compacted, so a reader may see only each budget's latest event: definitions
+    and amendments carry the whole spec, and a retirement ends the budget.
+    """
+
+    def __init__(self) -> None:
+        self.table: Any = None
+        self._dirty = True
+        self._index = BudgetIndex()
+
+    async def on_changelog_event(self, event: EventT) -> None:
+        self._dirty = True
+
+    def index(self) -> BudgetIndex:
+        if self._dirty and self.table is not None:
+            self._dirty = False
+            self._index = BudgetIndex(_budgets_of(self.table.values()))
+        return self._index
+
+
+def _budgets_of(values: Iterable[bytes]) -> list[Budget]:
+    budgets = []
+    for raw in values:
+        try:
+            event = decode(raw)
+        except AllotmentError:
+            continue
+        if isinstance(event, BudgetDefined | BudgetAmended):
+            budgets.append(Budget(event.budget_id, event.tenant, event.revision, event.spec))
+        elif isinstance(event, BudgetRetired):
+            continue
+    return budgets
+
+
+@dataclass
+class PipelineTables:
+    dedupe: Any
+    ledger: Any
+    crossings: Any
+    policies: Any
+    budgets: Any
+    emitted: EmittedCrossings
+    budget_view: BudgetView
+
+    def current_policy(self, budget_id: str) -> dict[str, Any] | None:
+        raw = self.policies.get(budget_id.encode())
+        return None if raw is None else dict(orjson.loads(raw))
+
+
+def declare_tables(app: faust.App, topics: PipelineTopics, config: WorkerConfig) -> PipelineTables:
+    emitted = EmittedCrossings()
+    view = BudgetView()
+    dedupe = app.Table("dedupe", partitions=config.partitions)
+    ledger = app.Table("ledger", partitions=config.partitions)
+    crossings = app.Table(
+        "crossings",
+        store="memory://local",
+        partitions=config.partitions,
+        changelog_topic=topics.thresholds,
+        use_partitioner=True,
+        on_changelog_event=emitted.on_changelog_event,
+    )
+    policies = app.Table(
+        "policies",
+        store="memory://local",
+        partitions=config.partitions,
+        changelog_topic=topics.policies,
+        use_partitioner=True,
+    )
+    budgets = app.tables.add(
+        TopicBackedGlobalTable(
+            app,
+            name="budgets",
+            beacon=app.tables.beacon,
+            store="memory://local",
+            partitions=1,
+            standby_buffer_size=1,
+            is_global=True,
+            changelog_topic=topics.budgets,
+            recovery_buffer_size=1,
+            on_changelog_event=view.on_changelog_event,
+        )
+    )
+    view.table = budgets
+    for table in (dedupe, ledger, crossings, policies, budgets):
+        # Faust tables serialize with json unless told otherwise; ours hold bytes already.
+        # Set before first use: the store and the changelog topic read these lazily.
+        table.key_serializer = "raw"
+        table.value_serializer = "raw"
+    return PipelineTables(dedupe, ledger, crossings, policies, budgets, emitted, view)

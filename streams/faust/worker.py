@@ -1,0 +1,95 @@
+"""The worker's composition root: config in, a running Faust worker out.
+
+Everything is built here, when the command runs: metrics registry and server, the Faust app,
+its topics, tables and agents. Logs are one JSON object per line on stderr, so a log shipper
+needs no parser of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from streams.faust.app import WorkerConfig, build_app
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonLines}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            "aiokafka": {"level": "WARNING"},
+            "faust": {"level": level.upper()},
+        },
+    }
+
+
+def run_worker(config: WorkerConfig) -> None:
+    """Build and run one worker until it is stopped (SIGTERM/SIGINT) or killed."""
+    import faust
+
+    from streams.faust.agents import Pipeline
+    from streams.faust.metrics import WorkerMetrics
+
+    config.validate()
+    metrics = WorkerMetrics.build()
+    app = build_app(config)
+    pipeline = Pipeline(app, config, metrics)
+    log = logging.getLogger("allotment.worker")
+
+    port = metrics.serve(config.web_port)
+
+    async def announce() -> None:
+        log.info(
+            "worker starting",
+            extra={
+                "app_id": config.app_id,
+                "bootstrap": config.bootstrap,
+                "topic_prefix": config.topic_prefix,
+                "store": config.store,
+                "store_dir": str(config.store_dir),
+                "metrics_port": port,
+            },
+        )
+
+    app.task(announce)
+    worker = faust.Worker(
+        pipeline.app,
+        loglevel=config.log_level,
+        logging_config=logging_config(config.log_level),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    worker.execute_from_commandline()
