@@ -24,7 +24,7 @@ from services.proxy.errors import BadClientRequest
 from services.proxy.forward import forward
 from services.proxy.keys import KeyStore, VirtualKey
 from services.proxy.refusal import refusal_message, retry_after
-from services.proxy.routes import Route, all_routes, parse_tags
+from services.proxy.routes import Route, all_routes, check_name, merge_tags, parse_tags
 from services.proxy.settings import ProxySettings
 from services.proxy.usage import Tokens
 
@@ -127,6 +127,10 @@ class ProxyApp:
             body = route.validate(orjson.loads(raw))
             meta_feature, meta_tags, changed = route.take_metadata(body)
             tags = parse_tags(tags_header, "x-allotment-tags") if tags_header else ()
+            if meta_tags or key.tags:
+                tags = merge_tags(key.tags, tags, meta_tags)
+            if feature is not None:
+                check_name(feature, "x-allotment-feature")
         except orjson.JSONDecodeError as exc:
             await _reply(send, 400, route.error_body(400, f"(body): is not valid JSON: {exc}"))
             return
@@ -134,7 +138,6 @@ class ProxyApp:
             await _reply(send, 400, route.error_body(400, str(exc)))
             return
         feature = feature or meta_feature or key.feature
-        tags = tuple(sorted({*key.tags, *tags, *meta_tags})) if meta_tags or key.tags else tags
         model: str | None = body.get("model")
 
         cache = self.cache

@@ -70,7 +70,7 @@ def to_event(record: UsageRecord, received_at: datetime) -> UsageRecorded:
         properties={"endpoint": record.endpoint},
         provider=record.provider,
         request_model=record.request_model,
-        response_model=record.response_model,
+        response_model=record.response_model[:200] if record.response_model else None,
         input_uncached=tokens.input_uncached,
         cache_read=tokens.cache_read,
         cache_write=tokens.cache_write,

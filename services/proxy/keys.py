@@ -82,13 +82,15 @@ class KeyStore:
             if not isinstance(tenant, str) or not _TENANT.match(tenant):
                 raise ProxyConfigError(f"{where}.tenant", "is required (a tenant id)")
             key_id = raw.get("id")
-            if not isinstance(key_id, str) or not key_id:
-                raise ProxyConfigError(f"{where}.id", "is required (a name for the key)")
+            if not isinstance(key_id, str) or not 0 < len(key_id) <= 200:
+                raise ProxyConfigError(f"{where}.id", "is required (a name, 1 to 200 characters)")
             if digest in by_digest:
                 raise ProxyConfigError(f"{where}.key_sha256", "appears twice")
             tags = raw.get("tags") or []
-            if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-                raise ProxyConfigError(f"{where}.tags", "must be a list of non-empty strings")
+            if not isinstance(tags, list) or not all(
+                isinstance(t, str) and 0 < len(t) <= 200 for t in tags
+            ):
+                raise ProxyConfigError(f"{where}.tags", "must be a list of 1-200 character strings")
             by_digest[digest] = VirtualKey(
                 key_id=key_id,
                 tenant=tenant,
@@ -129,6 +131,6 @@ def _opt(raw: dict[str, Any], name: str, where: str) -> str | None:
     value = raw.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise ProxyConfigError(f"{where}.{name}", "must be a non-empty string when given")
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise ProxyConfigError(f"{where}.{name}", "must be a 1 to 200 character string when given")
     return value

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from services.proxy.errors import BadClientRequest
-from services.proxy.routes import parse_tags
+from services.proxy.routes import check_name, merge_tags, parse_tags
 from services.proxy.routes.anthropic import MESSAGES
 from services.proxy.routes.openai import CHAT, EMBEDDINGS, RESPONSES
 
@@ -108,3 +108,16 @@ def test_error_bodies_are_in_the_providers_shapes() -> None:
     assert openai["error"]["message"] == "over" and openai["error"]["code"] == "budget_exceeded"
     anthropic = orjson.loads(MESSAGES.error_body(429, "over"))
     assert anthropic == {"type": "error", "error": {"type": "rate_limit_error", "message": "over"}}
+
+
+def test_names_the_usage_contract_would_refuse_are_refused_up_front() -> None:
+    with pytest.raises(BadClientRequest) as caught:
+        CHAT.validate({"model": "m" * 201, "messages": [{}]})
+    assert caught.value.field == "model"
+    with pytest.raises(BadClientRequest):
+        parse_tags("x" * 201, "x-allotment-tags")
+    with pytest.raises(BadClientRequest) as too_many:
+        merge_tags(("a",), tuple(f"t{i}" for i in range(64)))
+    assert too_many.value.field == "x-allotment-tags"
+    with pytest.raises(BadClientRequest):
+        check_name("", "x-allotment-feature")

@@ -16,6 +16,8 @@ from services.proxy.errors import BadClientRequest
 
 FEATURE_FIELD = "allotment_feature"
 TAGS_FIELD = "allotment_tags"
+MAX_NAME = 200  # the usage contract's limit on names (model, feature, tag)
+MAX_TAGS = 64
 
 
 class Route:
@@ -33,6 +35,8 @@ class Route:
         model = body.get("model")
         if self.needs_model and (not isinstance(model, str) or not model):
             raise BadClientRequest("model", "is required and must be a non-empty string")
+        if isinstance(model, str):
+            check_name(model, "model")
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise BadClientRequest("stream", "must be true or false")
@@ -55,8 +59,10 @@ class Route:
             return None, (), False
         feature = metadata.pop(FEATURE_FIELD, None)
         raw_tags = metadata.pop(TAGS_FIELD, None)
-        if feature is not None and (not isinstance(feature, str) or not feature):
-            raise BadClientRequest(f"metadata.{FEATURE_FIELD}", "must be a non-empty string")
+        if feature is not None:
+            if not isinstance(feature, str):
+                raise BadClientRequest(f"metadata.{FEATURE_FIELD}", "must be a string")
+            check_name(feature, f"metadata.{FEATURE_FIELD}")
         tags = parse_tags(raw_tags, f"metadata.{TAGS_FIELD}") if raw_tags is not None else ()
         if not metadata:
             del body["metadata"]
@@ -84,9 +90,26 @@ def parse_tags(raw: Any, field: str) -> tuple[str, ...]:
         items = [t.strip() for t in raw]
     else:
         raise BadClientRequest(field, "must be a list of strings or a comma-separated string")
-    if len(items) > 64:
-        raise BadClientRequest(field, "at most 64 tags")
+    if len(items) > MAX_TAGS:
+        raise BadClientRequest(field, f"at most {MAX_TAGS} tags")
+    for tag in items:
+        if len(tag) > MAX_NAME:
+            raise BadClientRequest(field, f"each tag at most {MAX_NAME} characters")
     return tuple(sorted({t for t in items if t}))
+
+
+def merge_tags(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """The key's default tags plus the request's, sorted; at most 64 in all."""
+    merged = tuple(sorted({tag for group in groups for tag in group}))
+    if len(merged) > MAX_TAGS:
+        raise BadClientRequest("x-allotment-tags", f"at most {MAX_TAGS} tags with the key's own")
+    return merged
+
+
+def check_name(value: str, field: str) -> None:
+    """Names go into usage events; one the contract would refuse is refused here, up front."""
+    if not value or len(value) > MAX_NAME:
+        raise BadClientRequest(field, f"must be 1 to {MAX_NAME} characters")
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
