@@ -34,6 +34,7 @@ from schemas.allocation import (
 from schemas.budgets import BudgetSpec, Metric
 from schemas.errors import FieldError
 from streams.allocation_tree import AllocationRejected, children_of
+from streams.periods import period_of
 
 Deltas = dict[str, dict[str, dict[str, int]]]
 """budget_id -> period_key -> metric -> tokens."""
@@ -178,6 +179,18 @@ def effective_limits(
         metric: max(0, limit + delta.get(metric, 0) - held.get(metric, 0))
         for metric, limit in spec.limits.by_metric().items()
     }
+
+
+def effective_limits_at(
+    specs: Mapping[str, BudgetSpec], state: AllocationState, budget_id: str, at: datetime
+) -> dict[Metric, int]:
+    """`effective_limits` in the budget's own period that contains `at`.
+
+    The ledger calls this with a charge's latest event time and passes the result to
+    `streams.ledger.apply_charge(..., effective_limits=...)`.
+    """
+    window = period_of(specs[budget_id].period, at)
+    return effective_limits(specs, state, budget_id, window, at)
 
 
 def pool(

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from schemas.errors import AllotmentError, InvalidEvent
+from services.api import rebalancer
 from services.api.auth import Forbidden, Unauthenticated
 from services.api.commands import BudgetIdTaken, Commands, VersionConflict
 from services.api.deps import Services
@@ -93,15 +94,31 @@ async def _projection(
         await consumer.stop()
 
 
+@asynccontextmanager
+async def _rebalancer(svc: Services, every: float | None) -> AsyncIterator[None]:
+    if not every:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(rebalancer.run(svc, every, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 def create_app(
     settings: StackSettings | None = None,
     clock: Callable[[], datetime] | None = None,
     run_projection: bool = False,
+    rebalance_every: float | None = None,
 ) -> FastAPI:
     """The API app; the stack is reached when it starts (lifespan), not when this returns.
 
     With `run_projection` the warehouse consumer runs in the same process, so a single
-    `allotment api` keeps its own read models up to date.
+    `allotment api` keeps its own read models up to date. With `rebalance_every` (seconds) the
+    auto-rebalance rule runs on a timer in this process.
     """
     settings = settings or StackSettings.from_env()
 
@@ -118,7 +135,10 @@ def create_app(
                 commands=Commands(state, publisher),
                 clock=clock or (lambda: datetime.now(UTC)),
             )
-            async with _projection(engine, settings, run_projection):
+            async with (
+                _projection(engine, settings, run_projection),
+                _rebalancer(app.state.services, rebalance_every),
+            ):
                 yield
         finally:
             await publisher.stop()

@@ -25,13 +25,17 @@ def api(
     projection: Annotated[
         bool, typer.Option(help="Also run the warehouse projection in this process.")
     ] = True,
+    rebalance_every: Annotated[
+        float, typer.Option(help="Seconds between auto-rebalance passes (0: never).")
+    ] = 60.0,
 ) -> None:
     """Serve the administration API (reads from PostgreSQL, writes to Kafka)."""
     import uvicorn
 
     from services.api.app import create_app
 
-    uvicorn.run(create_app(run_projection=projection), host=host, port=port, log_level="info")
+    app = create_app(run_projection=projection, rebalance_every=rebalance_every or None)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def api_key(

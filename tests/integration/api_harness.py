@@ -110,9 +110,10 @@ async def api_harness(
     topic_prefix: str,
     database_url: str,
     clock: Callable[[], datetime] | None = None,
+    rebalance_every: float | None = None,
 ) -> AsyncIterator[Harness]:
     settings = StackSettings(kafka_bootstrap, database_url, topic_prefix)
-    app = create_app(settings, clock)
+    app = create_app(settings, clock, rebalance_every=rebalance_every)
     engine = make_engine(database_url)
     warehouse = WarehouseConsumer(engine, kafka_bootstrap, topic_prefix)
     await warehouse.start()

@@ -3,6 +3,7 @@ effective limits that the status shows, and every move is an event in the audit 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,4 +130,33 @@ async def test_overflow_reservation_and_rebalance_move_effective_limits(
         assert [(d["day"], d["feature"], d["model"], d["total_tokens"]) for d in daily] == [
             ("2026-11-03", "search", "gpt-4o", 100),
             ("2026-11-04", "chat", "gpt-4o", 300),
+        ]
+
+
+async def test_the_api_rebalances_on_its_own_timer(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    async with api_harness(
+        kafka_bootstrap, topic_prefix, database_url, lambda: at, rebalance_every=0.2
+    ) as h:
+        key = h.key("tenant-admin", [tenant])
+        org, idle = unique("org"), unique("idle")
+        for budget_id, body in ((org, spec(1000)), (idle, spec(400, org))):
+            created = await h.client.post(
+                f"/v1/tenants/{tenant}/budgets",
+                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
+                headers=key,
+            )
+            assert created.status_code == 201
+        moves: list[AllocationMoved] = []
+        for _ in range(100):
+            events = await h.read_topic(BUDGET_EVENTS)
+            moves = [e for e in events if isinstance(e, AllocationMoved) and e.tenant == tenant]
+            if moves:
+                break
+            await asyncio.sleep(0.2)
+        assert [(m.from_budget_id, m.to_budget_id, m.tokens, m.actor) for m in moves] == [
+            (idle, org, 200, "auto-rebalance")
         ]

@@ -19,6 +19,7 @@ from streams.allocation import (
     apply_allocation_event,
     check_reservation,
     effective_limits,
+    effective_limits_at,
     plan_overflow_draw,
     plan_rebalance,
     pool,
@@ -80,6 +81,14 @@ def test_an_overflow_draw_raises_the_childs_limit_and_shrinks_the_pool() -> None
     assert effective_limits(SPECS, state, "a", NOV, EARLY) == {"total": 500}
     assert pool(SPECS, state, "org", NOV, EARLY) == {"total": 100}
     assert effective_limits(SPECS, state, "a", Win("2026-12", NOV.end, NOV.end), EARLY) == {
+        "total": 400
+    }
+
+
+def test_effective_limits_at_finds_the_budgets_own_period() -> None:
+    state = apply_allocation_event(AllocationState(), draw(100))
+    assert effective_limits_at(SPECS, state, "a", EARLY) == {"total": 500}
+    assert effective_limits_at(SPECS, state, "a", datetime(2026, 12, 2, tzinfo=UTC)) == {
         "total": 400
     }
 
