@@ -150,7 +150,9 @@ class UsageEmitter:
             return
         now = self._clock()
         rows: list[tuple[str, bytes]] = []
-        for record in batch:
+        for i, record in enumerate(batch):
+            if i and not i % 100:
+                await asyncio.sleep(0)  # let requests run between slices of a large batch
             try:
                 event = to_event(record, now)
             except Exception:  # a record the contract refuses must not stop the others

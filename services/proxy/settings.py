@@ -79,6 +79,7 @@ class ProxySettings:
             else None,
             "keys_json": env.get("ALLOTMENT_PROXY_KEYS"),
             "spool_dir": Path(env.get("ALLOTMENT_PROXY_SPOOL_DIR", "var/proxy-spool")),
+            "concise_prompt": env.get("ALLOTMENT_PROXY_CONCISE_PROMPT", DEFAULT_CONCISE_PROMPT),
             "server": env.get("ALLOTMENT_PROXY_SERVER", "uvicorn"),
             "fail_open": env.get("ALLOTMENT_PROXY_FAIL_OPEN", "true").lower()
             not in ("0", "false", "no"),
