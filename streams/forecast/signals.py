@@ -23,6 +23,7 @@ from streams.forecast.profile import WeekdayProfile
 from streams.forecast.project import N_PATHS, Engine, project_period
 from streams.forecast.usage_days import UsageDays
 from streams.periods import period_of, rolling_keys
+from streams.thresholds import new_crossings
 
 
 @dataclass(frozen=True)
@@ -120,4 +121,50 @@ def threshold_fields(
         "projection": projection.model_dump(mode="json"),
         "trend_vs_prev_7d": found.trend_vs_prev_7d,
         "recommended_action": found.recommended_action,
+    }
+
+
+def crossed_thresholds(
+    budget: Budget, before: UsageDays, after: UsageDays, at: datetime
+) -> list[int]:
+    """Thresholds a charge (days `before` -> `after`) crossed in the period `at` falls in.
+
+    The forecast agent recomputes a budget right after such a crossing; the rule of what
+    counts as crossed is the ledger's own (`streams.thresholds.new_crossings`).
+    """
+    today = local_date(at, budget.spec.period.timezone)
+    first, last = _consumed_days(budget, at, today)
+
+    def percent(days: UsageDays) -> float:
+        return max(
+            (100.0 * days.consumed(m, first, last) / limit for m, limit in budget.limits.items()),
+            default=0.0,
+        )
+
+    already = [t for t in budget.thresholds if t <= percent(before)]
+    return new_crossings(budget.thresholds, percent(after), already)
+
+
+def forecast_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One budget's forecast from and to plain data, for a worker process of the agent.
+
+    `job`: budget (`Budget.to_dict`), usage (`UsageDays.to_dict`), as_of (ISO 8601 with
+    offset), pooled ({metric: 7 factors} or absent), engine, n_paths. Returns the wire forms
+    of the `ForecastUpdated` and of the `ProjectedOverrun` (or None).
+    """
+    pooled = {
+        metric: WeekdayProfile(tuple(factors))
+        for metric, factors in (job.get("pooled") or {}).items()
+    }
+    result = forecast_budget(
+        Budget.from_dict(job["budget"]),
+        UsageDays.from_dict(job["usage"]),
+        datetime.fromisoformat(job["as_of"]),
+        pooled or None,
+        job.get("engine", "fast"),
+        int(job.get("n_paths", N_PATHS)),
+    )
+    return {
+        "updated": result.updated.to_wire(),
+        "overrun": None if result.overrun is None else result.overrun.to_wire(),
     }

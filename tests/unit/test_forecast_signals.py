@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from schemas.budgets import BudgetSpec, Limits, Period
-from schemas.signals import ThresholdCrossed
+from schemas.signals import ForecastUpdated, ProjectedOverrun, ThresholdCrossed
 from streams.budgets import Budget
-from streams.forecast.signals import forecast_budget, threshold_fields
+from streams.forecast.signals import (
+    crossed_thresholds,
+    forecast_budget,
+    forecast_job,
+    threshold_fields,
+)
 from streams.forecast.usage_days import UsageDays, add_lines, announce
 from streams.ledger import ChargeLine
 from streams.periods import to_ms
@@ -116,3 +122,26 @@ def test_threshold_events_carry_the_projection_trend_and_action() -> None:
     assert crossing.recommended_action.startswith("projected 20% over")
     assert threshold_fields(forecast, "2026-10", "total", 250_000) == {}
     assert threshold_fields(None, "2026-11", "total", 250_000) == {}
+
+
+def test_a_charge_that_crosses_a_threshold_is_recognised() -> None:
+    budget = _budget(300_000)  # thresholds 75, 90, 100
+    before = _daily_usage(date(2026, 11, 1), 20, 10_000)  # 200k: 66%
+    noon = datetime(2026, 11, 21, 12, tzinfo=TZ)
+    after = add_lines(before, ZONE, 0, [ChargeLine((100, 0), to_ms(noon), 20_000, 20_000)])
+    assert crossed_thresholds(budget, before, after, noon) == [75]
+    assert crossed_thresholds(budget, after, after, noon) == []
+
+
+def test_forecast_job_runs_on_plain_data() -> None:
+    state = _daily_usage(date(2026, 10, 1), 45, 10_000)
+    job = {
+        "budget": _budget(250_000).to_dict(),
+        "usage": orjson.loads(orjson.dumps(state.to_dict())),
+        "as_of": "2026-11-15T05:00:00+00:00",
+        "pooled": {"total": [1.0] * 7},
+    }
+    out = forecast_job(job)
+    updated = ForecastUpdated.parse(out["updated"])
+    assert updated.projections[0].p50 == pytest.approx(300_000, rel=0.02)
+    assert ProjectedOverrun.parse(out["overrun"]).period_key == "2026-11"
