@@ -27,6 +27,7 @@ from services.api.deps import Services
 from services.api.publisher import Publisher, PublishFailed
 from services.api.state import load_state
 from services.common.db import make_engine
+from services.common.kafka import ensure_topics
 from services.common.settings import StackSettings
 from services.warehouse.consumer import WarehouseConsumer
 from streams.allocation_tree import AllocationRejected
@@ -124,6 +125,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
         engine = make_engine(settings.database_url)
         publisher = Publisher(settings.kafka_bootstrap, settings.topic_prefix)
         await publisher.start()

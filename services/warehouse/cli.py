@@ -13,12 +13,14 @@ import typer
 def warehouse() -> None:
     """Project the topics into the PostgreSQL read models until interrupted."""
     from services.common.db import make_engine
+    from services.common.kafka import ensure_topics
     from services.common.settings import StackSettings
     from services.warehouse.consumer import WarehouseConsumer
 
     settings = StackSettings.from_env()
 
     async def main() -> None:
+        await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
         engine = make_engine(settings.database_url)
         consumer = WarehouseConsumer(engine, settings.kafka_bootstrap, settings.topic_prefix)
         stop = asyncio.Event()

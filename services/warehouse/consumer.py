@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from schemas.errors import AllotmentError
 from schemas.topics import ALL
@@ -152,20 +152,22 @@ class WarehouseConsumer:
             with self.engine.begin() as conn:
                 self.projector.project(conn, records)
                 self._store(conn, offsets)
-        except SQLAlchemyError:
-            log.warning("batch of %d failed; projecting it record by record", len(records))
+        except (DataError, IntegrityError):
+            log.warning("batch of %d refused; projecting it record by record", len(records))
             self._write_one_by_one(records, offsets)
 
     def _write_one_by_one(self, records: list[Record], offsets: dict[tuple[str, int], int]) -> None:
-        """Bad input never stops the projection: a record the database refuses is skipped
-        (logged with its origin; it stays on its topic) and the others are written."""
+        """Bad input never stops the projection: a record whose data the database refuses is
+        skipped (logged with its origin; it stays on its topic) and the others are written.
+        Any other database error (a missing migration, a lost connection) is raised, and the
+        batch is retried from the stored offsets: nothing is skipped for the server's fault."""
         with self.engine.begin() as conn:
             self.projector.load(conn)
             for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
                 try:
                     with conn.begin_nested():
                         self.projector.project(conn, [record])
-                except SQLAlchemyError as exc:
+                except (DataError, IntegrityError) as exc:
                     self.projector.counts["unprojectable"] += 1
                     log.error(
                         "skipped %s/%d@%d: the read model refuses it (%s)",
