@@ -170,6 +170,7 @@ class PolicyCache:
         """Fold a config event. The compacted topic keeps only each budget's latest event, so a
         lone amendment (or a gap) takes the event's full spec as the budget's current state."""
         current = self.index.get(event.budget_id)
+        budget: Budget | None
         try:
             budget = apply_budget_event(current, event)
         except StaleRevision as exc:
@@ -250,7 +251,7 @@ class PolicyCache:
         if stop is not None:
             return Verdict("hard_stop", stop, tightest, matched, [], True, least)
         winner = live[0] if len(live) == 1 else self._winner(matched, live, tightest)
-        policy = winner.decision.policy  # type: ignore[union-attr]
+        policy = winner.decision.policy if winner.decision is not None else "allow"
         reservations: list[tuple[BudgetState, int]] = []
         if policy != "hard_stop":
             for state in live:

@@ -74,7 +74,7 @@ class PolicyFeed:
                     await consumer.stop()
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        partitions = []
+        partitions: list[TopicPartition] = []
         for topic in self.topics:
             found = consumer.partitions_for_topic(topic)
             if not found:

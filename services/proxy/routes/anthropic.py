@@ -25,14 +25,14 @@ class MessagesRoute(Route):
     output_fields = ("max_tokens",)
 
     def validate(self, body: Any) -> dict[str, Any]:
-        body = super().validate(body)
-        messages = body.get("messages")
+        checked = super().validate(body)
+        messages = checked.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadClientRequest("messages", "is required and must be a non-empty list")
-        max_tokens = body.get("max_tokens")
+        max_tokens = checked.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise BadClientRequest("max_tokens", "is required and must be a positive integer")
-        return body
+        return checked
 
     def error_body(self, status: int, message: str) -> bytes:
         kind = _KINDS.get(status, "api_error")

@@ -45,14 +45,14 @@ class ChatRoute(OpenAIRoute):
     output_fields = ("max_completion_tokens", "max_tokens")
 
     def validate(self, body: Any) -> dict[str, Any]:
-        body = super().validate(body)
-        messages = body.get("messages")
+        checked = super().validate(body)
+        messages = checked.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadClientRequest("messages", "is required and must be a non-empty list")
-        options = body.get("stream_options")
+        options = checked.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise BadClientRequest("stream_options", "must be an object")
-        return body
+        return checked
 
     def prepare_stream(self, body: dict[str, Any]) -> bool:
         options = body.get("stream_options") or {}
@@ -80,12 +80,12 @@ class EmbeddingsRoute(OpenAIRoute):
     family = "embeddings"
 
     def validate(self, body: Any) -> dict[str, Any]:
-        body = super().validate(body)
-        if "input" not in body:
+        checked = super().validate(body)
+        if "input" not in checked:
             raise BadClientRequest("input", "is required")
-        if body.get("stream"):
+        if checked.get("stream"):
             raise BadClientRequest("stream", "embeddings do not stream")
-        return body
+        return checked
 
     def apply_cache_ttl(self, body: dict[str, Any], seconds: int) -> None:
         return None
