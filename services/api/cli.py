@@ -7,7 +7,7 @@ goes through the same validation, versions and audit log as every other write.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 
@@ -44,7 +44,7 @@ def api_key(
     tenant: Annotated[list[str] | None, typer.Option(help="A tenant it covers (repeat).")] = None,
 ) -> None:
     """Create an API key; it is printed once and only its hash is stored."""
-    from services.api.auth import ROLES, Role, create_key
+    from services.api.auth import ROLES, create_key
     from services.common.db import make_engine
     from services.common.settings import StackSettings
 
@@ -52,7 +52,7 @@ def api_key(
         raise typer.BadParameter(f"must be one of {', '.join(ROLES)}", param_hint="--role")
     engine = make_engine(StackSettings.from_env().database_url)
     try:
-        typer.echo(create_key(engine, principal, cast(Role, role), list(tenant or [])))
+        typer.echo(create_key(engine, principal, role, list(tenant or [])))
     finally:
         engine.dispose()
 
@@ -111,6 +111,7 @@ def apply_command(
         changes = plan(desired, _live(client, tenant), prune)
         for change in changes:
             spec = change.spec.model_dump(mode="json") if change.spec is not None else None
+            body: dict[str, Any]
             if change.action == "create":
                 body = {"budget_id": change.budget_id, "spec": spec, "reason": why}
                 response = client.post(base, json=body)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 from schemas.allocation import (
+    AllocationMoved,
     OverflowDrawn,
     RebalanceRuleSet,
     ReservationMade,
@@ -22,7 +23,6 @@ from schemas.errors import AllotmentError, FieldError
 from services.api.publisher import Publisher
 from services.api.state import ConfigState
 from streams.allocation import (
-    AllocationMoved,
     check_reservation,
     plan_overflow_draw,
     plan_rebalance,

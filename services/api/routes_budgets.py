@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 
@@ -19,7 +21,7 @@ from services.api.models import (
 from streams.budgets import Budget
 from streams.errors import BudgetNotFound
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
     404: {"model": ErrorBody},
@@ -96,7 +98,10 @@ async def tree(tenant: TenantPath, caller: Reader, svc: Svc) -> Tree:
     ids = {b.budget_id for b in live}
     nodes = {
         b.budget_id: TreeNode(
-            budget_id=b.budget_id, name=b.spec.name, version=b.revision, limits=dict(b.limits)
+            budget_id=b.budget_id,
+            name=b.spec.name,
+            version=b.revision,
+            limits={str(m): v for m, v in b.limits.items()},
         )
         for b in live
     }
