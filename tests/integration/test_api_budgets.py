@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from api_harness import api_harness, spec, unique
@@ -134,3 +135,30 @@ async def test_bad_input_gets_422_naming_field_and_rule(
             threshold = _errors(await create(b, spec(10, thresholds=[50, bad])))
             assert threshold[0][0] == "spec.thresholds.1"
         assert (await create(b, spec(10, thresholds=[50, 200]))).status_code == 201
+
+
+async def test_concurrent_writers_with_one_version_get_one_success(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant])
+        base = f"/v1/tenants/{tenant}/budgets"
+        budget = unique("b")
+        await h.client.post(
+            base, json={"budget_id": budget, "spec": spec(100), "reason": "r"}, headers=admin
+        )
+        responses = await asyncio.gather(
+            *(
+                h.client.put(
+                    f"{base}/{budget}",
+                    json={"expected_version": 1, "spec": spec(100 + i), "reason": f"w{i}"},
+                    headers=admin,
+                )
+                for i in range(1, 9)
+            )
+        )
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] + [409] * 7
+        amended = [e for e in await h.read_topic(BUDGET_EVENTS) if isinstance(e, BudgetAmended)]
+        assert [e.revision for e in amended if e.budget_id == budget] == [2]
