@@ -19,7 +19,7 @@ from services.warehouse import tables as t
 from streams.allocation import AllocationState, apply_allocation_event, effective_limits, pool
 from streams.allocation_tree import children_of
 from streams.budgets import Budget
-from streams.periods import period_of
+from streams.periods import period_of, rolling_keys
 
 ALLOCATION_TYPES = [cls.TYPE for cls in ALLOCATION_EVENTS]
 METRIC_COLUMNS: dict[Metric, str] = {
@@ -95,8 +95,10 @@ def status(engine: Engine, tenant: str, target: Budget, now: datetime) -> dict[s
         )
         policy = _latest(conn, t.policies, tenant, target.budget_id, t.policies.c.effective_at)
         forecast = _latest(conn, t.forecasts, tenant, target.budget_id, t.forecasts.c.as_of)
-    current = next((h for h in history if h["period_key"] == window.key), None)
-    consumed = {m: int(current[c]) if current else 0 for m, c in METRIC_COLUMNS.items()}
+    # A rolling budget's consumption is the sum of its day buckets in the window.
+    keys = set(rolling_keys(target.spec.period, now))
+    current = [h for h in history if h["period_key"] in keys]
+    consumed = {m: sum(int(h[c]) for h in current) for m, c in METRIC_COLUMNS.items()}
     return {
         "budget_id": target.budget_id,
         "tenant": tenant,

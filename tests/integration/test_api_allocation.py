@@ -160,3 +160,32 @@ async def test_the_api_rebalances_on_its_own_timer(
         assert [(m.from_budget_id, m.to_budget_id, m.tokens, m.actor) for m in moves] == [
             (idle, org, 200, "auto-rebalance")
         ]
+
+
+async def test_the_status_of_a_rolling_budget_sums_its_window(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url, lambda: now) as h:
+        key = h.key("viewer", [tenant])
+        admin = h.key("tenant-admin", [tenant])
+        weekly = unique("weekly")
+        body = spec(1000, period={"kind": "rolling", "window_days": 7})
+        created = await h.client.post(
+            f"/v1/tenants/{tenant}/budgets",
+            json={"budget_id": weekly, "spec": body, "reason": "r"},
+            headers=admin,
+        )
+        assert created.status_code == 201
+        await h.project()
+        events = [usage(tenant, "any", 10 * day, day, day) for day in (1, 5, 9)]
+        await h.produce(USAGE, [(e.event_id, e) for e in events])
+        await h.project()
+        body = await status(h, tenant, weekly, key)
+        assert body["consumed"]["total"] == 50 + 90
+        assert [row["period_key"] for row in body["history"]] == [
+            "2026-11-09",
+            "2026-11-05",
+            "2026-11-01",
+        ]
