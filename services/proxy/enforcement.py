@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
-from schemas.signals import PolicyChanged
+from schemas.signals import PolicyChanged, ThresholdCrossed
 from services.proxy.keys import VirtualKey
 from streams.budgets import Budget, BudgetIndex, apply_budget_event
 from streams.errors import BudgetNotFound, StaleRevision
+from streams.periods import next_reset
 from streams.policy import PolicyDecision, most_restrictive
 from streams.selectors import match_budgets
 
@@ -93,6 +94,8 @@ class BudgetState:
         return self.remaining - self.forwarded_sum - self.reserved
 
     def apply(self, event: PolicyChanged) -> None:
+        """The pipeline's decision. Its consumption figures replace ours unless a threshold
+        crossing of the same period already told us something newer."""
         self.decision = PolicyDecision(
             policy=event.policy,
             reason=event.reason,
@@ -111,15 +114,52 @@ class BudgetState:
         )
         self.at_limit = event.at_limit
         self.guarded = event.at_limit == "hard_stop"  # reservations bound its overshoot
-        self.metric = event.metric or "total"
-        self.period_key = event.period_key
-        self.consumed, self.limit, self.remaining = event.consumed, event.limit, event.remaining
-        self.reset_at = event.reset_at
-        self.reset_iso = event.reset_at.isoformat().replace("+00:00", "Z") if event.reset_at else ""
-        self.reset_ms = _ms(event.reset_at) if event.reset_at else 1 << 62
-        self.effective_ms = _ms(event.effective_at)
-        while self.forwarded and self.forwarded[0][0] <= self.effective_ms:
+        effective_ms = _ms(event.effective_at)
+        if event.period_key != self.period_key or effective_ms >= self.effective_ms:
+            self.period_key = event.period_key
+            self.metric = event.metric or "total"
+            self._figures(event.consumed, event.limit, event.remaining, effective_ms)
+        self._reset(event.reset_at)
+
+    def apply_crossing(self, event: ThresholdCrossed, reset_at: datetime, at_limit: str) -> None:
+        """A threshold crossing carries the consumption at that moment. The pipeline announces
+        no policy while a budget is below its line (`allow`), so without crossings the proxy
+        would know nothing of a hard-stop budget at 99 percent and could not bound overshoot."""
+        crossed_ms = _ms(event.crossed_at)
+        if crossed_ms <= self.effective_ms:
+            return
+        if self.decision is None or event.period_key != self.period_key:
+            self.decision = PolicyDecision(
+                policy="allow",
+                reason=f"{event.threshold}% of the {event.metric} limit crossed",
+                reset_at=reset_at,
+                budget_id=event.budget_id,
+                tenant=event.tenant,
+                period_key=event.period_key,
+                at_limit=at_limit,  # type: ignore[arg-type]
+                metric=event.metric,
+                consumed=event.consumed,
+                limit=event.limit,
+            )
+            self.at_limit = at_limit
+            self.guarded = at_limit == "hard_stop"
+            self.period_key = event.period_key
+            self.metric = event.metric
+            self._reset(reset_at)
+        elif event.metric != self.metric:
+            return  # the figures we hold are for the budget's tightest metric
+        self._figures(event.consumed, event.limit, event.limit - event.consumed, crossed_ms)
+
+    def _figures(self, consumed: int, limit: int, remaining: int, effective_ms: int) -> None:
+        self.consumed, self.limit, self.remaining = consumed, limit, max(0, remaining)
+        self.effective_ms = effective_ms
+        while self.forwarded and self.forwarded[0][0] <= effective_ms:
             self.forwarded_sum -= self.forwarded.popleft()[1]
+
+    def _reset(self, reset_at: datetime | None) -> None:
+        self.reset_at = reset_at
+        self.reset_iso = reset_at.isoformat().replace("+00:00", "Z") if reset_at else ""
+        self.reset_ms = _ms(reset_at) if reset_at else 1 << 62
 
     def record(self, occurred_ms: int, tokens: int) -> None:
         if tokens and occurred_ms > self.effective_ms:
@@ -162,6 +202,7 @@ class PolicyCache:
         self._winners: dict[
             int, tuple[tuple[BudgetState, ...], tuple[PolicyDecision | None, ...], BudgetState]
         ] = {}
+        self._held_crossings: dict[str, ThresholdCrossed] = {}
         self.caught_up = False
 
     # -- feeding ------------------------------------------------------------------------------
@@ -187,14 +228,33 @@ class PolicyCache:
             state.name = budget.spec.name if budget.spec is not None else state.name
         self._memo.clear()
         self._winners.clear()
+        held = self._held_crossings.pop(budget.budget_id, None)
+        if held is not None:
+            self.apply_crossing(held)
 
     def apply_policy(self, event: PolicyChanged) -> None:
-        state = self.states.get(event.budget_id)
+        self._state(event.budget_id).apply(event)
+
+    def apply_crossing(self, event: ThresholdCrossed) -> None:
+        budget = self.index.get(event.budget_id)
+        if budget is None:
+            # Topics are read side by side: the config may come later. Keep the newest.
+            held = self._held_crossings.get(event.budget_id)
+            if held is None or held.crossed_at < event.crossed_at:
+                self._held_crossings[event.budget_id] = event
+            return
+        if budget.tenant != event.tenant:
+            return
+        reset_at = next_reset(budget.spec.period, event.crossed_at)
+        self._state(event.budget_id).apply_crossing(event, reset_at, budget.spec.at_limit)
+
+    def _state(self, budget_id: str) -> BudgetState:
+        state = self.states.get(budget_id)
         if state is None:
-            budget = self.index.get(event.budget_id)
-            name = budget.spec.name if budget is not None else event.budget_id
-            state = self.states[event.budget_id] = BudgetState(event.budget_id, name)
-        state.apply(event)
+            budget = self.index.get(budget_id)
+            name = budget.spec.name if budget is not None else budget_id
+            state = self.states[budget_id] = BudgetState(budget_id, name)
+        return state
 
     # -- deciding -----------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
-"""Keeps the policy cache current: the `budgets` and `policies` topics, from offset zero, then
-followed for as long as the proxy runs.
+"""Keeps the policy cache current: the `budgets`, `policies` and `thresholds` topics, from offset
+zero, then followed for as long as the proxy runs.
 
-Both topics are compacted (latest per budget), so reading them from the start rebuilds the cache
-exactly; the proxy holds no state of its own that a restart could lose. The cache counts as
+`budgets` and `policies` are compacted (latest per budget) and `thresholds` holds each crossing
+once, so reading them from the start rebuilds the cache; the proxy holds no state of its own
+that a restart could lose. Crossings matter because they carry consumption before any policy
+changes (see `BudgetState.apply_crossing`). The cache counts as
 caught up once every partition has been read up to the end offsets seen at start. Until then the
 proxy is fail-open (or refuses with 503, when so configured). A broker that is not there at boot
 is retried in the background.
@@ -19,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.codec import decode
 from schemas.errors import AllotmentError
-from schemas.signals import PolicyChanged
-from schemas.topics import BUDGETS, POLICIES
+from schemas.signals import PolicyChanged, ThresholdCrossed
+from schemas.topics import BUDGETS, POLICIES, THRESHOLDS
 from services.proxy.enforcement import PolicyCache
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,11 @@ class PolicyFeed:
 
     def __init__(self, bootstrap: str, topic_prefix: str, cache: PolicyCache) -> None:
         self.bootstrap = bootstrap
-        self.topics = [BUDGETS.name(topic_prefix), POLICIES.name(topic_prefix)]
+        self.topics = [
+            BUDGETS.name(topic_prefix),
+            POLICIES.name(topic_prefix),
+            THRESHOLDS.name(topic_prefix),
+        ]
         self.cache = cache
         self.applied = 0
         self.unreadable = 0
@@ -114,6 +120,8 @@ class PolicyFeed:
             event = decode(raw)
             if isinstance(event, PolicyChanged):
                 self.cache.apply_policy(event)
+            elif isinstance(event, ThresholdCrossed):
+                self.cache.apply_crossing(event)
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
                 self.cache.apply_budget(event)
             else:

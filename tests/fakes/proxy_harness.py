@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.base import Event
 from schemas.budgets import BudgetDefined, BudgetSpec
 from schemas.codec import decode, encode
-from schemas.signals import PolicyChanged
-from schemas.topics import BUDGETS, POLICIES, USAGE
+from schemas.signals import PolicyChanged, ThresholdCrossed
+from schemas.topics import BUDGETS, POLICIES, THRESHOLDS, USAGE
 from schemas.usage import UsageBatch, UsageRecorded
 from services.proxy.keys import KeyStore, hash_key
 from services.proxy.server import Proxy
@@ -80,13 +80,40 @@ def policy_changed(
     )
 
 
+def threshold_crossed(
+    tenant: str, budget_id: str, threshold: int, consumed: int, limit: int = 1_000_000
+) -> ThresholdCrossed:
+    """A crossing in the current month, a few seconds ago."""
+    now = datetime.now(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return ThresholdCrossed(
+        tenant=tenant,
+        budget_id=budget_id,
+        period_key=now.strftime("%Y-%m"),
+        period_start=start,
+        period_end=end,
+        metric="total",
+        threshold=threshold,
+        consumed=consumed,
+        limit=limit,
+        effective_limit=limit,
+        crossed_at=now - timedelta(seconds=5),
+    )
+
+
 async def publish(bootstrap: str, prefix: str, events: Iterable[Event]) -> None:
-    """Put budget events on `budgets` and policies on `policies`, keyed by budget id."""
+    """Put budget events on `budgets`, policies on `policies` and crossings on `thresholds`,
+    keyed by budget id."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for event in events:
-            spec = POLICIES if isinstance(event, PolicyChanged) else BUDGETS
+            spec = BUDGETS
+            if isinstance(event, PolicyChanged):
+                spec = POLICIES
+            elif isinstance(event, ThresholdCrossed):
+                spec = THRESHOLDS
             budget_id: str = event.budget_id  # type: ignore[attr-defined]
             await producer.send_and_wait(spec.name(prefix), encode(event), key=budget_id.encode())
     finally:

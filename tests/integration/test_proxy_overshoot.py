@@ -1,7 +1,9 @@
 """200 concurrent requests against a hard_stop budget at 99 percent: how far past the limit?
 
-The proxy reserves each admitted request's estimate (request bytes / 4 + its max_tokens)
-against the headroom the last PolicyChanged reported, and refuses once the headroom is used up.
+The budget's only signal is the pipeline's crossing of its 99% threshold (below the line the
+pipeline announces no policy). The proxy reserves each admitted request's estimate (request
+bytes / 4 + its max_tokens) against the headroom that crossing reported, and refuses once the
+headroom is used up.
 With estimates that bound the real usage (the fake provider's counts do), the admitted requests
 can exceed the headroom by less than one request's estimate. Without reservations all 200 would
 be forwarded. The test prints the measured overshoot and asserts only that bound.
@@ -17,10 +19,10 @@ import orjson
 from fakes.provider import FakeProvider
 from fakes.proxy_harness import (
     budget_defined,
-    policy_changed,
     publish,
     read_usage,
     running_proxy,
+    threshold_crossed,
     unique_tenant,
 )
 
@@ -38,8 +40,10 @@ async def test_concurrent_requests_near_the_limit_overshoot_by_less_than_one_est
         kafka_bootstrap,
         topic_prefix,
         [
-            budget_defined(tenant, "near-limit", total=LIMIT),
-            policy_changed(tenant, "near-limit", "allow", consumed=CONSUMED, limit=LIMIT),
+            budget_defined(
+                tenant, "near-limit", total=LIMIT, thresholds=[75, 90, 99], at_limit="hard_stop"
+            ),
+            threshold_crossed(tenant, "near-limit", 99, consumed=CONSUMED, limit=LIMIT),
         ],
     )
     async with (

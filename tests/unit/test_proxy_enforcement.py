@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
-from schemas.signals import PolicyChanged
+from schemas.signals import PolicyChanged, ThresholdCrossed
 from services.proxy.enforcement import PolicyCache
 from services.proxy.keys import VirtualKey
 
@@ -215,3 +215,61 @@ def test_the_remembered_winner_follows_policy_changes() -> None:
     assert verdict.policy == "hard_stop" and verdict.winner is cache.states["b"]
     cache.apply_policy(policy("b", "allow"))
     assert decide(cache).policy == "degrade_route"
+
+
+def crossing(
+    budget_id: str,
+    consumed: int,
+    threshold: int = 90,
+    at: datetime = NOW,
+    period_key: str = "2026-11",
+    limit: int = 1000,
+) -> ThresholdCrossed:
+    return ThresholdCrossed(
+        tenant="acme",
+        budget_id=budget_id,
+        period_key=period_key,
+        period_start=datetime(2026, 11, 1, tzinfo=UTC),
+        period_end=RESET,
+        metric="total",
+        threshold=threshold,
+        consumed=consumed,
+        limit=limit,
+        effective_limit=limit,
+        crossed_at=at,
+    )
+
+
+def test_a_crossing_alone_bounds_a_hard_stop_budget() -> None:
+    """The pipeline announces no policy below the line; the 90% crossing carries consumption."""
+    cache = cache_with(budget("a", at_limit="hard_stop"))
+    cache.apply_crossing(crossing("a", consumed=900))
+    state = cache.states["a"]
+    assert state.reset_at == RESET and state.headroom() == 100
+    assert decide(cache, est_in=30, est_out=30).policy == "allow"
+    assert decide(cache, est_in=30, est_out=30).policy == "allow"
+    refused = decide(cache, est_in=1, est_out=1)
+    assert refused.policy == "hard_stop" and refused.local_stop
+
+
+def test_crossings_never_roll_figures_back_and_a_new_period_starts_afresh() -> None:
+    cache = cache_with(budget("a", at_limit="hard_stop"), policy("a", "hard_stop", consumed=1000))
+    cache.apply_crossing(crossing("a", consumed=900, at=NOW - timedelta(hours=1)))
+    assert decide(cache).policy == "hard_stop"  # an older crossing changes nothing
+    december = datetime(2026, 12, 2, tzinfo=UTC)
+    cache.apply_crossing(
+        crossing("a", consumed=750, threshold=75, at=december, period_key="2026-12")
+    )
+    state = cache.states["a"]
+    assert state.period_key == "2026-12" and state.remaining == 250
+    matched = cache.matched(KEY, KEY.feature, (), "m", "openai")
+    verdict = cache.decide(matched, 1, 1, int(december.timestamp() * 1000))
+    assert verdict.policy == "allow"
+
+
+def test_a_crossing_read_before_its_budget_waits_for_it() -> None:
+    cache = PolicyCache()
+    cache.apply_crossing(crossing("late", consumed=900))
+    assert cache.states == {}
+    cache.apply_budget(budget("late", at_limit="hard_stop"))
+    assert cache.states["late"].headroom() == 100
