@@ -9,6 +9,7 @@ acknowledge.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,9 +30,11 @@ from services.api.state import load_state
 from services.common.db import make_engine
 from services.common.kafka import ensure_topics
 from services.common.settings import StackSettings
-from services.warehouse.consumer import WarehouseConsumer
+from services.warehouse.consumer import ProjectionBusy, WarehouseConsumer
 from streams.allocation_tree import AllocationRejected
 from streams.errors import BudgetAlreadyRetired, BudgetNotFound
+
+log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[AllotmentError], int]] = [
     (Unauthenticated, 401),
@@ -84,7 +87,12 @@ async def _projection(
         yield
         return
     consumer = WarehouseConsumer(engine, settings.kafka_bootstrap, settings.topic_prefix)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except ProjectionBusy as exc:
+        log.warning("not projecting in the API process: %s", exc)
+        yield
+        return
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:

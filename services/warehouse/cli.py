@@ -46,6 +46,7 @@ def rebuild_projections(
     """
     from services.common.db import make_engine
     from services.common.settings import StackSettings
+    from services.warehouse.consumer import ProjectionBusy
     from services.warehouse.rebuild import rebuild
 
     settings = StackSettings.from_env()
@@ -72,6 +73,9 @@ def rebuild_projections(
                     progress=progress,
                 )
             )
+    except ProjectionBusy as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
     typer.echo(f"rebuilt from {count} records")

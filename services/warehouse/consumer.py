@@ -9,12 +9,13 @@ Kafka transaction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -40,6 +41,27 @@ class ConsumerNotStarted(AllotmentError):
         super().__init__(f"consumer {name!r}: call start() first")
 
 
+class ProjectionBusy(AllotmentError):
+    """Another consumer already projects these topics into this database.
+
+    Two writers of one projection would interleave their budget indexes and offsets; a rebuild
+    under a running consumer would race it. A session advisory lock keeps them apart.
+    """
+
+    def __init__(self, name: str, prefix: str) -> None:
+        self.name = name
+        self.prefix = prefix
+        super().__init__(
+            f"consumer {name!r} for topics {prefix}.* is already running against this database; "
+            "stop it first"
+        )
+
+
+def _lock_key(name: str, prefix: str) -> int:
+    digest = hashlib.sha256(f"allotment-projection:{name}:{prefix}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class WarehouseConsumer:
     """Owns one aiokafka consumer and one `Projector`; build it in a composition root."""
 
@@ -52,6 +74,7 @@ class WarehouseConsumer:
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._config_ends: dict[TopicPartition, int] = {}
+        self._lock: Connection | None = None
 
     @property
     def partitions(self) -> list[TopicPartition]:
@@ -65,6 +88,8 @@ class WarehouseConsumer:
         return result
 
     async def start(self) -> None:
+        """Take the projection's lock, then seek every partition to its stored offset."""
+        await asyncio.to_thread(self._take_lock)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
@@ -82,6 +107,43 @@ class WarehouseConsumer:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        if self._lock is not None:
+            await asyncio.to_thread(self._release_lock, self._lock)
+            self._lock = None
+
+    def _release_lock(self, conn: Connection) -> None:
+        # A pooled connection outlives close(): unlock explicitly, the session stays open.
+        try:
+            conn.execute(select(func.pg_advisory_unlock(_lock_key(self.name, self.prefix))))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def _take_lock(self) -> None:
+        conn = self.engine.connect()
+        key = _lock_key(self.name, self.prefix)
+        if not conn.execute(select(func.pg_try_advisory_lock(key))).scalar():
+            conn.close()
+            raise ProjectionBusy(self.name, self.prefix)
+        conn.commit()
+        self._lock = conn
+
+    async def reset(self) -> None:
+        """Empty the read models, forget this consumer's offsets, start again at offset zero."""
+        names = ", ".join(table.name for table in t.PROJECTED)
+
+        def empty() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {names}"))
+                conn.execute(
+                    delete(t.consumer_offsets).where(
+                        t.consumer_offsets.c.consumer == self.name,
+                        t.consumer_offsets.c.topic.like(f"{self.prefix}.%"),
+                    )
+                )
+
+        await asyncio.to_thread(empty)
+        await self._seek_to_stored()
 
     async def _seek_to_stored(self) -> None:
         consumer = self._require()

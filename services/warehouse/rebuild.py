@@ -1,27 +1,19 @@
-"""Drop the read models and project the topics again from offset zero.
+"""Empty the read models and project the topics again from offset zero.
 
 Projections are pure functions of the topics, so a rebuild gives the same rows as the live run
-(config events are replayed before usage in every batch, and every row's timestamps come from
-events, never from the clock). Stop the live warehouse consumer first: it would keep writing
-from its own position while the tables are emptied.
+(config events are read before usage, and every row's timestamps come from events, never from
+the clock). The rebuild holds the projection's lock: it refuses to run while `allotment
+warehouse` or `allotment api --projection` projects the same topics into the same database.
+The projected tables hold one deployment (topic prefix) per database: a rebuild empties them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Engine, delete, text
+from sqlalchemy import Engine
 
-from services.warehouse import tables as t
-from services.warehouse.consumer import CONSUMER, Progress, WarehouseConsumer
-
-
-def reset(engine: Engine, name: str = CONSUMER) -> None:
-    """Empty every projected table and forget the consumer's offsets, in one transaction."""
-    names = ", ".join(table.name for table in t.PROJECTED)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names}"))
-        conn.execute(delete(t.consumer_offsets).where(t.consumer_offsets.c.consumer == name))
+from services.warehouse.consumer import Progress, WarehouseConsumer
 
 
 async def rebuild(
@@ -32,10 +24,10 @@ async def rebuild(
     progress: Progress | None = None,
 ) -> int:
     """Reset, then project from offset zero to the current ends; returns records projected."""
-    reset(engine)
     consumer = WarehouseConsumer(engine, bootstrap, prefix)
     await consumer.start()
     try:
+        await consumer.reset()
         if on_total is not None:
             on_total(await consumer.backlog())
         return await consumer.catch_up(progress)

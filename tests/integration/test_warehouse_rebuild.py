@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from api_harness import ALL_TABLES, api_harness, spec, unique
 
 from schemas.signals import Band, ForecastUpdated, PolicyChanged, Projection, ThresholdCrossed
 from schemas.topics import FORECASTS, POLICIES, THRESHOLDS, USAGE
 from schemas.usage import UsageRecorded
-from services.warehouse.consumer import WarehouseConsumer
+from services.warehouse.consumer import ProjectionBusy, WarehouseConsumer
 from services.warehouse.rebuild import rebuild
 
 AT = datetime(2026, 11, 10, 9, tzinfo=UTC)
@@ -95,6 +96,13 @@ async def test_duplicates_count_once_and_a_rebuild_gives_identical_rows(
         assert len(live["thresholds"]) == len(live["policies"]) == len(live["forecasts"]) == 1
         assert [r["revision"] for r in live["budgets"] if r["budget_id"] == org] == [2]
         assert len(live["audit_log"]) == 3
+
+        busy = WarehouseConsumer(h.engine, kafka_bootstrap, topic_prefix)
+        with pytest.raises(ProjectionBusy):
+            await busy.start()
+        with pytest.raises(ProjectionBusy):
+            await rebuild(h.engine, kafka_bootstrap, topic_prefix)
+        await h.warehouse.stop()
 
         restarted = WarehouseConsumer(h.engine, kafka_bootstrap, topic_prefix)
         await restarted.start()
