@@ -280,8 +280,8 @@ def check_reservation(
         raise AllocationRejected(
             event.budget_id, [FieldError("starts_at", "must be in the future (a later range)")]
         )
-    if event.reservation_id in state.reservations:
-        rule = "already names a reservation of this tenant"
+    if f"reserve:{event.reservation_id}" in state.applied:
+        rule = "was already used in this tenant (released ids are not reused)"
         raise AllocationRejected(event.budget_id, [FieldError("reservation_id", rule)])
     limits = effective_limits(specs, state, event.budget_id, window, at)
     if event.metric not in limits:

@@ -155,6 +155,9 @@ class Commands:
     ) -> OverflowDrawn:
         async with self.state.locks[tenant]:
             budget = self._live(tenant, budget_id)
+            if f"draw:{draw_id}" in self.state.allocations[tenant].applied:
+                rule = "was already used in this tenant (a draw id is an idempotency key)"
+                raise AllocationRejected(budget_id, [FieldError("draw_id", rule)])
             window = period_of(budget.spec.period, at)
             event = plan_overflow_draw(
                 self.state.specs(tenant),
@@ -171,8 +174,7 @@ class Commands:
             )
             if event is None:  # only a partial draw returns None
                 raise AllocationRejected(budget_id, [FieldError("tokens", "nothing to draw")])
-            if f"draw:{draw_id}" not in self.state.allocations[tenant].applied:
-                await self._commit([event])
+            await self._commit([event])
             return event
 
     async def reserve(self, event: ReservationMade, at: datetime) -> ReservationMade:

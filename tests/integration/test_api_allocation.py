@@ -65,6 +65,8 @@ async def test_overflow_reservation_and_rebalance_move_effective_limits(
             )
 
         assert (await draw(a, "d1", 100)).status_code == 201
+        reused = await draw(a, "d1", 1)
+        assert reused.status_code == 422 and reused.json()["errors"][0]["field"] == "draw_id"
         capped = await draw(a, "d2", 60)
         assert capped.status_code == 422 and capped.json()["errors"][0]["field"] == "tokens"
         assert (await draw(b, "d3", 1)).status_code == 422  # b has no overflow cap

@@ -186,6 +186,17 @@ def test_a_released_reservation_frees_its_tokens() -> None:
     assert effective_limits(SPECS, state, "org", NOV, EARLY) == {"total": 1000}
 
 
+def test_a_reservation_id_is_never_reused() -> None:
+    state = apply_allocation_event(AllocationState(), reservation(10))
+    released = ReservationReleased(
+        reservation_id="black-friday", budget_id="org", tenant="t", occurred_at=EARLY, actor="me"
+    )
+    state = apply_allocation_event(state, released)
+    with pytest.raises(AllocationRejected) as err:
+        check_reservation(SPECS, state, reservation(10), NOV, EARLY)
+    assert err.value.errors[0].field == "reservation_id"
+
+
 def test_a_reservation_in_the_past_or_too_large_is_rejected() -> None:
     with pytest.raises(AllocationRejected) as err:
         check_reservation(SPECS, AllocationState(), reservation(10), NOV, LATE.replace(day=28))
