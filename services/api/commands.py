@@ -20,8 +20,8 @@ from schemas.allocation import (
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec, Metric
 from schemas.errors import AllotmentError, FieldError
-from services.api.publisher import Publisher
-from services.api.state import ConfigState
+from services.api.publisher import Publisher, PublishFailed
+from services.api.state import ConfigState, load_state
 from streams.allocation import (
     check_reservation,
     plan_overflow_draw,
@@ -62,7 +62,16 @@ class Commands:
         self.publisher = publisher
 
     async def _commit(self, events: list[Event]) -> None:
-        await self.publisher.publish(events)
+        try:
+            await self.publisher.publish(events)
+        except PublishFailed:
+            # The outcome is unknown (a commit may have landed without its answer): start a
+            # fresh producer and fold the topic again, so the next version check is right.
+            await self.publisher.restart()
+            self.state.replace_with(
+                await load_state(self.publisher.bootstrap, self.publisher.prefix)
+            )
+            raise
         for event in events:
             self.state.apply(event)
 

@@ -54,6 +54,15 @@ class Publisher:
             await self._producer.stop()
             self._producer = None
 
+    async def restart(self) -> None:
+        """A new producer (and transactional id) after a failure that may have left the old one
+        unusable; errors are left to the next publish, which answers 503 again."""
+        try:
+            await self.stop()
+            await self.start()
+        except KafkaError:
+            self._producer = None
+
     async def publish(self, events: Sequence[Event]) -> None:
         """Write `events` atomically; returns only once the transaction committed."""
         producer = self._producer

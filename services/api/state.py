@@ -52,6 +52,12 @@ class ConfigState:
             tenant = allocation.tenant
             self.allocations[tenant] = apply_allocation_event(self.allocations[tenant], allocation)
 
+    def replace_with(self, other: ConfigState) -> None:
+        """Take `other`'s budgets and allocations, keeping this object's locks."""
+        self.index = other.index
+        self.allocations = other.allocations
+        self.skipped = other.skipped
+
     def budget(self, tenant: str, budget_id: str) -> Budget | None:
         """The budget when it exists and belongs to `tenant` (another tenant's is invisible)."""
         budget = self.index.get(budget_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError
 from api_harness import api_harness, spec, unique
 
 from schemas.budgets import BudgetAmended, BudgetDefined
@@ -162,3 +163,31 @@ async def test_concurrent_writers_with_one_version_get_one_success(
         assert codes == [200] + [409] * 7
         amended = [e for e in await h.read_topic(BUDGET_EVENTS) if isinstance(e, BudgetAmended)]
         assert [e.revision for e in amended if e.budget_id == budget] == [2]
+
+
+async def test_a_write_the_broker_does_not_acknowledge_gets_503_and_changes_nothing(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant])
+        base = f"/v1/tenants/{tenant}/budgets"
+        budget = unique("b")
+        publisher = h.app.state.services.commands.publisher
+        producer = publisher._producer
+
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise KafkaTimeoutError()
+
+        producer.send = refuse
+        refused = await h.client.post(
+            base, json={"budget_id": budget, "spec": spec(100), "reason": "r"}, headers=admin
+        )
+        assert refused.status_code == 503, refused.text
+        assert publisher._producer is not producer  # a fresh producer replaced the failed one
+        accepted = await h.client.post(
+            base, json={"budget_id": budget, "spec": spec(100), "reason": "r"}, headers=admin
+        )
+        assert accepted.status_code == 201 and accepted.json()["version"] == 1
+        defined = [e for e in await h.read_topic(BUDGET_EVENTS) if isinstance(e, BudgetDefined)]
+        assert [e.budget_id for e in defined] == [budget]
