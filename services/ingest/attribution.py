@@ -65,10 +65,12 @@ class AttributionMap:
     _lookups: dict[str, tuple[tuple[str, ...], ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _configured: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for dim in DIMENSIONS:
             self._lookups[dim] = tuple(tuple(_candidates(n)) for n in getattr(self, dim))
+        object.__setattr__(self, "_configured", any(self._lookups.values()))
 
     @classmethod
     def from_config(cls, raw: Any, where: str) -> AttributionMap:
@@ -94,7 +96,7 @@ class AttributionMap:
         result: dict[str, Any] = {}
         for dim in DIMENSIONS:
             value = None
-            for candidates in self._lookups[dim]:
+            for candidates in self._lookups[dim] if self._configured else ():
                 value = next(
                     (context[c] for c in candidates if context.get(c) not in (None, "")), None
                 )

@@ -49,6 +49,8 @@ class TokenParts:
 
 def count(value: Any, field: str) -> int:
     """A token count from JSON: an int, an integral float or a decimal string (OTLP JSON)."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked cheaply
+        return value
     if value is None:
         return 0
     if isinstance(value, bool):

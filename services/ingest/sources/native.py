@@ -22,33 +22,35 @@ SOURCE = "native"
 TOKEN_FIELDS = ("input_uncached", "cache_read", "cache_write", "output", "reasoning")
 PASSTHROUGH = ("input_total", "total", "decision", "routed_from_model", "routed_to_model")
 ATTRIBUTION = ("team", "feature", "user", "virtual_key", "tags")
-KNOWN = {
-    "event_id",
-    "source",
-    "source_request_id",
-    "occurred_at",
-    "tenant",
-    "provider",
-    "request_model",
-    "response_model",
-    "cost_micros",
-    "usage_status",
-    "properties",
-    "metadata",
-    "type",
-    "version",
-    *TOKEN_FIELDS,
-    *PASSTHROUGH,
-    *ATTRIBUTION,
-}
+KNOWN = frozenset(
+    {
+        "event_id",
+        "source",
+        "source_request_id",
+        "occurred_at",
+        "tenant",
+        "provider",
+        "request_model",
+        "response_model",
+        "cost_micros",
+        "usage_status",
+        "properties",
+        "metadata",
+        "type",
+        "version",
+        *TOKEN_FIELDS,
+        *PASSTHROUGH,
+        *ATTRIBUTION,
+    }
+)
 
 
 def to_draft(record: Any) -> Draft:
     if not isinstance(record, Mapping):
         raise RecordRejected("(record)", "must be a JSON object")
-    unknown = [k for k in record if k not in KNOWN]
-    if unknown:
-        raise RecordRejected(str(unknown[0]), "is not a field of a native usage record")
+    if not KNOWN.issuperset(record):
+        unknown = next(k for k in record if k not in KNOWN)
+        raise RecordRejected(str(unknown), "is not a field of a native usage record")
     if record.get("type", "UsageRecorded") != "UsageRecorded":
         raise RecordRejected("type", "must be 'UsageRecorded' when given")
     source = record.get("source") or SOURCE
@@ -59,13 +61,22 @@ def to_draft(record: Any) -> Draft:
         request_id = require_str(record, "source_request_id")
     else:
         request_id = event_id
-    tokens = TokenParts(**{f: count(record.get(f), f) for f in TOKEN_FIELDS})
+    get = record.get
+    tokens = TokenParts(
+        count(get("input_uncached"), "input_uncached"),
+        count(get("cache_read"), "cache_read"),
+        count(get("cache_write"), "cache_write"),
+        count(get("output"), "output"),
+        count(get("reasoning"), "reasoning"),
+    )
     context: dict[str, Any] = {}
-    flatten("metadata", record.get("metadata"), context)
-    properties = record.get("properties") or {}
+    if "metadata" in record:
+        flatten("metadata", record["metadata"], context)
+    properties = get("properties") or {}
     if not isinstance(properties, Mapping):
         raise RecordRejected("properties", "must be a JSON object")
-    flatten("property", properties, context)
+    if properties:
+        flatten("property", properties, context)
     cost = record.get("cost_micros")
     return Draft(
         source=source,
@@ -78,7 +89,7 @@ def to_draft(record: Any) -> Draft:
         cost_micros=count(cost, "cost_micros") if cost is not None else None,
         usage_status=record.get("usage_status") or "reported",
         context=context,
-        defaults={d: record.get(d) for d in ATTRIBUTION if record.get(d) is not None},
+        defaults={d: record[d] for d in ATTRIBUTION if d in record},
         properties=dict(properties),
         tenant_claim=("tenant", record.get("tenant")),
         event_id=event_id,
