@@ -216,8 +216,6 @@ def to_draft(span: Mapping[str, Any]) -> Draft | None:
         except orjson.JSONDecodeError:
             metadata = None
     flatten("metadata", metadata if isinstance(metadata, Mapping) else None, context)
-    for key, value in attrs.items():  # dotted attributes are reachable without a namespace too
-        context.setdefault(f"attribute.{key.lower()}", value)
     _, provider = _first(attrs, PROVIDER)
     return Draft(
         source=SOURCE,
