@@ -89,7 +89,14 @@ class AttributionMap:
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
                 raise IngestConfigError(f"{where}.{dim}", "must be a name or a list of names")
             values[dim] = tuple(names)
-        return cls(**values)
+        empty: tuple[str, ...] = ()
+        return cls(
+            team=values.get("team", empty),
+            feature=values.get("feature", empty),
+            user=values.get("user", empty),
+            virtual_key=values.get("virtual_key", empty),
+            tags=values.get("tags", empty),
+        )
 
     def resolve(self, context: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
         """The attribution fields of one record: configured names first, then the defaults."""

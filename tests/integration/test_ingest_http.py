@@ -195,3 +195,63 @@ async def test_broker_down_answers_503_and_accepts_nothing():
     assert "event_ids" not in response.json()
     # An export with no usage spans publishes nothing, so it needs no broker.
     assert otlp.status_code == 200
+
+
+async def test_each_gateway_endpoint_maps_its_own_format(kafka_bootstrap, topic_prefix):
+    run = uuid.uuid4().hex[:8]
+    posts = {
+        "/v1/ingest/portkey": [
+            {
+                "id": f"pk-{run}",
+                "created_at": "2026-11-27T09:00:00Z",
+                "ai_org": "openai",
+                "ai_model": "gpt-4o",
+                "response": {"body": {"usage": {"prompt_tokens": 50, "completion_tokens": 5}}},
+                "metadata": {"team": "ml"},
+            }
+        ],
+        "/v1/ingest/bifrost": [
+            {
+                "id": f"bf-{run}",
+                "timestamp": "2026-11-27T09:00:00Z",
+                "status": "success",
+                "token_usage": {
+                    "prompt_tokens": 40,
+                    "completion_tokens": 4,
+                    "prompt_tokens_details": {"cached_read_tokens": 30},
+                },
+            }
+        ],
+        "/v1/ingest/openai": [
+            {
+                "id": f"resp-{run}",
+                "object": "response",
+                "created_at": 1795780800,
+                "usage": {
+                    "input_tokens": 30,
+                    "output_tokens": 3,
+                    "input_tokens_details": {"cached_tokens": 10},
+                },
+            }
+        ],
+        "/v1/ingest/anthropic": [
+            {
+                "id": f"msg-{run}",
+                "occurred_at": "2026-11-27T09:00:00Z",
+                "usage": {"input_tokens": 20, "cache_read_input_tokens": 7, "output_tokens": 2},
+            }
+        ],
+    }
+    headers = {"Authorization": f"Bearer {ACME_KEY}"}
+    with serve(_keys(), kafka_sink(kafka_bootstrap, topic_prefix)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = {p: await client.post(p, json=b, headers=headers) for p, b in posts.items()}
+    assert {p: r.status_code for p, r in answers.items()} == dict.fromkeys(posts, 200)
+    on_topic = {e.source: e for _, e in await read_usage(kafka_bootstrap, topic_prefix, 4)}
+    parts = {s: (e.input_uncached, e.cache_read, e.output, e.team) for s, e in on_topic.items()}
+    assert parts == {
+        "portkey": (50, 0, 5, "ml"),
+        "bifrost": (10, 30, 4, None),
+        "openai": (20, 10, 3, None),
+        "anthropic": (20, 7, 2, None),
+    }
