@@ -12,6 +12,7 @@ Per-request control through headers (the proxy forwards them):
 - `x-fake-status`: answer with this HTTP status and an error body in the provider's shape.
 - `x-fake-interrupt`: cut a stream off after the first content chunk (no usage block).
 - `x-fake-delay-ms`: hold the request this long before answering.
+- `x-fake-chunk-delay-ms`: pause this long between the chunks of a chat stream.
 
 Default token counts are deterministic: input = len(body) // 8 (at least 1), output =
 min(max_tokens, 20). Run standalone with `python tests/fakes/provider.py --port 8011`.
@@ -162,10 +163,14 @@ class FakeProvider:
             return _data({**base, "choices": [choice], **extra})
 
         resp = await _sse(request)
+        pause = int(request.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
         await resp.write(chunk({"role": "assistant", "content": ""}, None))
         await resp.write(chunk({"content": "tok "}, None))
         if request.headers.get("x-fake-interrupt"):
             return _cut(request, resp)
+        for _ in range(5 if pause else 0):
+            await asyncio.sleep(pause)
+            await resp.write(chunk({"content": "tok "}, None))
         await resp.write(chunk({"content": _text(usage.output - 1)}, None))
         await resp.write(chunk({}, "stop"))
         if include:

@@ -343,3 +343,21 @@ async def test_fail_closed_refuses_until_policies_are_read(
             model="gpt-4o", messages=MESSAGES
         )
         assert raw.headers["x-allotment-policy-state"] == "catching-up"
+
+
+async def test_a_client_that_hangs_up_mid_stream_is_charged_an_estimate(
+    proxy: Running, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    body = {"model": "hung-up", "messages": MESSAGES, "stream": True}
+    headers = {"authorization": f"Bearer {proxy.secret}", "x-fake-chunk-delay-ms": "300"}
+    async with (
+        httpx.AsyncClient(base_url=proxy.url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        async for chunk in response.aiter_bytes():
+            assert chunk.startswith(b"data: ")
+            break  # hang up after the first chunk
+    events = await read_usage(kafka_bootstrap, topic_prefix, 1)
+    assert [(e.request_model, e.usage_status) for e in events] == [("hung-up", "estimated")]
+    assert events[0].output >= 1
