@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import uuid
@@ -255,3 +256,27 @@ async def test_each_gateway_endpoint_maps_its_own_format(kafka_bootstrap, topic_
         "openai": (20, 10, 3, None),
         "anthropic": (20, 7, 2, None),
     }
+
+
+async def test_a_producer_that_dies_mid_run_gives_503_then_the_sink_reconnects(
+    kafka_bootstrap, topic_prefix
+):
+    sink = kafka_sink(kafka_bootstrap, topic_prefix)
+    headers = {"Authorization": f"Bearer {ACME_KEY}"}
+    run = uuid.uuid4().hex[:8]
+    with serve(_keys(), sink) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            before = await client.post("/v1/usage", json=[_record(f"{run}-1")], headers=headers)
+            # Close the Kafka client under the running service (on the server's own loop), as
+            # a lost connection would.
+            kafka = sink._producer._producer  # type: ignore[union-attr]
+            stopped = asyncio.run_coroutine_threadsafe(kafka.stop(), kafka._loop)
+            await asyncio.wrap_future(stopped)
+            during = await client.post(
+                "/v1/usage", json=[_record(f"{run}-2"), _record(f"{run}-3")], headers=headers
+            )
+            after = await client.post("/v1/usage", json=[_record(f"{run}-2")], headers=headers)
+    assert (before.status_code, during.status_code, after.status_code) == (200, 503, 200)
+    assert during.json()["accepted"] == 0
+    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
+    assert sorted(e.source_request_id for _, e in on_topic) == [f"{run}-1", f"{run}-2"]
