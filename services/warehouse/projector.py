@@ -18,9 +18,10 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.allocation import (
@@ -39,7 +40,7 @@ from schemas.usage import UsageBatch, UsageRecorded
 from services.warehouse import tables as t
 from streams.budgets import Budget, BudgetIndex, apply_budget_event
 from streams.errors import StaleRevision
-from streams.periods import period_of, zone
+from streams.periods import period_of_ms, to_ms, zone
 from streams.selectors import match_budgets
 
 log = logging.getLogger(__name__)
@@ -146,81 +147,88 @@ class Projector:
         self.index = self.index.with_budget(budget)
 
     def _usage(self, conn: Connection, events: Iterable[UsageRecorded]) -> None:
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        by_id: dict[str, UsageRecorded] = {}
         for event in events:
-            for budget in match_budgets(self.index, event):
-                key = (budget.budget_id, pg_safe(event.event_id))
-                rows.setdefault(key, _usage_row(budget, event))
-        if not rows:
+            by_id.setdefault(pg_safe(event.event_id), event)  # first sighting wins
+        if not by_id:
             return
-        keys = [{"budget_id": b, "event_id": e} for b, e in rows]
-        fresh = conn.execute(
-            insert(t.usage_charged)
-            .values(keys)
-            .on_conflict_do_nothing()
-            .returning(t.usage_charged.c.budget_id, t.usage_charged.c.event_id)
-        ).all()
-        self.counts["usage_charged"] += len(fresh)
-        periods: dict[tuple[str, str], dict[str, Any]] = {}
-        days: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for budget_id, event_id in fresh:
-            row = rows[(budget_id, event_id)]
-            _accumulate(periods, (budget_id, row["period_key"]), row, ("period_key",))
-            _accumulate(
-                days,
-                (budget_id, row["day"], row["feature"], row["model"]),
-                row,
-                ("day", "feature", "model"),
-            )
-        _add_totals(conn, t.period_usage, ["budget_id", "period_key"], periods.values())
-        _add_totals(conn, t.daily_usage, ["budget_id", "day", "feature", "model"], days.values())
-
-
-def _usage_row(budget: Budget, event: UsageRecorded) -> dict[str, Any]:
-    local = event.occurred_at.astimezone(zone(budget.spec.period.timezone))
-    return {
-        "budget_id": budget.budget_id,
-        "tenant": budget.tenant,
-        "period_key": period_of(budget.spec.period, event.occurred_at).key,
-        "day": local.date(),
-        "feature": pg_safe(event.feature or ""),
-        "model": pg_safe(event.response_model or event.request_model or ""),
-        "input_tokens": event.input_total,
-        "output_tokens": event.output,
-        "total_tokens": event.total,
-    }
+        # One array parameter whatever the batch size (a VALUES list would hit PostgreSQL's
+        # limit of 65535 parameters per statement with large envelopes).
+        fresh = conn.execute(_SEEN, {"events": list(by_id)}).scalars().all()
+        self.counts["usage_new"] += len(fresh)
+        periods: dict[tuple[str, str], list[Any]] = {}
+        days: dict[tuple[str, date, str, str], list[Any]] = {}
+        for event_id in fresh:
+            event = by_id[event_id]
+            budgets = match_budgets(self.index, event)
+            if not budgets:
+                continue
+            feature = pg_safe(event.feature or "")
+            model = pg_safe(event.response_model or event.request_model or "")
+            at_ms = to_ms(event.occurred_at)
+            tokens = (event.input_total, event.output, event.total)
+            local_day: dict[str, date] = {}
+            for budget in budgets:
+                period = budget.spec.period
+                day = local_day.get(period.timezone)
+                if day is None:
+                    day = event.occurred_at.astimezone(zone(period.timezone)).date()
+                    local_day[period.timezone] = day
+                key = period_of_ms(period, at_ms).key
+                _add(periods, (budget.budget_id, key), budget.tenant, tokens)
+                _add(days, (budget.budget_id, day, feature, model), budget.tenant, tokens)
+        _add_totals(
+            conn,
+            t.period_usage,
+            ["budget_id", "period_key"],
+            [_totals_row(("budget_id", "period_key"), k, v) for k, v in periods.items()],
+        )
+        _add_totals(
+            conn,
+            t.daily_usage,
+            ["budget_id", "day", "feature", "model"],
+            [_totals_row(("budget_id", "day", "feature", "model"), k, v) for k, v in days.items()],
+        )
 
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "total_tokens")
+UPSERT_CHUNK = 2000  # rows per statement: 10 parameters each, far below PostgreSQL's 65535
+_SEEN = text(
+    "INSERT INTO usage_seen (event_id) SELECT unnest(CAST(:events AS text[])) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
 
 
-def _accumulate(
-    into: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any], extra: tuple[str, ...]
-) -> None:
-    acc = into.setdefault(
-        key,
-        {
-            "budget_id": row["budget_id"],
-            "tenant": row["tenant"],
-            "events": 0,
-            **{c: row[c] for c in extra},
-            **dict.fromkeys(TOKEN_COLUMNS, 0),
-        },
-    )
-    acc["events"] += 1
-    for column in TOKEN_COLUMNS:
-        acc[column] += row[column]
+def _add(into: dict[Any, list[Any]], key: Any, tenant: str, tokens: tuple[int, int, int]) -> None:
+    acc = into.get(key)
+    if acc is None:
+        into[key] = [tenant, tokens[0], tokens[1], tokens[2], 1]
+    else:
+        acc[1] += tokens[0]
+        acc[2] += tokens[1]
+        acc[3] += tokens[2]
+        acc[4] += 1
+
+
+def _totals_row(names: tuple[str, ...], key: tuple[Any, ...], acc: list[Any]) -> dict[str, Any]:
+    return {
+        **dict(zip(names, key, strict=True)),
+        "tenant": acc[0],
+        "input_tokens": acc[1],
+        "output_tokens": acc[2],
+        "total_tokens": acc[3],
+        "events": acc[4],
+    }
 
 
 def _add_totals(
     conn: Connection, table: Any, key: list[str], rows: Iterable[dict[str, Any]]
 ) -> None:
     values = list(rows)
-    if not values:
-        return
-    stmt = insert(table).values(values)
-    added = {c: table.c[c] + stmt.excluded[c] for c in (*TOKEN_COLUMNS, "events")}
-    conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=added))
+    for start in range(0, len(values), UPSERT_CHUNK):
+        stmt = insert(table).values(values[start : start + UPSERT_CHUNK])
+        added = {c: table.c[c] + stmt.excluded[c] for c in (*TOKEN_COLUMNS, "events")}
+        conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=added))
 
 
 def _signal(conn: Connection, event: ThresholdCrossed | PolicyChanged | ForecastUpdated) -> None:

@@ -66,12 +66,13 @@ daily_usage = Table(
     *_tokens(),
 )
 
-usage_charged = Table(
-    "usage_charged",
+usage_seen = Table(
+    "usage_seen",
     metadata,
-    Column("budget_id", Text, primary_key=True),
     Column("event_id", Text, primary_key=True),
 )
+"""Usage event ids already projected: the first sighting of an event id counts, as in the
+pipeline's dedupe; a later copy (another offset) is a duplicate."""
 
 thresholds = Table(
     "thresholds",
@@ -147,7 +148,7 @@ PROJECTED: list[Table] = [
     budgets,
     period_usage,
     daily_usage,
-    usage_charged,
+    usage_seen,
     thresholds,
     policies,
     forecasts,
