@@ -189,18 +189,22 @@ class ProxyApp:
         if auth is not None:
             forward_headers.append(auth)
 
-        outcome = await forward(
-            self.session,
-            self.upstream_urls[route.path],
-            payload,
-            forward_headers,
-            route,
-            headers,
-            strip_usage,
-            estimate_in,
-            receive,
-            send,
-        )
+        try:
+            outcome = await forward(
+                self.session,
+                self.upstream_urls[route.path],
+                payload,
+                forward_headers,
+                route,
+                headers,
+                strip_usage,
+                estimate_in,
+                receive,
+                send,
+            )
+        except BaseException:
+            cache.settle(verdict, 0, 0, int(started * 1000))  # never leak a reservation
+            raise
         tokens = outcome.tokens
         if tokens is None:
             cache.settle(verdict, 0, 0, int(started * 1000))

@@ -1,0 +1,139 @@
+"""What the proxy knows about one budget's position against its limit, and how it learns it.
+
+Two signals feed it: the pipeline's `PolicyChanged` (the decision, with consumption at that
+moment) and `ThresholdCrossed` (consumption at each crossing, also while the policy is still
+`allow`, which the pipeline does not announce). Between signals the proxy adds what it has
+forwarded itself since the last one, and what requests in flight have reserved.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime
+
+from schemas.signals import PolicyChanged, ThresholdCrossed
+from streams.policy import PolicyDecision
+
+
+class BudgetState:
+    """What the proxy knows about one budget's position against its limit, right now."""
+
+    __slots__ = (
+        "at_limit",
+        "budget_id",
+        "consumed",
+        "decision",
+        "effective_ms",
+        "forwarded",
+        "forwarded_sum",
+        "guarded",
+        "limit",
+        "metric",
+        "name",
+        "period_key",
+        "remaining",
+        "reserved",
+        "reset_at",
+        "reset_iso",
+        "reset_ms",
+    )
+
+    def __init__(self, budget_id: str, name: str) -> None:
+        self.budget_id = budget_id
+        self.name = name
+        self.decision: PolicyDecision | None = None
+        self.at_limit = "alert_only"
+        self.guarded = False
+        self.metric = "total"
+        self.period_key = ""
+        self.consumed = 0
+        self.limit = 0
+        self.remaining = 0
+        self.reset_at: datetime | None = None
+        self.reset_iso = ""
+        self.reset_ms = 1 << 62
+        self.effective_ms = 0
+        self.forwarded: deque[tuple[int, int]] = deque()
+        self.forwarded_sum = 0
+        self.reserved = 0
+
+    def headroom(self) -> int:
+        """Remaining tokens once what was forwarded since the policy and in-flight are counted."""
+        return self.remaining - self.forwarded_sum - self.reserved
+
+    def apply(self, event: PolicyChanged) -> None:
+        """The pipeline's decision. Its consumption figures replace ours unless a threshold
+        crossing of the same period already told us something newer."""
+        self.decision = PolicyDecision(
+            policy=event.policy,
+            reason=event.reason,
+            target_model=event.target_model,
+            model_map=dict(event.model_map),
+            reset_at=event.reset_at,
+            concise_prompt=event.concise_prompt,
+            cache_ttl_seconds=event.cache_ttl_seconds,
+            budget_id=event.budget_id,
+            tenant=event.tenant,
+            period_key=event.period_key,
+            at_limit=event.at_limit,
+            metric=event.metric,
+            consumed=event.consumed,
+            limit=event.limit,
+        )
+        self.at_limit = event.at_limit
+        self.guarded = event.at_limit == "hard_stop"  # reservations bound its overshoot
+        effective_ms = _ms(event.effective_at)
+        if event.period_key != self.period_key or effective_ms >= self.effective_ms:
+            self.period_key = event.period_key
+            self.metric = event.metric or "total"
+            self._figures(event.consumed, event.limit, event.remaining, effective_ms)
+        self._reset(event.reset_at)
+
+    def apply_crossing(self, event: ThresholdCrossed, reset_at: datetime, at_limit: str) -> None:
+        """A threshold crossing carries the consumption at that moment. The pipeline announces
+        no policy while a budget is below its line (`allow`), so without crossings the proxy
+        would know nothing of a hard-stop budget at 99 percent and could not bound overshoot."""
+        crossed_ms = _ms(event.crossed_at)
+        if crossed_ms <= self.effective_ms:
+            return
+        if self.decision is None or event.period_key != self.period_key:
+            self.decision = PolicyDecision(
+                policy="allow",
+                reason=f"{event.threshold}% of the {event.metric} limit crossed",
+                reset_at=reset_at,
+                budget_id=event.budget_id,
+                tenant=event.tenant,
+                period_key=event.period_key,
+                at_limit=at_limit,  # type: ignore[arg-type]
+                metric=event.metric,
+                consumed=event.consumed,
+                limit=event.limit,
+            )
+            self.at_limit = at_limit
+            self.guarded = at_limit == "hard_stop"
+            self.period_key = event.period_key
+            self.metric = event.metric
+            self._reset(reset_at)
+        elif event.metric != self.metric:
+            return  # the figures we hold are for the budget's tightest metric
+        self._figures(event.consumed, event.limit, event.limit - event.consumed, crossed_ms)
+
+    def _figures(self, consumed: int, limit: int, remaining: int, effective_ms: int) -> None:
+        self.consumed, self.limit, self.remaining = consumed, limit, max(0, remaining)
+        self.effective_ms = effective_ms
+        while self.forwarded and self.forwarded[0][0] <= effective_ms:
+            self.forwarded_sum -= self.forwarded.popleft()[1]
+
+    def _reset(self, reset_at: datetime | None) -> None:
+        self.reset_at = reset_at
+        self.reset_iso = reset_at.isoformat().replace("+00:00", "Z") if reset_at else ""
+        self.reset_ms = _ms(reset_at) if reset_at else 1 << 62
+
+    def record(self, occurred_ms: int, tokens: int) -> None:
+        if tokens and occurred_ms > self.effective_ms:
+            self.forwarded.append((occurred_ms, tokens))
+            self.forwarded_sum += tokens
+
+
+def _ms(at: datetime) -> int:
+    return int(at.astimezone(UTC).timestamp() * 1000)
