@@ -53,6 +53,10 @@ class BadPayload(IngestError):
         super().__init__(reason)
 
 
+class BodyTooLarge(BadPayload):
+    """The body exceeds the service's limit (413); split it into several requests."""
+
+
 class PublishUnavailable(IngestError):
     """Kafka did not acknowledge the write; the caller must retry the whole request."""
 

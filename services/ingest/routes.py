@@ -17,7 +17,7 @@ Bodies are a JSON array, one JSON object, or JSON lines. Answers (except OTLP):
     200  every record accepted         {"accepted": n, "rejected": [], "event_ids": [...]}
     207  some records rejected         same body; `rejected` lists {index, field, rule}
     422  every record rejected         same body
-    400  the body cannot be read       {"error": ...}
+    400  the body cannot be read       {"error": ...}   (413 when over 64 MiB; gzip is accepted)
     401  no/unknown key, bad signature {"error": ...}
     503  Kafka did not acknowledge     {"error": ..., "accepted": 0}: resend the whole request
 
@@ -28,7 +28,9 @@ ExportTraceServiceResponse whose `partial_success` counts and names the rejected
 
 from __future__ import annotations
 
+import gzip
 import hmac
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -39,7 +41,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.ingest.batch import MappedBatch, map_records, read_records
-from services.ingest.errors import BadPayload, BadSignature, PublishUnavailable, Unauthorized
+from services.ingest.errors import (
+    BadPayload,
+    BadSignature,
+    BodyTooLarge,
+    PublishUnavailable,
+    Unauthorized,
+)
 from services.ingest.keys import IngestKey, KeyRing
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import UsageSink
@@ -56,6 +64,7 @@ from services.ingest.sources import (
 from services.ingest.sources.base import Draft
 
 Mapper = Callable[[Any], Draft | None]
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class IngestRoutes:
@@ -106,7 +115,7 @@ class IngestRoutes:
         async def handle(request: Request) -> Response:
             try:
                 key = self.authenticate(request)
-                body = await request.body()
+                body = await read_body(request)
                 records = read_records(body, request.headers.get("content-type", ""))
             except (Unauthorized, BadPayload) as exc:
                 return _error(exc)
@@ -115,8 +124,9 @@ class IngestRoutes:
         return handle
 
     async def helicone(self, request: Request) -> Response:
-        body = await request.body()
         try:
+            # The signature covers the body as sent, so Helicone's is read uncompressed.
+            body = await read_body(request, decompress=False)
             key = self._helicone_key(request)
             _verify_signature(key, body, request.headers.get("helicone-signature"))
             records = read_records(body, request.headers.get("content-type", ""))
@@ -152,7 +162,7 @@ class IngestRoutes:
         as_json = "json" in content_type
         try:
             key = self.authenticate(request)
-            body = await request.body()
+            body = await read_body(request)
             spans = otlp.spans_from_json(body) if as_json else otlp.spans_from_protobuf(body)
         except (Unauthorized, BadPayload) as exc:
             return _error(exc)
@@ -166,6 +176,23 @@ class IngestRoutes:
         return _otlp_response(batch, spans, as_json)
 
 
+async def read_body(request: Request, decompress: bool = True) -> bytes:
+    """The request body, gunzipped when sent with `Content-Encoding: gzip` (OTLP exporters
+    and collectors often compress); bodies over `MAX_BODY_BYTES` are refused."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"body is larger than {MAX_BODY_BYTES} bytes")
+    body = await request.body()
+    if decompress and request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise BadPayload(f"Content-Encoding gzip: body does not decompress ({exc})") from None
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"body is larger than {MAX_BODY_BYTES} bytes")
+    return body
+
+
 def _verify_signature(key: IngestKey, body: bytes, signature: str | None) -> None:
     if not key.helicone_secret:
         raise BadSignature("Helicone-Signature", f"key {key.key_id!r} has no helicone secret")
@@ -177,7 +204,12 @@ def _verify_signature(key: IngestKey, body: bytes, signature: str | None) -> Non
 
 
 def _error(exc: Unauthorized | BadSignature | BadPayload) -> JSONResponse:
-    status = 400 if isinstance(exc, BadPayload) else 401
+    if isinstance(exc, BodyTooLarge):
+        status = 413
+    elif isinstance(exc, BadPayload):
+        status = 400
+    else:
+        status = 401
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 

@@ -1,4 +1,4 @@
-"""OTLP/HTTP from the real opentelemetry-sdk: the protobuf exporter, and the same spans as JSON.
+"""OTLP/HTTP from the real opentelemetry-sdk: the protobuf exporter (gzip), and the spans as JSON.
 
 The Python SDK ships no OTLP JSON exporter that fits the installed SDK version, so the JSON
 body is the SDK's own protobuf encoding of the same spans rendered in OTLP JSON (hex ids,
@@ -15,6 +15,7 @@ import httpx
 from google.protobuf.json_format import MessageToDict
 from ingest_support import kafka_sink, key_ring, read_usage, serve
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -91,7 +92,10 @@ async def test_real_sdk_exports_protobuf_and_json_and_only_model_calls_count(
     good_spans = [s for s in spans if s.name != "chat broken"]
     with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
         exporter = OTLPSpanExporter(
-            endpoint=f"{url}/v1/traces", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+            endpoint=f"{url}/v1/traces",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+            compression=Compression.Gzip,
         )
         try:
             assert exporter.export(good_spans) == SpanExportResult.SUCCESS
