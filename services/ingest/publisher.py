@@ -18,11 +18,13 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from schemas.topics import USAGE
 from schemas.usage import UsageRecorded
 from services.common.usage_producer import UsageNotAcknowledged, UsageProducer
-from services.ingest.errors import PublishUnavailable
+from services.ingest.errors import IngestConfigError, PublishUnavailable
 
 
 class UsageSink(Protocol):
@@ -66,9 +68,27 @@ class KafkaUsageSink:
             return self._producer
 
     async def start(self) -> None:
-        """Try to connect now; a failure is not fatal (the next publish retries)."""
+        """Connect now if the broker answers; an unreachable broker is not fatal (the next
+        publish retries), but a reachable one without the usage topic is a configuration
+        error, refused at start rather than answered with slow 503s."""
+        if await self._topic_missing():
+            raise IngestConfigError(
+                USAGE.name(self._prefix), "does not exist: run `allotment create-topics`"
+            )
         with contextlib.suppress(PublishUnavailable):
             await self._connected()
+
+    async def _topic_missing(self) -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000)
+        try:
+            await asyncio.wait_for(admin.start(), self._timeout_s)
+            topics = await asyncio.wait_for(admin.list_topics(), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        return USAGE.name(self._prefix) not in topics
 
     async def publish(self, events: Sequence[UsageRecorded]) -> None:
         if not events:

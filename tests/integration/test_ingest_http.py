@@ -9,10 +9,12 @@ import uuid
 
 import httpx
 import orjson
+import pytest
 from ingest_support import free_port, kafka_sink, key_ring, read_usage, serve
 
 from schemas.usage import derive_event_id
 from services.common.kafka import partition_for
+from services.ingest.errors import IngestConfigError
 from services.ingest.keys import hash_key
 
 ACME_KEY = "acme-ingest-key"
@@ -280,3 +282,11 @@ async def test_a_producer_that_dies_mid_run_gives_503_then_the_sink_reconnects(
     assert during.json()["accepted"] == 0
     on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
     assert sorted(e.source_request_id for _, e in on_topic) == [f"{run}-1", f"{run}-2"]
+
+
+async def test_a_missing_usage_topic_is_refused_at_start(kafka_bootstrap):
+    sink = kafka_sink(kafka_bootstrap, f"missing{uuid.uuid4().hex[:8]}")
+    with pytest.raises(IngestConfigError) as err:
+        await sink.start()
+    assert "allotment create-topics" in err.value.rule
+    await sink.stop()
