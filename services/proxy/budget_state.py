@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from schemas.signals import PolicyChanged, ThresholdCrossed
 from streams.policy import PolicyDecision
 
+_BUCKET_MS = 1000
+_MAX_BUCKETS = 4096  # about an hour of continuous traffic in one-second buckets
+
 
 class BudgetState:
     """What the proxy knows about one budget's position against its limit, right now."""
@@ -53,7 +56,7 @@ class BudgetState:
         self.reset_iso = ""
         self.reset_ms = 1 << 62
         self.effective_ms = 0
-        self.forwarded: deque[tuple[int, int]] = deque()
+        self.forwarded: deque[tuple[int, int, int]] = deque()
         self.forwarded_sum = 0
         self.reserved = 0
 
@@ -121,8 +124,9 @@ class BudgetState:
     def _figures(self, consumed: int, limit: int, remaining: int, effective_ms: int) -> None:
         self.consumed, self.limit, self.remaining = consumed, limit, max(0, remaining)
         self.effective_ms = effective_ms
-        while self.forwarded and self.forwarded[0][0] <= effective_ms:
-            self.forwarded_sum -= self.forwarded.popleft()[1]
+        forwarded = self.forwarded
+        while forwarded and forwarded[0][1] <= effective_ms:
+            self.forwarded_sum -= forwarded.popleft()[2]
 
     def _reset(self, reset_at: datetime | None) -> None:
         self.reset_at = reset_at
@@ -130,9 +134,26 @@ class BudgetState:
         self.reset_ms = _ms(reset_at) if reset_at else 1 << 62
 
     def record(self, occurred_ms: int, tokens: int) -> None:
-        if tokens and occurred_ms > self.effective_ms:
-            self.forwarded.append((occurred_ms, tokens))
-            self.forwarded_sum += tokens
+        """Count tokens the proxy forwarded after the last signal.
+
+        Entries are one-second buckets (start, latest, tokens); beyond a cap of about an hour
+        of buckets the oldest two merge. A signal forgets the buckets it covers entirely, so a
+        merged bucket is forgotten later, never sooner: the headroom errs on the safe side.
+        """
+        if not tokens or occurred_ms <= self.effective_ms:
+            return
+        self.forwarded_sum += tokens
+        forwarded = self.forwarded
+        if forwarded:
+            start, latest, held = forwarded[-1]
+            if 0 <= occurred_ms - start < _BUCKET_MS or start - _BUCKET_MS < occurred_ms < start:
+                forwarded[-1] = (min(start, occurred_ms), max(latest, occurred_ms), held + tokens)
+                return
+        forwarded.append((occurred_ms, occurred_ms, tokens))
+        if len(forwarded) > _MAX_BUCKETS:
+            first_start, _, first = forwarded.popleft()
+            _, second_latest, second = forwarded[0]
+            forwarded[0] = (first_start, second_latest, first + second)
 
 
 def _ms(at: datetime) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 from datetime import UTC, datetime
@@ -129,6 +130,7 @@ async def run(settings: ProxySettings) -> None:
     """Run until SIGINT/SIGTERM (the CLI's entry point); then stop cleanly, spooling usage."""
     proxy = Proxy(settings)
     await proxy.start()
+    gc.freeze()  # start-up objects never need collecting: shorter GC pauses on the hot path
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, proxy._stop.set)

@@ -273,3 +273,30 @@ def test_a_crossing_read_before_its_budget_waits_for_it() -> None:
     assert cache.states == {}
     cache.apply_budget(budget("late", at_limit="hard_stop"))
     assert cache.states["late"].headroom() == 100
+
+
+def test_forwarded_counts_stay_exact_in_bounded_memory() -> None:
+    cache = cache_with(budget("a"), policy("a", consumed=0, limit=10**9))
+    state = cache.states["a"]
+    for i in range(8000):
+        state.record(NOW_MS + i * 700, 3)  # 5,600 seconds of traffic, two requests a bucket
+    assert state.forwarded_sum == 24_000
+    assert sum(tokens for _, _, tokens in state.forwarded) == 24_000
+    assert len(state.forwarded) == 4000
+    later = policy("a", consumed=30_000, limit=10**9).model_copy(
+        update={"effective_at": NOW + timedelta(seconds=2800)}
+    )
+    cache.apply_policy(later)
+    # requests after 2,800 s are kept exactly, give or take the one bucket the signal splits
+    after = 3 * sum(1 for i in range(8000) if i * 700 > 2_800_000)
+    assert after <= state.forwarded_sum <= after + 6
+    assert state.forwarded_sum == sum(tokens for _, _, tokens in state.forwarded)
+
+
+def test_beyond_the_cap_old_buckets_merge_and_nothing_is_lost() -> None:
+    cache = cache_with(budget("a"), policy("a", consumed=0, limit=10**9))
+    state = cache.states["a"]
+    for i in range(10_000):
+        state.record(NOW_MS + i * 2000, 1)
+    assert len(state.forwarded) == 4096
+    assert state.forwarded_sum == sum(tokens for _, _, tokens in state.forwarded) == 10_000
