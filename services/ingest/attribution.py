@@ -32,14 +32,14 @@ def _norm(name: str) -> str:
 
 def flatten(namespace: str, values: Mapping[str, Any] | None, into: dict[str, Any]) -> None:
     """Add `values` under `namespace.` with lower-cased keys; nested dicts are dotted."""
-    if not isinstance(values, Mapping):
+    if not isinstance(values, dict) and not isinstance(values, Mapping):
         return
     for key, value in values.items():
-        name = f"{namespace}.{_norm(str(key))}"
-        if isinstance(value, Mapping):
+        name = f"{namespace}.{str(key).strip().lower()}"
+        if isinstance(value, dict):
             flatten(name, value, into)
-        else:
-            into.setdefault(name, value)
+        elif name not in into:
+            into[name] = value
 
 
 def _candidates(name: str) -> list[str]:
