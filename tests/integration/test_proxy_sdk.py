@@ -323,10 +323,10 @@ async def test_fail_closed_refuses_until_policies_are_read(
     kafka_bootstrap: str, fake: FakeProvider, tmp_path: Path
 ) -> None:
     tenant = unique_tenant()
-    # a prefix whose topics do not exist: the feed can never catch up
+    missing = f"missing-{tenant}"  # a prefix whose topics do not exist: never caught up
     async with running_proxy(
         kafka_bootstrap,
-        "missing-topics",
+        missing,
         fake.url,
         tmp_path,
         tenant,
@@ -337,7 +337,7 @@ async def test_fail_closed_refuses_until_policies_are_read(
             await oai(run).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert caught.value.status_code == 503
     async with running_proxy(
-        kafka_bootstrap, "missing-topics", fake.url, tmp_path, tenant, wait_caught_up=False
+        kafka_bootstrap, missing, fake.url, tmp_path, tenant, wait_caught_up=False
     ) as run:
         raw = await oai(run).chat.completions.with_raw_response.create(
             model="gpt-4o", messages=MESSAGES

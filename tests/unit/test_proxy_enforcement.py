@@ -300,3 +300,23 @@ def test_beyond_the_cap_old_buckets_merge_and_nothing_is_lost() -> None:
         state.record(NOW_MS + i * 2000, 1)
     assert len(state.forwarded) == 4096
     assert state.forwarded_sum == sum(tokens for _, _, tokens in state.forwarded) == 10_000
+
+
+def test_a_refusal_names_budget_usage_limit_and_reset() -> None:
+    from services.proxy.refusal import refusal_message, retry_after
+
+    cache = cache_with(budget("team-cap"), policy("team-cap", "hard_stop", consumed=1200))
+    verdict = decide(cache)
+    message = refusal_message(verdict, NOW)
+    assert "'team-cap' (team-cap)" in message
+    assert "1,200 of 1,000 total tokens" in message
+    assert "resets at 2026-12-01T00:00:00Z" in message
+    assert retry_after(verdict, NOW) == int((RESET - NOW).total_seconds())
+
+    local = cache_with(budget("b"), policy("b", consumed=999))
+    held = decide(local, est_in=5, est_out=5)
+    refused = decide(local)
+    assert refused.local_stop and "10 more reserved by requests in flight" in refusal_message(
+        refused, NOW
+    )
+    local.settle(held, 1, 1, NOW_MS)
