@@ -61,12 +61,14 @@ def run_worker(config: WorkerConfig) -> None:
     import faust
 
     from streams.faust.agents import Pipeline
+    from streams.faust.forecasting import attach_forecaster
     from streams.faust.metrics import WorkerMetrics
 
     config.validate()
     metrics = WorkerMetrics.build()
     app = build_app(config)
     pipeline = Pipeline(app, config, metrics)
+    attach_forecaster(pipeline)  # the forecast agent (streams/faust/forecasting.py)
     log = logging.getLogger("allotment.worker")
 
     port = metrics.serve(config.web_port)

@@ -35,6 +35,8 @@ from streams.periods import PeriodWindow, period_of
 Engine = Literal["fast", "statsmodels"]
 COLD_START_DAYS = 7
 STATESPACE_DAYS = 14
+MIN_PACE_SHARE = 1 / 48
+"""Today's pace counts once half an hour of the local day has passed."""
 MAX_HISTORY_DAYS = 91
 """Thirteen weeks: enough for weekly seasonality, short enough to forget old regimes."""
 N_PATHS = 1000
@@ -70,8 +72,14 @@ def simulate_days_ahead(
     engine: Engine = "fast",
     n_paths: int = N_PATHS,
     seed: int = 0,
+    today_pace: float | None = None,
 ) -> TierPaths:
-    """Daily paths for `ahead` (consecutive local days right after the history)."""
+    """Daily paths for `ahead` (consecutive local days right after the history).
+
+    `today_pace` (today's tokens so far / share of today elapsed) stands in for a first day
+    of history when there is none: a budget created this morning that burns fast must be
+    seen to overrun today, not tomorrow.
+    """
     if ahead and len(history) and history.end + timedelta(days=1) != ahead[0]:
         raise ForecastInputError(
             "history",
@@ -84,6 +92,8 @@ def simulate_days_ahead(
     rng = np.random.default_rng(seed)
     if not ahead:
         return TierPaths(np.zeros((n_paths, 0)), "period_over")
+    if not len(values) and today_pace is not None and today_pace > 0:
+        values, weekdays = np.array([today_pace]), ahead_weekdays[:1]
     if len(values) < COLD_START_DAYS:
         return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
     if len(values) < STATESPACE_DAYS:
@@ -124,11 +134,14 @@ def project_period(
     engine: Engine = "fast",
     n_paths: int = N_PATHS,
     seed: int = 0,
+    today_so_far: Mapping[Metric, float] | None = None,
 ) -> list[Projection]:
     """Project each metric of `consumed` to the end of the window [start, end) at `as_of`.
 
     `histories` holds complete local days; anything from today on is cut, and the days
     between its last day and yesterday count as zero usage (no charge means no usage).
+    `today_so_far` (tokens of today until `as_of`) gives a budget without a complete day
+    its pace.
     """
     today = local_date(as_of, zone)
     ahead = [d for d in local_days(window_start, window_end, zone) if d >= today]
@@ -139,7 +152,11 @@ def project_period(
             raise ForecastInputError(f"consumed.{metric}", f"must be non-negative, got {so_far}")
         history = _until_yesterday(histories.get(metric, DailySeries(today, ())), today)
         profile = (pooled or {}).get(metric)
-        tier = simulate_days_ahead(history, ahead, profile, engine, n_paths, seed)
+        elapsed = 1.0 - left
+        pace = None
+        if today_so_far and ahead and ahead[0] == today and elapsed >= MIN_PACE_SHARE:
+            pace = today_so_far.get(metric, 0.0) / elapsed
+        tier = simulate_days_ahead(history, ahead, profile, engine, n_paths, seed, pace)
         result.append(projection_from_paths(tier, left, float(so_far), metric, as_of))
     return result
 

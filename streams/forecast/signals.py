@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from schemas.budgets import Metric
+from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated, ProjectedOverrun
 from streams.budgets import Budget
 from streams.forecast.advice import Advice, advise, projects_overrun
@@ -59,8 +60,18 @@ def forecast_budget(
     metrics = list(budget.limits)
     histories = {m: usage.series(m, today - timedelta(days=1)) for m in metrics}
     consumed = {m: float(usage.consumed(m, first, last)) for m in metrics}
+    today_so_far = {m: float(usage.consumed(m, today, today)) for m in metrics}
     projections = project_period(
-        window.start, window.end, zone, as_of, histories, consumed, pooled, engine, n_paths
+        window.start,
+        window.end,
+        zone,
+        as_of,
+        histories,
+        consumed,
+        pooled,
+        engine,
+        n_paths,
+        today_so_far=today_so_far,
     )
     advice = {
         p.metric: advise(histories[p.metric], p, budget.limits[p.metric]) for p in projections
@@ -168,3 +179,15 @@ def forecast_job(job: dict[str, Any]) -> dict[str, Any]:
         "updated": result.updated.to_wire(),
         "overrun": None if result.overrun is None else result.overrun.to_wire(),
     }
+
+
+def forecast_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch of `forecast_job`s (one worker-process call); a failing budget is reported
+    as {"budget_id", "error"} and does not stop the others."""
+    outputs: list[dict[str, Any]] = []
+    for job in jobs:
+        try:
+            outputs.append(forecast_job(job))
+        except (AllotmentError, ValueError, KeyError, TypeError) as exc:
+            outputs.append({"budget_id": job.get("budget", {}).get("budget_id"), "error": str(exc)})
+    return outputs

@@ -170,3 +170,18 @@ def test_bands_are_ordered_and_never_below_consumed(
     assert consumed <= p.band95.low <= p.band80.low <= p.p50
     assert p.p50 <= p.band80.high <= p.band95.high
     assert np.isfinite(p.band95.high)
+
+
+def test_without_a_complete_day_todays_pace_stands_in() -> None:
+    as_of = datetime(2026, 6, 10, 12, tzinfo=UTC)  # half of June 10th has passed
+    (paced,) = project_period(
+        *JUNE, "UTC", as_of, {}, {"total": 500.0}, today_so_far={"total": 500.0}
+    )
+    assert paced.method == "cold_start_flat"
+    # 1000 a day: half of today plus 20 more days.
+    assert paced.p50 == pytest.approx(500 + 500 + 20 * 1000, rel=0.1)
+    early = datetime(2026, 6, 10, 0, 10, tzinfo=UTC)  # ten minutes say too little
+    (unpaced,) = project_period(
+        *JUNE, "UTC", early, {}, {"total": 5.0}, today_so_far={"total": 5.0}
+    )
+    assert unpaced.method == "no_history"

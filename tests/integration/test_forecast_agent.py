@@ -1,0 +1,115 @@
+"""The forecast agent inside a real worker: forecasts on its timer, an overrun once, and a
+threshold crossing that carries the projection of its period.
+
+The worker runs with a 3-second forecast interval (ALLOTMENT_FORECAST_INTERVAL). Usage is
+sent in two rounds: the first stays under 75% of the limit, so a forecast exists before the
+second round crosses 75%; the crossing's payload must then carry that forecast.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from pipeline_harness import (
+    WorkerProcess,
+    budget_event,
+    delete_prefixed_topics,
+    publish_budgets,
+    read_all,
+    send_usage,
+    thresholds,
+    usage,
+    wait_for,
+)
+
+from schemas.signals import ForecastUpdated, ProjectedOverrun, ThresholdCrossed
+from schemas.topics import FORECASTS
+
+
+async def _signals(bootstrap: str, prefix: str, budget_id: str) -> list[dict]:
+    records = await read_all(bootstrap, FORECASTS.name(prefix))
+    found = [orjson.loads(r.value) for r in records]
+    return [s for s in found if s.get("budget_id") == budget_id]
+
+
+async def test_agent_publishes_forecasts_an_overrun_once_and_enriches_crossings(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOTMENT_FORECAST_INTERVAL", "3")
+    monkeypatch.setenv("ALLOTMENT_FORECAST_CROSSING_DELAY", "1")
+    run = uuid.uuid4().hex[:8]
+    tenant, budget_id = f"t{run}", f"t{run}/copilot"
+    limit = 1_000_000
+    await publish_budgets(
+        kafka_bootstrap,
+        topic_prefix,
+        [budget_event(tenant, budget_id, {"name": "copilot", "limits": {"total_tokens": limit}})],
+    )
+    worker = WorkerProcess(
+        topic_prefix,
+        tmp_path / "store",
+        tmp_path / "worker.log",
+        kafka_bootstrap,
+        ["--store", "memory"],
+    ).start()
+    now = datetime.now(UTC)
+    try:
+        # Round one: 40% of the limit, 40 and 45 minutes ago: a pace far above the limit.
+        first = [
+            usage(f"{run}-a{i}", tenant, now - timedelta(minutes=40 + 5 * i), 100_000, 100_000)
+            for i in range(2)
+        ]
+        await send_usage(kafka_bootstrap, topic_prefix, first)
+
+        async def forecast_seen() -> list[dict]:
+            found = await _signals(kafka_bootstrap, topic_prefix, budget_id)
+            return [s for s in found if s["type"] == "ForecastUpdated"]
+
+        forecasts = await wait_for(forecast_seen, timeout=120, workers=[worker])
+        updated = ForecastUpdated.parse(forecasts[0])
+        (projection,) = updated.projections
+        assert projection.metric == "total"
+        assert projection.p50 >= 400_000
+        assert projection.band95.low <= projection.band80.low <= projection.p50
+
+        # Round two: to 80%, crossing 75%, with a burn rate far above the limit.
+        second = [usage(f"{run}-b", tenant, datetime.now(UTC), 200_000, 200_000)]
+        await send_usage(kafka_bootstrap, topic_prefix, second)
+
+        async def crossing_seen() -> list[dict]:
+            found = await thresholds(kafka_bootstrap, topic_prefix)
+            return [c for c in found if c.get("budget_id") == budget_id]
+
+        (crossing_wire,) = await wait_for(crossing_seen, timeout=120, workers=[worker])
+        crossing = ThresholdCrossed.parse(crossing_wire)
+        assert crossing.threshold == 75
+        assert crossing.projection is not None
+        assert crossing.projection.metric == "total"
+        assert crossing.recommended_action.startswith(("projected", "on track"))
+
+        async def overrun_seen() -> list[dict]:
+            found = await _signals(kafka_bootstrap, topic_prefix, budget_id)
+            return [s for s in found if s["type"] == "ProjectedOverrun"]
+
+        overruns = await wait_for(overrun_seen, timeout=120, workers=[worker])
+        overrun = ProjectedOverrun.parse(overruns[0])
+        assert overrun.limit == limit
+        assert overrun.projection.p50 > limit
+        count_before = len(await forecast_seen())
+        await wait_for(
+            lambda: _more_forecasts(kafka_bootstrap, topic_prefix, budget_id, count_before + 2),
+            timeout=60,
+            workers=[worker],
+        )
+        assert len(await overrun_seen()) == 1  # once per period, though forecasts go on
+    finally:
+        worker.stop()
+        await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
+
+
+async def _more_forecasts(bootstrap: str, prefix: str, budget_id: str, count: int) -> bool:
+    found = await _signals(bootstrap, prefix, budget_id)
+    return len([s for s in found if s["type"] == "ForecastUpdated"]) >= count
