@@ -119,7 +119,7 @@ class Proxy:
         if self.feed is not None:
             await self.feed.stop()
         if self.emitter is not None:
-            await self.emitter.stop()
+            await self.emitter.stop(self.settings.drain_timeout_s)
             self.emitter.spool.close()
         if self._session is not None:
             await self._session.close()

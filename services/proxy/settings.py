@@ -33,6 +33,8 @@ class ProxySettings:
     follow_policies: bool = True
     flush_interval_s: float = 0.05
     flush_max_events: int = 500
+    drain_timeout_s: float = 5.0
+    """At stop, how long to keep sending spooled usage; what is left stays in the spool."""
     default_output_estimate: int = 1024
     concise_prompt: str = DEFAULT_CONCISE_PROMPT
     upstream_pool_size: int = 512

@@ -332,12 +332,19 @@ async def test_fail_closed_refuses_until_policies_are_read(
         tenant,
         wait_caught_up=False,
         fail_open=False,
+        drain_timeout_s=0.5,
     ) as run:
         with pytest.raises(openai.APIStatusError) as caught:
             await oai(run).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert caught.value.status_code == 503
     async with running_proxy(
-        kafka_bootstrap, missing, fake.url, tmp_path, tenant, wait_caught_up=False
+        kafka_bootstrap,
+        missing,
+        fake.url,
+        tmp_path,
+        tenant,
+        wait_caught_up=False,
+        drain_timeout_s=0.5,
     ) as run:
         raw = await oai(run).chat.completions.with_raw_response.create(
             model="gpt-4o", messages=MESSAGES

@@ -66,7 +66,13 @@ async def test_usage_survives_a_broker_outage_and_a_restart(
 
         # 2. Broker unreachable, and the proxy stops before it returns.
         async with running_proxy(
-            dead_port(), topic_prefix, fake.url, spool_dir, tenant, wait_caught_up=False
+            dead_port(),
+            topic_prefix,
+            fake.url,
+            spool_dir,
+            tenant,
+            wait_caught_up=False,
+            drain_timeout_s=0.5,
         ) as run:
             await send_requests(run.url, run.secret, "restart", 9)
         assert run.proxy.emitter is not None and run.proxy.emitter.sent == 0
