@@ -368,3 +368,37 @@ async def test_a_client_that_hangs_up_mid_stream_is_charged_an_estimate(
     events = await read_usage(kafka_bootstrap, topic_prefix, 1)
     assert [(e.request_model, e.usage_status) for e in events] == [("hung-up", "estimated")]
     assert events[0].output >= 1
+
+
+async def test_the_aiohttp_server_option_serves_the_same_app(
+    kafka_bootstrap: str, topic_prefix: str, fake: FakeProvider, tmp_path: Path
+) -> None:
+    tenant = unique_tenant()
+    async with running_proxy(
+        kafka_bootstrap, topic_prefix, fake.url, tmp_path, tenant, server="aiohttp"
+    ) as run:
+        raw = await oai(run).chat.completions.with_raw_response.create(
+            model="via-aiohttp", messages=MESSAGES
+        )
+        assert raw.headers["x-allotment-policy"] == "allow"
+        chunks = [
+            c
+            async for c in await oai(run).chat.completions.create(
+                model="via-aiohttp-sse", messages=MESSAGES, stream=True
+            )
+        ]
+        assert chunks and all(c.choices for c in chunks)
+        async with ant(run).messages.stream(
+            model="claude-aiohttp", max_tokens=30, messages=MESSAGES
+        ) as stream:
+            assert (await stream.get_final_message()).usage.output_tokens == 20
+        with pytest.raises(openai.AuthenticationError):
+            await openai.AsyncOpenAI(
+                base_url=f"{run.url}/v1", api_key="wrong", max_retries=0
+            ).chat.completions.create(model="x", messages=MESSAGES)
+    events = await read_usage(kafka_bootstrap, topic_prefix, 3)
+    assert sorted(e.request_model or "" for e in events) == [
+        "claude-aiohttp",
+        "via-aiohttp",
+        "via-aiohttp-sse",
+    ]
