@@ -58,6 +58,8 @@ class Proxy:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            # Never keep an upstream's cookies: one tenant's would ride on another's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         spool = Spool(settings.spool_dir)
         self.emitter = UsageEmitter(
