@@ -202,12 +202,17 @@ class SseSplitter:
         buffer = self._buffer + chunk if self._buffer else chunk
         events: list[bytes] = []
         start = 0
+        crlf = b"\r\n\r\n" in buffer
         while True:
-            end = buffer.find(b"\n\n", start)
+            end, width = buffer.find(b"\n\n", start), 2
+            if crlf:  # servers may end lines with CRLF; take whichever blank line comes first
+                alt = buffer.find(b"\r\n\r\n", start)
+                if alt >= 0 and (end < 0 or alt < end):
+                    end, width = alt, 4
             if end < 0:
                 break
-            events.append(buffer[start : end + 2])
-            start = end + 2
+            events.append(buffer[start : end + width])
+            start = end + width
         self._buffer = buffer[start:]
         return events
 

@@ -147,3 +147,14 @@ def test_sse_splitter_reassembles_events_cut_anywhere() -> None:
         assert b"".join(events) == stream
         assert len(events) == 3
         assert splitter.rest() == b""
+
+
+def test_sse_splitter_accepts_crlf_line_ends() -> None:
+    stream = b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n'
+    splitter = SseSplitter()
+    events = splitter.feed(stream[:10]) + splitter.feed(stream[10:])
+    assert events == [b'data: {"a":1}\r\n\r\n', b"data: [DONE]\r\n\r\n"]
+    tracker = StreamTracker("chat")
+    for event in events:
+        tracker.feed(event)
+    assert tracker.complete
