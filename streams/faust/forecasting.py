@@ -40,6 +40,7 @@ from schemas.topics import CHARGES, FORECASTS
 from services.common.kafka import partition_for
 from streams.budgets import BudgetIndex
 from streams.forecast import signals
+from streams.forecast.errors import ForecastInputError
 from streams.forecast.profile import pool_profiles, weekday_profile
 from streams.forecast.project import COLD_START_DAYS
 from streams.forecast.usage_days import UsageDays, add_lines, announce
@@ -63,12 +64,17 @@ class ForecastConfig:
     @classmethod
     def from_env(cls) -> ForecastConfig:
         env = os.environ
-        return cls(
+        config = cls(
             interval=float(env.get("ALLOTMENT_FORECAST_INTERVAL", cls.interval)),
             crossing_delay=float(env.get("ALLOTMENT_FORECAST_CROSSING_DELAY", cls.crossing_delay)),
             engine=env.get("ALLOTMENT_FORECAST_ENGINE", cls.engine),
             processes=int(env.get("ALLOTMENT_FORECAST_PROCESSES", cls.processes)),
         )
+        if config.engine not in ("fast", "statsmodels"):
+            raise ForecastInputError("ALLOTMENT_FORECAST_ENGINE", "must be fast or statsmodels")
+        if config.interval <= 0 or config.crossing_delay <= 0:
+            raise ForecastInputError("ALLOTMENT_FORECAST_INTERVAL", "must be positive seconds")
+        return config
 
 
 class Forecaster:
