@@ -12,17 +12,20 @@ import itertools
 import logging
 import os
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.proxy.emitter import UsageEmitter, UsageRecord
 from services.proxy.enforcement import PolicyCache, Verdict
 from services.proxy.errors import BadClientRequest
 from services.proxy.forward import forward
 from services.proxy.keys import KeyStore, VirtualKey
+from services.proxy.metrics import ProxyCollector, render
 from services.proxy.refusal import refusal_message, retry_after
 from services.proxy.routes import Route, all_routes, check_name, merge_tags, parse_tags
 from services.proxy.settings import ProxySettings
@@ -78,6 +81,8 @@ class ProxyApp:
             )
         self._ids = itertools.count()
         self._boot = os.urandom(6).hex()
+        self.requests: Counter[tuple[str, int, str]] = Counter()
+        self.collector: ProxyCollector | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -86,6 +91,10 @@ class ProxyApp:
         if route is None or scope["method"] != "POST":
             if scope["path"] in ("/healthz", "/readyz"):
                 await self._health(scope["path"], send)
+                return
+            if scope["path"] == "/metrics" and self.collector is not None:
+                body = render(self.collector)
+                await _reply(send, 200, body, content_type=CONTENT_TYPE_LATEST.encode())
                 return
             route = route or self.routes["/v1/chat/completions"]
             status = 404 if scope["method"] == "POST" else 405
@@ -122,6 +131,7 @@ class ProxyApp:
         if key is None:
             msg = "unknown virtual key" if token else "missing virtual key (Bearer or x-api-key)"
             await _reply(send, 401, route.error_body(401, msg))
+            self.requests[(route.path, 401, "")] += 1
             return
         try:
             body = route.validate(orjson.loads(raw))
@@ -133,9 +143,11 @@ class ProxyApp:
                 check_name(feature, "x-allotment-feature")
         except orjson.JSONDecodeError as exc:
             await _reply(send, 400, route.error_body(400, f"(body): is not valid JSON: {exc}"))
+            self.requests[(route.path, 400, "")] += 1
             return
         except BadClientRequest as exc:
             await _reply(send, 400, route.error_body(400, str(exc)))
+            self.requests[(route.path, 400, "")] += 1
             return
         feature = feature or meta_feature or key.feature
         model: str | None = body.get("model")
@@ -144,6 +156,7 @@ class ProxyApp:
         if not cache.caught_up and not self.settings.fail_open:
             msg = "the proxy has not caught up on budget policies yet; retry shortly"
             await _reply(send, 503, route.error_body(503, msg), [(b"retry-after", b"1")])
+            self.requests[(route.path, 503, "")] += 1
             return
         estimate_in = len(raw) // 4
         estimate_out = route.output_estimate(body, self.settings.default_output_estimate)
@@ -159,6 +172,7 @@ class ProxyApp:
             if seconds is not None:
                 headers.append((b"retry-after", str(seconds).encode()))
             await _reply(send, 429, route.error_body(429, refusal_message(verdict, now)), headers)
+            self.requests[(route.path, 429, "hard_stop")] += 1
             self._record(
                 request_id, occurred, key, feature, tags, route, model, None, Tokens(), "blocked"
             )
@@ -205,6 +219,7 @@ class ProxyApp:
         except BaseException:
             cache.settle(verdict, 0, 0, int(started * 1000))  # never leak a reservation
             raise
+        self.requests[(route.path, outcome.status, verdict.policy)] += 1
         tokens = outcome.tokens
         if tokens is None:
             cache.settle(verdict, 0, 0, int(started * 1000))
@@ -295,14 +310,18 @@ async def _read_body(receive: Any) -> bytes:
 
 
 async def _reply(
-    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    send: Any,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 *(headers or ()),
             ],

@@ -42,6 +42,7 @@ class Outcome:
     usage_status: str = "reported"
     response_model: str | None = None
     interrupted: StreamInterrupted | None = None
+    status: int = 200
 
     def raise_if_interrupted(self) -> None:
         if self.interrupted is not None:
@@ -65,7 +66,7 @@ async def forward(
     except _UPSTREAM_ERRORS as exc:
         message = f"upstream {route.provider} unreachable: {exc!r}"
         await _send_whole(send, 502, extra_headers, route.error_body(502, message))
-        return Outcome(None, "missing")
+        return Outcome(None, "missing", status=502)
     try:
         out_headers = [
             (name.lower(), value)
@@ -83,18 +84,18 @@ async def forward(
         except _UPSTREAM_ERRORS as exc:
             message = f"upstream {route.provider} broke off its answer: {exc!r}"
             await _send_whole(send, 502, extra_headers, route.error_body(502, message))
-            return Outcome(None, "missing")
+            return Outcome(None, "missing", status=502)
         out_headers.append((b"content-length", str(len(body)).encode()))
         await send(
             {"type": "http.response.start", "status": response.status, "headers": out_headers}
         )
         await send({"type": "http.response.body", "body": body})
         if not 200 <= response.status < 300:
-            return Outcome(None, "missing")
+            return Outcome(None, "missing", status=response.status)
         tokens, model = json_usage(route.family, body)
         if tokens is None:
-            return Outcome(Tokens(), "missing", model)
-        return Outcome(tokens, "reported", model)
+            return Outcome(Tokens(), "missing", model, status=response.status)
+        return Outcome(tokens, "reported", model, status=response.status)
     finally:
         response.release()
 

@@ -23,6 +23,7 @@ from services.proxy.emitter import UsageEmitter, UsageSink
 from services.proxy.enforcement import PolicyCache
 from services.proxy.feed import PolicyFeed
 from services.proxy.keys import KeyStore
+from services.proxy.metrics import ProxyCollector
 from services.proxy.settings import ProxySettings
 from services.proxy.spool import Spool
 
@@ -74,6 +75,7 @@ class Proxy:
             self.feed = PolicyFeed(settings.kafka_bootstrap, settings.topic_prefix, self.cache)
             self.feed.start()
         self.app = ProxyApp(settings, self.keys, self.cache, self.emitter, self._session)
+        self.app.collector = ProxyCollector(self.app.requests, self.cache, self.emitter, self.feed)
         return self.app
 
     async def serve(self, sock: socket.socket | None = None) -> None:

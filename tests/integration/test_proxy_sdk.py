@@ -74,6 +74,14 @@ async def test_allow_forwards_and_reports_the_tightest_budget(
     assert reset > datetime.now(UTC)
     # the virtual key never reaches the provider
     assert "authorization" not in {k.lower() for k in fake.last().headers}
+    async with httpx.AsyncClient(base_url=proxy.url) as http:
+        metrics = (await http.get("/metrics")).text
+        ready = await http.get("/readyz")
+    assert 'allotment_proxy_requests_total{endpoint="/v1/chat/completions",policy="allow",' in (
+        metrics
+    )
+    assert "allotment_proxy_policies_caught_up 1.0" in metrics
+    assert ready.status_code == 200
 
 
 async def test_degrade_rewrites_the_model_upstream(
