@@ -78,17 +78,23 @@ class KafkaUsageSink:
         with contextlib.suppress(PublishUnavailable):
             await self._connected()
 
-    async def _topic_missing(self) -> bool:
+    async def _topic_missing(self, attempts: int = 20) -> bool:
+        """True only if a reachable broker keeps not listing the topic (a just-created topic
+        may take a moment to reach the broker's metadata)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=5000)
         try:
             await asyncio.wait_for(admin.start(), self._timeout_s)
-            topics = await asyncio.wait_for(admin.list_topics(), self._timeout_s)
+            for _ in range(attempts):
+                topics = await asyncio.wait_for(admin.list_topics(), self._timeout_s)
+                if USAGE.name(self._prefix) in topics:
+                    return False
+                await asyncio.sleep(0.25)
         except (KafkaError, OSError, TimeoutError):
             return False
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
-        return USAGE.name(self._prefix) not in topics
+        return True
 
     async def publish(self, events: Sequence[UsageRecorded]) -> None:
         if not events:

@@ -19,13 +19,14 @@ import pytest
 from ingest_support import kafka_sink, read_usage
 from typer.testing import CliRunner
 
-from schemas.usage import UsageRecorded, derive_event_id
+from schemas.usage import UsageRecorded
 from services.cli import build
 from services.ingest.backfill import Checkpoint, FileReader, input_id, run_import
 from services.ingest.errors import PublishUnavailable
 from services.ingest.keys import IngestKey
 from services.ingest.publisher import KafkaUsageSink
 from services.ingest.sources import helicone, native
+from services.ingest.sources.base import scoped_event_id
 
 KEY = IngestKey("import", "acme", "0" * 64)
 
@@ -92,7 +93,7 @@ async def test_jsonl_import_resumes_after_a_failure_and_is_idempotent(
 
     on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=25)
     assert len(on_topic) == 25  # nothing published twice across the failure and the rerun
-    assert {e.event_id for _, e in on_topic} == {derive_event_id("native", i) for i in ids}
+    assert {e.event_id for _, e in on_topic} == {scoped_event_id("native", "acme", i) for i in ids}
 
     marker.clear()  # a rerun without its checkpoint republishes the same events, same ids
     sink = kafka_sink(kafka_bootstrap, topic_prefix)
@@ -259,7 +260,7 @@ def test_litellm_spendlogs_import_through_the_cli(
     on_topic = asyncio.run(read_usage(kafka_bootstrap, topic_prefix, expected=23))
     assert len(on_topic) == 23
     assert {e.event_id for _, e in on_topic} == {
-        derive_event_id("litellm", r["request_id"]) for r in rows
+        scoped_event_id("litellm", "acme", r["request_id"]) for r in rows
     }
     event = on_topic[0][1]
     assert (event.input_uncached, event.cache_read, event.cache_write) == (80, 500, 20)

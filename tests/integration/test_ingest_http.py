@@ -12,10 +12,10 @@ import orjson
 import pytest
 from ingest_support import free_port, kafka_sink, key_ring, read_usage, serve
 
-from schemas.usage import derive_event_id
 from services.common.kafka import partition_for
 from services.ingest.errors import IngestConfigError
 from services.ingest.keys import hash_key
+from services.ingest.sources.base import scoped_event_id
 
 ACME_KEY = "acme-ingest-key"
 GLOBEX_KEY = "globex-ingest-key"
@@ -71,7 +71,7 @@ async def test_mixed_batch_accepts_the_valid_records_and_names_each_bad_one(
         (3, "reasoning"),
     ]
     ids = result["event_ids"]
-    assert ids[0] == derive_event_id("native", f"{run}-a")
+    assert ids[0] == scoped_event_id("native", "acme", f"{run}-a")
     assert ids[1] is None and ids[2] is None and ids[3] is None
     on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
     by_id = {e.event_id: e for _, e in on_topic}
@@ -173,7 +173,7 @@ async def test_helicone_webhook_needs_a_valid_signature(kafka_bootstrap, topic_p
     on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=1)
     assert len(on_topic) == 1
     event = on_topic[0][1]
-    assert event.event_id == derive_event_id("helicone", request_id)
+    assert event.event_id == scoped_event_id("helicone", "acme", request_id)
     assert (event.input_uncached, event.cache_read, event.output) == (76, 1024, 15)
     assert (event.feature, event.user, event.tenant) == ("search", "user-7", "acme")
 

@@ -15,8 +15,8 @@ import httpx
 import orjson
 from ingest_support import kafka_sink, key_ring, read_usage, serve
 
-from schemas.usage import derive_event_id
 from services.ingest.keys import hash_key
+from services.ingest.sources.base import scoped_event_id
 
 KEY = "litellm-ingest-key"
 
@@ -113,7 +113,9 @@ async def test_litellm_payloads_from_the_real_package_are_normalised_exactly(
     assert again.status_code == 200, again.text
     ids = first.json()["event_ids"]
     assert ids == again.json()["event_ids"]
-    assert ids == [derive_event_id("litellm", p["id"]) for p in (openai_call, anthropic_call)]
+    assert ids == [
+        scoped_event_id("litellm", "acme", p["id"]) for p in (openai_call, anthropic_call)
+    ]
 
     on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=4)
     assert len(on_topic) == 4

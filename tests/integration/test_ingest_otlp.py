@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from schemas.usage import derive_event_id
 from services.ingest.keys import hash_key
+from services.ingest.sources.base import scoped_event_id
 
 KEY = "otel-ingest-key"
 
@@ -126,7 +126,7 @@ async def test_real_sdk_exports_protobuf_and_json_and_only_model_calls_count(
         by_id.setdefault(event.event_id, []).append(event)
     chat = next(s for s in spans if s.name == "chat gpt-4o")
     request_id = f"{chat.context.trace_id:032x}/{chat.context.span_id:016x}"
-    gen_ai = by_id[derive_event_id("otel", request_id)]
+    gen_ai = by_id[scoped_event_id("otel", "acme", request_id)]
     assert len(gen_ai) == 2
     event = gen_ai[0]
     assert (

@@ -25,9 +25,9 @@ from pipeline_harness import (
 )
 
 from schemas.topics import USAGE
-from schemas.usage import derive_event_id
 from services.common.kafka import partition_for
 from services.ingest.keys import hash_key
+from services.ingest.sources.base import scoped_event_id
 
 KEY = "pipeline-ingest-key"
 
@@ -43,13 +43,15 @@ def _record(request_id: str, tokens: int, now: datetime) -> dict[str, object]:
     }
 
 
-def _sentinels(run: str) -> list[str]:
+def _sentinels(run: str, tenant: str) -> list[str]:
     """One request id per usage partition."""
     found: dict[int, str] = {}
     i = 0
     while len(found) < USAGE.partitions:
         rid = f"{run}-sentinel-{i}"
-        found.setdefault(partition_for(derive_event_id("native", rid), USAGE.partitions), rid)
+        found.setdefault(
+            partition_for(scoped_event_id("native", tenant, rid), USAGE.partitions), rid
+        )
         i += 1
     return list(found.values())
 
@@ -78,7 +80,7 @@ async def test_redelivered_usage_is_charged_once(kafka_bootstrap, topic_prefix, 
     ).start()
     keys = key_ring({"id": "p", "tenant": tenant, "key_sha256": hash_key(KEY)})
     originals = [_record(f"{run}-{i}", 100 * (i + 1), now) for i in range(5)]
-    sentinels = [_record(rid, 1, now) for rid in _sentinels(run)]
+    sentinels = [_record(rid, 1, now) for rid in _sentinels(run, tenant)]
     headers = {"Authorization": f"Bearer {KEY}"}
     try:
         with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:

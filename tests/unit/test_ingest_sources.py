@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from schemas.usage import derive_event_id
 from services.ingest.attribution import AttributionMap
 from services.ingest.errors import RecordRejected
 from services.ingest.keys import IngestKey, hash_key
@@ -21,7 +20,7 @@ from services.ingest.sources import (
     otlp,
     portkey,
 )
-from services.ingest.sources.base import build_event
+from services.ingest.sources.base import build_event, scoped_event_id
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 KEY = IngestKey("k1", "acme", hash_key("secret"))
@@ -80,7 +79,7 @@ def test_native(record, expected, attribution):
     assert parts(event) == expected
     assert event.tenant == "acme"
     source = record.get("source", "native")
-    assert event.event_id == derive_event_id(source, record["source_request_id"])
+    assert event.event_id == scoped_event_id(source, "acme", record["source_request_id"])
     for field, value in attribution.items():
         assert getattr(event, field) == value
 
@@ -182,7 +181,7 @@ LITELLM_CASES = [
 def test_litellm(record, expected):
     event = mapped(litellm.to_draft, record)
     assert parts(event) == expected
-    assert event.event_id == derive_event_id("litellm", "call-1")
+    assert event.event_id == scoped_event_id("litellm", "acme", "call-1")
     assert event.occurred_at == datetime.fromtimestamp(1795780800.5, UTC)
 
 
@@ -265,7 +264,7 @@ HELICONE_CASES = [
 def test_helicone(record, expected):
     event = mapped(helicone.to_draft, record)
     assert parts(event) == expected
-    assert event.event_id == derive_event_id("helicone", record["request_id"])
+    assert event.event_id == scoped_event_id("helicone", "acme", record["request_id"])
 
 
 def test_helicone_property_maps_to_feature_and_webhook_time_is_arrival():
@@ -436,7 +435,7 @@ RAW_CASES = [
 def test_raw_provider_usage(to_draft, record, expected):
     event = mapped(to_draft, record)
     assert parts(event) == expected
-    assert event.event_id == derive_event_id(event.source, record["id"])
+    assert event.event_id == scoped_event_id(event.source, "acme", record["id"])
 
 
 def _span(attrs: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -537,4 +536,17 @@ def test_otlp_inconsistent_cache_is_rejected_and_attribution_reads_attributes():
         "growth",
         "u1",
         ["x", "y"],
+    )
+
+
+def test_the_same_request_id_from_two_tenants_never_collides():
+    record = NATIVE_CASES[0][0]
+    other_tenant = IngestKey("k9", "globex", hash_key("y"))
+    first = mapped(native.to_draft, record)
+    assert mapped(native.to_draft, record, other_tenant).event_id != first.event_id
+    assert mapped(native.to_draft, record).event_id == first.event_id
+    given_id = {**record, "event_id": "proxy-123"}
+    del given_id["source_request_id"]
+    assert mapped(native.to_draft, given_id).event_id == scoped_event_id(
+        "native", "acme", "proxy-123"
     )

@@ -110,6 +110,17 @@ def usd_to_micros(value: Any, field_name: str, scale: float = 1.0) -> int | None
     return round(amount * 1_000_000)
 
 
+def scoped_event_id(source: str, tenant: str, request_id: str) -> str:
+    """The event id of a source's request, scoped to the tenant that sent it.
+
+    The pipeline dedupes by event id across all tenants, so two tenants whose sources reuse a
+    request id (sequential ids, a shared test fixture, a forged id) must not collide: one
+    would be dropped as the other's duplicate. The same tenant resending the same request
+    still gets the same id, which is what makes retries and backfills idempotent.
+    """
+    return derive_event_id(source, f"{tenant}\x1f{request_id}")
+
+
 def build_event(draft: Draft, key: IngestKey, received_at: datetime) -> UsageRecorded:
     """Attribute, tenant-check and validate one draft; raises `RecordRejected` naming a field."""
     if draft.tenant_claim is not None:
@@ -119,7 +130,9 @@ def build_event(draft: Draft, key: IngestKey, received_at: datetime) -> UsageRec
                 where, f"must be the ingest key's tenant ({key.tenant!r}), not {claimed!r}"
             )
     payload: dict[str, Any] = {
-        "event_id": draft.event_id or derive_event_id(draft.source, draft.source_request_id),
+        "event_id": scoped_event_id(
+            draft.source, key.tenant, draft.event_id or draft.source_request_id
+        ),
         "source": draft.source,
         "source_request_id": draft.source_request_id,
         # A source that does not say when (Helicone's webhook) fires right after the request.

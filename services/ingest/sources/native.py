@@ -1,8 +1,9 @@
 """Allotment's own record format: the `UsageRecorded` fields, minus what the edge decides.
 
 A native record already uses disjoint token parts. The tenant comes from the ingest key (a
-record may repeat it, and is rejected if it names another). `event_id` is derived from
-(`source`, `source_request_id`) unless the sender gives its own. Attribution fields sent
+record may repeat it, and is rejected if it names another). The event id is derived from
+`source` and `source_request_id` (or the sender's own `event_id`), scoped to the tenant, see
+`scoped_event_id`. Attribution fields sent
 explicitly are the defaults; an ingest key's attribution map may still pick them from the
 record's `metadata` instead. Unknown fields are rejected, so a typo never drops a dimension.
 """
