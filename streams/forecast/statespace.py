@@ -33,6 +33,9 @@ HUBER = 3.0
 """Grid scoring caps each squared error at this many mean absolute errors."""
 SIGMA_INFLATION = 1.15
 """In-sample errors flatter the fit (the grid chose them); widen draws by this factor."""
+SIGMA_FLOOR = 0.02
+"""Gaussian noise (log scale) added to every draw: a history that was perfectly regular
+so far does not make the future certain."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def fast_paths(
     horizon = len(ahead_weekdays)
     residuals = fit.residuals - fit.residuals.mean()
     draws = rng.choice(residuals, size=(n_paths, horizon), replace=True) * SIGMA_INFLATION
+    draws += rng.standard_normal((n_paths, horizon)) * SIGMA_FLOOR
     paths = fit.mean_path(ahead_weekdays)[None, :] + draws @ innovation_matrix(
         fit.alpha, fit.gamma, horizon
     )

@@ -185,3 +185,9 @@ def test_without_a_complete_day_todays_pace_stands_in() -> None:
         *JUNE, "UTC", early, {}, {"total": 5.0}, today_so_far={"total": 5.0}
     )
     assert unpaced.method == "no_history"
+
+
+def test_a_perfectly_regular_history_still_has_a_band() -> None:
+    history = _office_days(date(2026, 4, 1), 75, sigma=0.0)
+    projection, _ = _june(history, datetime(2026, 6, 15, tzinfo=UTC))
+    assert projection.band80.high > projection.band80.low
