@@ -11,6 +11,7 @@ from services.ingest.tokens import (
     TokenParts,
     anthropic,
     count,
+    from_inclusive,
     openai_chat,
     openai_responses,
     provider_usage,
@@ -181,3 +182,44 @@ def test_openai_and_anthropic_views_of_one_request_agree(uncached, cached, outpu
     assert as_openai.cache_read == as_anthropic.cache_read == cached
     assert as_openai.output == as_anthropic.output == output
     assert as_openai.reasoning == reasoning
+
+
+@given(
+    cache_read=st.integers(0, 10**9),
+    cache_write=st.integers(0, 10**9),
+    uncached=st.integers(0, 10**9),
+    output=st.integers(0, 10**9),
+    reasoning=st.integers(0, 10**9),
+)
+def test_inclusive_totals_split_into_disjoint_parts_or_are_rejected(
+    cache_read, cache_write, uncached, output, reasoning
+):
+    total_input = cache_read + cache_write + uncached
+    if reasoning > output:
+        with pytest.raises(RecordRejected):
+            from_inclusive(
+                total_input,
+                cache_read,
+                cache_write,
+                output,
+                reasoning,
+                input_field="i",
+                output_field="o",
+            )
+        return
+    parts = from_inclusive(
+        total_input, cache_read, cache_write, output, reasoning, input_field="i", output_field="o"
+    )
+    assert parts.input_uncached + parts.cache_read + parts.cache_write == total_input
+    assert (parts.input_uncached, parts.output, parts.reasoning) == (uncached, output, reasoning)
+    if cache_read + cache_write > 0:
+        with pytest.raises(RecordRejected):
+            from_inclusive(
+                total_input - uncached - 1,
+                cache_read,
+                cache_write,
+                output,
+                0,
+                input_field="i",
+                output_field="o",
+            )
