@@ -109,7 +109,12 @@ class ProxyApp:
 
     async def _handle(self, route: Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.time()
-        raw = await _read_body(receive)
+        raw = await _read_body(receive, self.settings.max_body_bytes)
+        if raw is None:
+            rule = f"request body is larger than {self.settings.max_body_bytes} bytes"
+            await _reply(send, 413, route.error_body(413, rule), [(b"connection", b"close")])
+            self.requests[(route.path, 413, "")] += 1
+            return
         token = feature = tags_header = None
         forward_headers: list[tuple[str, str]] = []
         for name, value in scope["headers"]:
@@ -297,15 +302,21 @@ def _policy_headers(verdict: Verdict, caught_up: bool) -> list[tuple[bytes, byte
     return headers
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds `limit` bytes."""
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
-        return body
+        return body if len(body) <= limit else None
     parts = [body]
+    size = len(body)
     while message.get("more_body"):
         message = await receive()
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
     return b"".join(parts)
 
 

@@ -33,6 +33,7 @@ class ProxySettings:
     follow_policies: bool = True
     flush_interval_s: float = 0.05
     flush_max_events: int = 500
+    max_body_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 5.0
     """At stop, how long to keep sending spooled usage; what is left stays in the spool."""
     default_output_estimate: int = 1024

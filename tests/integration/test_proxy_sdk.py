@@ -410,3 +410,19 @@ async def test_the_aiohttp_server_option_serves_the_same_app(
         "via-aiohttp",
         "via-aiohttp-sse",
     ]
+
+
+async def test_an_oversized_body_is_refused_with_413(
+    kafka_bootstrap: str, topic_prefix: str, fake: FakeProvider, tmp_path: Path
+) -> None:
+    tenant = unique_tenant()
+    async with running_proxy(
+        kafka_bootstrap, topic_prefix, fake.url, tmp_path, tenant, max_body_bytes=1000
+    ) as run:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await ant(run).messages.create(
+                model="c", max_tokens=5, messages=[{"role": "user", "content": "x" * 2000}]
+            )
+        assert caught.value.status_code == 413
+        assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+        assert fake.received == []

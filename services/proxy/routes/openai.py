@@ -11,6 +11,7 @@ _KINDS = {
     400: "invalid_request_error",
     401: "invalid_request_error",
     404: "invalid_request_error",
+    413: "invalid_request_error",
     429: "budget_exceeded",
     502: "upstream_error",
     503: "policy_unavailable",
