@@ -83,6 +83,8 @@ class ProxySettings:
             "keys_json": env.get("ALLOTMENT_PROXY_KEYS"),
             "spool_dir": Path(env.get("ALLOTMENT_PROXY_SPOOL_DIR", "var/proxy-spool")),
             "concise_prompt": env.get("ALLOTMENT_PROXY_CONCISE_PROMPT", DEFAULT_CONCISE_PROMPT),
+            "max_body_bytes": _int(env, "ALLOTMENT_PROXY_MAX_BODY_BYTES", 64 * 1024 * 1024),
+            "default_output_estimate": _int(env, "ALLOTMENT_PROXY_DEFAULT_OUTPUT_ESTIMATE", 1024),
             "server": env.get("ALLOTMENT_PROXY_SERVER", "uvicorn"),
             "fail_open": env.get("ALLOTMENT_PROXY_FAIL_OPEN", "true").lower()
             not in ("0", "false", "no"),
