@@ -222,8 +222,10 @@ async def main() -> None:
         await post_all(url, "/v1/usage", warmup, "application/json", args.concurrency)
 
         cpu_before = cpu_seconds(proc.pid)
+        client_before = cpu_seconds(os.getpid())
         batch_s = await post_all(url, "/v1/usage", natives, "application/json", args.concurrency)
         cpu_batch = cpu_seconds(proc.pid) - cpu_before
+        client_batch = cpu_seconds(os.getpid()) - client_before
         batch_events = args.batches * args.batch_size
 
         cpu_before = cpu_seconds(proc.pid)
@@ -244,7 +246,8 @@ async def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"native batches: {batch_events} events in {batch_s:.2f}s = {batch_eps:,.0f} events/s "
-        f"(server CPU {cpu_batch / batch_events * 1e6:.1f} us/event)"
+        f"(server CPU {cpu_batch / batch_events * 1e6:.1f} us/event, server busy "
+        f"{cpu_batch / batch_s:.0%}, client busy {client_batch / batch_s:.0%})"
     )
     print(
         f"OTLP protobuf:  {otlp_events} spans in {otlp_s:.2f}s = {otlp_eps:,.0f} events/s "
@@ -262,6 +265,7 @@ async def main() -> None:
                 "events_on_topic": on_topic,
                 "server_cpu_us_per_batch_event": round(cpu_batch / batch_events * 1e6, 1),
                 "server_cpu_us_per_otlp_event": round(cpu_otlp / otlp_events * 1e6, 1),
+                "server_busy_batch": round(cpu_batch / batch_s, 2),
                 "load_average": round(load, 1),
             }
         ).decode()

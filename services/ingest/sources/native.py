@@ -47,7 +47,7 @@ KNOWN = frozenset(
 
 
 def to_draft(record: Any) -> Draft:
-    if not isinstance(record, Mapping):
+    if not isinstance(record, dict | Mapping):  # dict first: the ABC check is slower
         raise RecordRejected("(record)", "must be a JSON object")
     if not KNOWN.issuperset(record):
         unknown = next(k for k in record if k not in KNOWN)
