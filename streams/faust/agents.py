@@ -183,8 +183,8 @@ class Pipeline:
             self.tables.crossings[key] = value
             self.tables.emitted.add_wire(value)
             self.metrics.thresholds.inc()
-        if outcome.policy is not None:
-            self.tables.policies[key] = orjson.dumps(outcome.policy)
+        for policy in outcome.policies:
+            self.tables.policies[key] = orjson.dumps(policy)
             self.metrics.policies.inc()
         self.metrics.charges.inc()
         self.metrics.lines_applied.inc(outcome.applied)

@@ -113,4 +113,6 @@ def build_app(config: WorkerConfig) -> faust.App:
         web_enabled=False,
         key_serializer="raw",
         value_serializer="raw",
+        Table="streams.faust.tables:RawTable",
+        GlobalTable="streams.faust.tables:RawGlobalTable",
     )

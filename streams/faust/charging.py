@@ -58,7 +58,7 @@ class StoredLedger:
 class ChargeOutcome:
     stored: StoredLedger
     thresholds: list[dict[str, Any]] = field(default_factory=list)
-    policy: dict[str, Any] | None = None
+    policies: list[dict[str, Any]] = field(default_factory=list)
     applied: int = 0
     skipped: int = 0
     late: int = 0
@@ -99,6 +99,22 @@ def policy_event(budget: Budget, state: LedgerState, now: datetime) -> dict[str,
         limit=budget.limits.get(metric, 0),
     )
     return decision.to_event(now).to_wire()
+
+
+def policy_at_crossing(budget: Budget, crossing: Crossing) -> dict[str, Any]:
+    """The policy in force right after `crossing`, effective at the crossing line's time."""
+    at = from_ms(crossing.crossed_at_ms)
+    period = budget.spec.period
+    decision = decide(
+        budget,
+        crossing.consumed * 100 / crossing.limit if crossing.limit else float("inf"),
+        window_of_key(period, crossing.period_key),
+        next_reset(period, at),
+        metric=crossing.metric,
+        consumed=crossing.consumed,
+        limit=crossing.limit,
+    )
+    return decision.to_event(at).to_wire()
 
 
 def policy_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
@@ -158,11 +174,28 @@ class Charger:
         )
         outcome.thresholds = self.unsent(budget.budget_id, crossings)
         if result.state.event_time_high_ms > 0:
-            now = from_ms(result.state.event_time_high_ms)
-            new_policy = policy_event(budget, result.state, now)
-            if policy_changed(self._current_policy(budget.budget_id), new_policy):
-                outcome.policy = new_policy
+            outcome.policies = self._policies(budget, result.state, result.crossings)
         return outcome
+
+    def _policies(
+        self, budget: Budget, state: LedgerState, crossings: list[Crossing]
+    ) -> list[dict[str, Any]]:
+        """Policy changes in event-time order: one at each crossing of the current period (a
+        batch may pass 90 and 100 at once; the proxy should still have seen the demotion),
+        then the decision at the ledger's "now"."""
+        now = from_ms(state.event_time_high_ms)
+        current_key = period_of(budget.spec.period, now).key
+        last = self._current_policy(budget.budget_id)
+        published = []
+        candidates = [
+            policy_at_crossing(budget, c) for c in crossings if c.period_key == current_key
+        ]
+        candidates.append(policy_event(budget, state, now))
+        for candidate in candidates:
+            if policy_changed(last, candidate):
+                published.append(candidate)
+                last = candidate
+        return published
 
     def unsent(self, budget_id: str, crossings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Stored crossings the thresholds topic does not hold yet, in crossing order."""

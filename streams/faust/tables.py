@@ -38,7 +38,28 @@ from streams.faust.charging import crossing_key
 from streams.faust.topics import PipelineTopics
 
 
-class TopicBackedGlobalTable(GlobalTable):
+class RawTable(faust.Table):
+    """A table of bytes: keys and values are written and read as raw bytes by default.
+
+    Faust serializes table keys and values as JSON unless a model type says otherwise, also
+    when the app's serializers are "raw"; a value written as bytes then comes back as
+    something else, and a changelog record it cannot decode stalls recovery for good. The
+    worker's app uses this class for every `app.Table` (`app.py`), so agents (ours and the
+    forecast agent's) store orjson bytes and read them back unchanged.
+    """
+
+    def _serializer_from_type(self, typ: Any) -> Any:
+        return "raw" if typ is None else super()._serializer_from_type(typ)
+
+
+class RawGlobalTable(GlobalTable):
+    """`RawTable`, global."""
+
+    def _serializer_from_type(self, typ: Any) -> Any:
+        return "raw" if typ is None else super()._serializer_from_type(typ)
+
+
+class TopicBackedGlobalTable(RawGlobalTable):
     """A global table whose changelog is a topic of the contract (here: budgets).
 
     Faust's assignor looks a global table's changelog up by the default name
@@ -123,11 +144,28 @@ class PipelineTables:
         return None if raw is None else dict(orjson.loads(raw))
 
 
+def _changelog(app: faust.App, table: str, config: WorkerConfig) -> Any:
+    """A compacted changelog carrying raw bytes (Faust's default would decode it as JSON)."""
+    return app.topic(
+        f"{config.app_id}-{table}-changelog",
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.partitions,
+        compacting=True,
+        acks=False,
+        internal=True,
+    )
+
+
 def declare_tables(app: faust.App, topics: PipelineTopics, config: WorkerConfig) -> PipelineTables:
     emitted = EmittedCrossings()
     view = BudgetView()
-    dedupe = app.Table("dedupe", partitions=config.partitions)
-    ledger = app.Table("ledger", partitions=config.partitions)
+    dedupe = app.Table(
+        "dedupe", partitions=config.partitions, changelog_topic=_changelog(app, "dedupe", config)
+    )
+    ledger = app.Table(
+        "ledger", partitions=config.partitions, changelog_topic=_changelog(app, "ledger", config)
+    )
     crossings = app.Table(
         "crossings",
         store="memory://local",
@@ -158,9 +196,4 @@ def declare_tables(app: faust.App, topics: PipelineTopics, config: WorkerConfig)
         )
     )
     view.table = budgets
-    for table in (dedupe, ledger, crossings, policies, budgets):
-        # Faust tables serialize with json unless told otherwise; ours hold bytes already.
-        # Set before first use: the store and the changelog topic read these lazily.
-        table.key_serializer = "raw"
-        table.value_serializer = "raw"
     return PipelineTables(dedupe, ledger, crossings, policies, budgets, emitted, view)

@@ -206,3 +206,101 @@ async def delete_prefixed_topics(bootstrap: str, prefix: str) -> None:
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+def usage(
+    event_id: str,
+    tenant: str,
+    at: datetime,
+    input_tokens: int,
+    output_tokens: int,
+    **dims: Any,
+) -> dict[str, Any]:
+    """A usage event in wire form (the worker validates it like any producer's)."""
+    return {
+        "type": "UsageRecorded",
+        "version": 1,
+        "event_id": event_id,
+        "source": "test",
+        "occurred_at": at.isoformat(),
+        "received_at": at.isoformat(),
+        "tenant": tenant,
+        "input_uncached": input_tokens,
+        "output": output_tokens,
+        **dims,
+    }
+
+
+def metrics_port(worker: WorkerProcess) -> int | None:
+    """The /metrics port the worker logged at start (its latest start)."""
+    port = None
+    if worker.log_path.exists():
+        for line in worker.log_path.read_text(errors="replace").splitlines():
+            if '"worker starting"' in line:
+                port = orjson.loads(line).get("metrics_port")
+    return port
+
+
+def scrape(worker: WorkerProcess) -> dict[str, float]:
+    """The worker's counters (name -> value), summed over labels."""
+    import urllib.request
+
+    port = metrics_port(worker)
+    if port is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        name = name.split("{", 1)[0]
+        found[name] = found.get(name, 0.0) + float(value)
+    return found
+
+
+class Workers:
+    """Starts workers for one test and stops them (and their topics) at teardown."""
+
+    def __init__(self, bootstrap: str, prefix: str, tmp_path: Path) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.tmp_path = tmp_path
+        self.started: list[WorkerProcess] = []
+
+    def start(self, name: str = "w1", *args: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.prefix,
+            self.tmp_path / f"store-{name}",
+            self.tmp_path / f"{name}.log",
+            self.bootstrap,
+            [*args],
+        ).start()
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+async def send_usage(
+    bootstrap: str, prefix: str, events: list[dict[str, Any]], size: int = 500
+) -> int:
+    from services.common.usage_producer import UsageProducer
+
+    async with UsageProducer(bootstrap, prefix, envelope_size=size) as producer:
+        return await producer.send_wire(events)
+
+
+def expected_crossings(
+    totals: dict[str, int], limits: dict[str, int], thresholds: Iterable[int] = (75, 90, 100)
+) -> set[tuple[str, int]]:
+    """(budget_id, threshold) pairs that a final total per budget must have crossed."""
+    return {
+        (budget_id, t)
+        for budget_id, total in totals.items()
+        for t in thresholds
+        if total * 100 >= t * limits[budget_id]
+    }
