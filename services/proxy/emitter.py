@@ -103,7 +103,6 @@ class UsageEmitter:
         self._has_pending = asyncio.Event()
         self._spooled = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
         self.sent = 0
         self.rejected = 0
 
@@ -121,15 +120,19 @@ class UsageEmitter:
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Spool everything pending, try to send it for a while, then stop. Unsent stays spooled."""
-        self._stopping = True
-        await self._flush_pending()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drain(), drain_timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        writer, sender = self._tasks or (None, None)
+        if writer is not None:
+            writer.cancel()  # a batch it was converting goes back to pending (see _flush_pending)
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await writer
+        await self._flush_pending()
+        if sender is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain(), drain_timeout_s)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        self._tasks = []
         await self.sink.close()
 
     async def _drain(self) -> None:
@@ -141,13 +144,25 @@ class UsageEmitter:
         while True:
             await self._has_pending.wait()
             await asyncio.sleep(self._interval)
-            await self._flush_pending()
+            try:
+                await self._flush_pending()
+            except Exception:  # the disk refused (full, read-only): keep the records, retry
+                log.exception("usage spool write failed; %d records kept", len(self._pending))
+                await asyncio.sleep(1.0)
 
     async def _flush_pending(self) -> None:
         batch, self._pending = self._pending, []
         self._has_pending.clear()
         if not batch:
             return
+        try:
+            await self._spool_batch(batch)
+        except BaseException:
+            self._pending[:0] = batch  # nothing leaves memory before it is on disk
+            self._has_pending.set()
+            raise
+
+    async def _spool_batch(self, batch: list[UsageRecord]) -> None:
         now = self._clock()
         rows: list[tuple[str, bytes]] = []
         for i, record in enumerate(batch):
@@ -164,6 +179,14 @@ class UsageEmitter:
         self._spooled.set()
 
     async def _send_loop(self) -> None:
+        while True:
+            try:
+                await self._send_spooled()
+            except Exception:  # the spool itself failed: log, wait, go on
+                log.exception("usage sender: spool error")
+                await asyncio.sleep(1.0)
+
+    async def _send_spooled(self) -> None:
         backoff = 0.2
         while True:
             rows = await asyncio.to_thread(self.spool.peek, 5000)
