@@ -7,8 +7,9 @@ the usage through a durable spool to the `usage` topic (emitter.py, spool.py).
 
 Run: `allotment proxy [--port 8080] [--keys-file keys.yaml] [--spool-dir DIR] [--fail-closed]`.
 Environment: ALLOTMENT_KAFKA_BOOTSTRAP, ALLOTMENT_TOPIC_PREFIX, ALLOTMENT_PROXY_HOST/PORT,
-ALLOTMENT_PROXY_{OPENAI,ANTHROPIC}_UPSTREAM (base URLs, without /v1), ALLOTMENT_PROXY_{OPENAI,ANTHROPIC}_API_KEY
-(the real provider keys), ALLOTMENT_PROXY_KEYS_FILE or ALLOTMENT_PROXY_KEYS (JSON),
+ALLOTMENT_PROXY_{OPENAI,ANTHROPIC}_UPSTREAM (base URLs, without /v1),
+ALLOTMENT_PROXY_{OPENAI,ANTHROPIC}_API_KEY (the real provider keys),
+ALLOTMENT_PROXY_KEYS_FILE or ALLOTMENT_PROXY_KEYS (JSON),
 ALLOTMENT_PROXY_SPOOL_DIR, ALLOTMENT_PROXY_FAIL_OPEN, ALLOTMENT_PROXY_CONCISE_PROMPT,
 ALLOTMENT_PROXY_MAX_BODY_BYTES, ALLOTMENT_PROXY_DEFAULT_OUTPUT_ESTIMATE (reservations),
 ALLOTMENT_PROXY_SERVER (uvicorn | aiohttp). `allotment proxy-hash-key SECRET` prints a key's
