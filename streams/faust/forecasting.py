@@ -39,13 +39,14 @@ from schemas.signals import ForecastUpdated
 from schemas.topics import CHARGES, FORECASTS
 from services.common.kafka import partition_for
 from streams.budgets import BudgetIndex
+from streams.faust.charging import StoredLedger, policy_changed
 from streams.forecast import signals
 from streams.forecast.errors import ForecastInputError
 from streams.forecast.profile import pool_profiles, weekday_profile
 from streams.forecast.project import COLD_START_DAYS
 from streams.forecast.usage_days import UsageDays, add_lines, announce
-from streams.ledger import ChargeLine
-from streams.periods import from_ms
+from streams.ledger import ChargeLine, LedgerState
+from streams.periods import from_ms, period_of
 
 log = logging.getLogger("allotment.forecast")
 
@@ -77,6 +78,22 @@ class ForecastConfig:
         return config
 
 
+@dataclass(frozen=True)
+class PolicyHooks:
+    """The pipeline's policy state, for budgets that degrade on a projected overrun."""
+
+    current: Callable[[str], dict[str, Any] | None]
+    ledger: Callable[[str], LedgerState]
+    write: Callable[[str, dict[str, Any]], None]
+
+    def overrun_policy(
+        self, budget: Any, state: LedgerState, now: datetime
+    ) -> dict[str, Any] | None:
+        """The overrun-aware policy wire when it differs from the one in force, else None."""
+        new = signals.overrun_decision(budget, state, now).to_event(now).to_wire()
+        return new if policy_changed(self.current(budget.budget_id), new) else None
+
+
 class Forecaster:
     """Wires the forecast agent and its timers onto a pipeline's Faust app."""
 
@@ -88,8 +105,10 @@ class Forecaster:
         budgets: Callable[[], BudgetIndex],
         config: ForecastConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        policies: PolicyHooks | None = None,
     ) -> None:
         self.app = app
+        self.policies = policies
         self.charges = charges
         self.forecasts = forecasts
         self.budgets = budgets
@@ -217,6 +236,19 @@ class Forecaster:
             await self.forecasts.send(key=key, value=orjson.dumps(out["overrun"]))
             state = announce(self.stored(updated.budget_id), updated.period_key)
             self.days[key] = orjson.dumps(state.to_dict())
+            await self.degrade_early(updated)
+
+    async def degrade_early(self, updated: ForecastUpdated) -> None:
+        """Demote a budget that opts in, now that its overrun is projected."""
+        budget = self.budgets().get(updated.budget_id)
+        if self.policies is None or budget is None:
+            return
+        if not signals.opts_in_to_overrun_degrade(budget):
+            return
+        ledger = self.policies.ledger(budget.budget_id)
+        policy = self.policies.overrun_policy(budget, ledger, updated.as_of)
+        if policy is not None:
+            self.policies.write(budget.budget_id, policy)
 
     def threshold_fields(
         self, budget_id: str, period_key: str, metric: Any, limit: int
@@ -245,7 +277,10 @@ class EnrichingCharger:
     forecast of its period (projection, band, trend, recommended action).
 
     The fields are added before the crossing is stored in the ledger value and sent, so a
-    re-emission after a crash stays byte-identical to the first.
+    re-emission after a crash stays byte-identical to the first. For a budget that degrades
+    on a projected overrun, once the overrun of the current period was announced, the policy
+    the charge computes takes the overrun into account, so a later charge does not undo the
+    early demotion.
     """
 
     def __init__(self, inner: Any, forecaster: Forecaster) -> None:
@@ -263,6 +298,23 @@ class EnrichingCharger:
                     budget.budget_id, wire["period_key"], wire["metric"], wire["limit"]
                 )
             )
+        hooks = self.forecaster.policies
+        if hooks is None or not signals.opts_in_to_overrun_degrade(budget):
+            return outcome
+        state = outcome.stored.state
+        if state.event_time_high_ms <= 0:
+            return outcome
+        now = from_ms(state.event_time_high_ms)
+        period_key = period_of(budget.spec.period, now).key
+        if period_key in self.forecaster.stored(budget.budget_id).announced:
+            # The overrun-aware decision at the ledger's "now" replaces the charge's own
+            # (it is at least as restrictive). The charger reports one policy (`policy`)
+            # or, in newer versions, a list of them (`policies`).
+            new = hooks.overrun_policy(budget, state, now)
+            if hasattr(outcome, "policies"):
+                outcome.policies = [] if new is None else [new]
+            else:
+                outcome.policy = new
         return outcome
 
     def __getattr__(self, name: str) -> Any:
@@ -279,12 +331,21 @@ def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Fo
         partitions=FORECASTS.partitions,
         internal=False,
     )
+    tables = pipeline.tables
+
+    def ledger(budget_id: str) -> LedgerState:
+        return StoredLedger.from_bytes(tables.ledger.get(budget_id.encode()), budget_id).state
+
+    def write(budget_id: str, policy: dict[str, Any]) -> None:
+        tables.policies[budget_id.encode()] = orjson.dumps(policy)  # use_partitioner table
+
     forecaster = Forecaster(
         app,
         pipeline.topics.charges,
         forecasts,
-        pipeline.tables.budget_view.index,
+        tables.budget_view.index,
         config or ForecastConfig.from_env(),
+        policies=PolicyHooks(tables.current_policy, ledger, write),
     )
     pipeline.charger = EnrichingCharger(pipeline.charger, forecaster)
     pipeline.forecaster = forecaster

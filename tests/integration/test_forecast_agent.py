@@ -1,5 +1,6 @@
-"""The forecast agent inside a real worker: forecasts on its timer, an overrun once, and a
-threshold crossing that carries the projection of its period.
+"""The forecast agent inside a real worker: forecasts on its timer, an overrun once, a
+threshold crossing that carries the projection of its period, and an early demotion for a
+budget that opts in to degrade on a projected overrun.
 
 The worker runs with a 3-second forecast interval (ALLOTMENT_FORECAST_INTERVAL). Usage is
 sent in two rounds: the first stays under 75% of the limit, so a forecast exists before the
@@ -17,6 +18,7 @@ from pipeline_harness import (
     WorkerProcess,
     budget_event,
     delete_prefixed_topics,
+    policies,
     publish_budgets,
     read_all,
     send_usage,
@@ -43,10 +45,15 @@ async def test_agent_publishes_forecasts_an_overrun_once_and_enriches_crossings(
     run = uuid.uuid4().hex[:8]
     tenant, budget_id = f"t{run}", f"t{run}/copilot"
     limit = 1_000_000
+    spec = {
+        "name": "copilot",
+        "limits": {"total_tokens": limit},
+        "degrade": {"target_model": "gpt-4o-mini", "on_projected_overrun": True},
+    }
     await publish_budgets(
         kafka_bootstrap,
         topic_prefix,
-        [budget_event(tenant, budget_id, {"name": "copilot", "limits": {"total_tokens": limit}})],
+        [budget_event(tenant, budget_id, spec)],
     )
     worker = WorkerProcess(
         topic_prefix,
@@ -105,6 +112,14 @@ async def test_agent_publishes_forecasts_an_overrun_once_and_enriches_crossings(
             workers=[worker],
         )
         assert len(await overrun_seen()) == 1  # once per period, though forecasts go on
+
+        # The budget opted in: demoted on the projected overrun, at 80% (below 90).
+        found = await policies(kafka_bootstrap, topic_prefix)
+        mine = [p for p in found if p.get("budget_id") == budget_id]
+        history = [(p["policy"], p["reason"], p["effective_at"]) for p in mine]
+        assert mine, "no policy published for the budget"
+        assert mine[-1]["policy"] == "degrade_route", history
+        assert mine[-1]["target_model"] == "gpt-4o-mini"
     finally:
         worker.stop()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)

@@ -40,6 +40,8 @@ class _Inner:
 
 
 class _Forecaster:
+    policies = None
+
     def threshold_fields(self, budget_id: str, period_key: str, metric: str, limit: int):
         return {"projection": {"p50": 120.0}, "recommended_action": "projected 20% over"}
 
