@@ -116,8 +116,8 @@ def weekday_average(
 
     Each weekday has been seen only once or twice, so its own average is shrunk towards the
     prior (the pooled profile, or flat) in proportion to how noisy the days are: an
-    empirical-Bayes weekday average. The level comes from all days, as linear
-    extrapolation's does, so the tier is never noisier than it.
+    empirical-Bayes weekday average. The level is the arithmetic mean over all days (the bill
+    is a sum), as in linear extrapolation, not a log-scale mean that a spike would bias.
     """
     logs = np.log(values + EPS)
     prior = np.zeros(7) if pooled is None else np.log(pooled.array())
