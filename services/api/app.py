@@ -139,6 +139,9 @@ def create_app(
         await publisher.start()
         try:
             state = await load_state(settings.kafka_bootstrap, settings.topic_prefix)
+            repaired = await publisher.repair_mirror(state.latest)
+            if repaired:
+                log.warning("re-sent %d budget events missing from the budgets topic", repaired)
             app.state.services = Services(
                 engine=engine,
                 state=state,

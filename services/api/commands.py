@@ -7,8 +7,11 @@ then apply it to the state. A failed publish changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+
+from aiokafka.errors import KafkaError
 
 from schemas.allocation import (
     AllocationMoved,
@@ -65,12 +68,15 @@ class Commands:
         try:
             await self.publisher.publish(events)
         except PublishFailed:
-            # The outcome is unknown (a commit may have landed without its answer): start a
-            # fresh producer and fold the topic again, so the next version check is right.
+            # The outcome is unknown (a write may have landed without its answer): start a fresh
+            # producer, fold the source of truth again so the next version check is right, and
+            # bring the budgets mirror up to it.
             await self.publisher.restart()
             self.state.replace_with(
                 await load_state(self.publisher.bootstrap, self.publisher.prefix)
             )
+            with contextlib.suppress(AllotmentError, KafkaError):
+                await self.publisher.repair_mirror(self.state.latest)
             raise
         for event in events:
             self.state.apply(event)

@@ -8,8 +8,8 @@ sees it even before the projection caught up.
 Concurrency: one lock per tenant serialises a tenant's writes (the tree rules span a tenant,
 so a per-budget lock would let two children over-allocate a parent together). This is correct
 for ONE API process; the projection's revision check refuses a second writer's stale event, but
-that writer would already have answered 2xx. Run one API process (or add a Kafka transactional
-fencing step) until writes are partitioned by tenant.
+that writer would already have answered 2xx. Run one API process until writes are partitioned
+by tenant (or fenced, e.g. by a lease in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class ConfigState:
         self.index = BudgetIndex()
         self.allocations: dict[str, AllocationState] = defaultdict(AllocationState)
         self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.latest: dict[str, Event] = {}
+        """The latest applied lifecycle event of each budget (what the mirror must hold)."""
         self.skipped = 0
 
     def apply(self, event: Event) -> None:
@@ -47,6 +49,7 @@ class ConfigState:
                 self.skipped += 1
                 return
             self.index = self.index.with_budget(budget)
+            self.latest[event.budget_id] = event
         elif isinstance(event, ALLOCATION_EVENTS):
             allocation: AllocationEvent = event  # type: ignore[assignment]
             tenant = allocation.tenant
@@ -56,6 +59,7 @@ class ConfigState:
         """Take `other`'s budgets and allocations, keeping this object's locks."""
         self.index = other.index
         self.allocations = other.allocations
+        self.latest = other.latest
         self.skipped = other.skipped
 
     def budget(self, tenant: str, budget_id: str) -> Budget | None:

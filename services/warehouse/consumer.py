@@ -2,8 +2,8 @@
 
 It does not use Kafka's consumer groups: the next offset of every (topic, partition) lives in
 `consumer_offsets` beside the rows it produced, so after a crash it resumes exactly where its
-committed rows end. It reads with `read_committed`, because the API writes config events in a
-Kafka transaction.
+committed rows end. It reads with `read_committed`, so a producer that ever writes in Kafka
+transactions never shows it an aborted record.
 """
 
 from __future__ import annotations

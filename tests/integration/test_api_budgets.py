@@ -191,3 +191,30 @@ async def test_a_write_the_broker_does_not_acknowledge_gets_503_and_changes_noth
         assert accepted.status_code == 201 and accepted.json()["version"] == 1
         defined = [e for e in await h.read_topic(BUDGET_EVENTS) if isinstance(e, BudgetDefined)]
         assert [e.budget_id for e in defined] == [budget]
+
+
+async def test_a_failed_mirror_write_is_repaired_from_the_source_of_truth(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        admin = h.key("tenant-admin", [tenant])
+        budget = unique("b")
+        producer = h.app.state.services.commands.publisher._producer
+        send = producer.send
+
+        async def mirror_fails(topic: str, *args: Any, **kwargs: Any) -> Any:
+            if topic == BUDGETS.name(topic_prefix):
+                raise KafkaTimeoutError()
+            return await send(topic, *args, **kwargs)
+
+        producer.send = mirror_fails
+        body = {"budget_id": budget, "spec": spec(100), "reason": "r"}
+        unknown = await h.client.post(f"/v1/tenants/{tenant}/budgets", json=body, headers=admin)
+        assert unknown.status_code == 503
+        # The source of truth took the write; the repaired mirror holds it too, and a retry
+        # learns that the budget exists.
+        assert [e.budget_id for e in await h.read_topic(BUDGET_EVENTS)] == [budget]
+        assert [e.budget_id for e in await h.read_topic(BUDGETS)] == [budget]
+        retry = await h.client.post(f"/v1/tenants/{tenant}/budgets", json=body, headers=admin)
+        assert retry.status_code == 409
