@@ -7,6 +7,7 @@ parse is one rejected record, not a rejected request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from services.ingest.keys import IngestKey
 from services.ingest.sources.base import Draft, build_event
 
 MAX_RECORDS = 10_000
+SLICE = 100
 _NOT_JSON = object()
 
 
@@ -88,10 +90,18 @@ def map_records(
     to_draft: Callable[[Any], Draft | None],
     key: IngestKey,
     received_at: datetime,
+    into: MappedBatch | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> MappedBatch:
-    """Map every record; a mapper's None means "carries no usage": skipped, not an error."""
-    result = MappedBatch(size=len(records))
-    for index, record in enumerate(records):
+    """Map records[start:stop] into `into` (a new batch by default), each on its own.
+
+    A mapper returning None means "carries no usage": skipped, not an error. Mapping a long
+    body in slices lets an async caller yield between them (see `map_in_slices`).
+    """
+    result = into if into is not None else MappedBatch(size=len(records))
+    for index in range(start, len(records) if stop is None else min(stop, len(records))):
+        record = records[index]
         if record is _NOT_JSON:
             result.rejected.append(Rejection(index, "(record)", "is not valid JSON"))
             continue
@@ -105,4 +115,25 @@ def map_records(
             continue
         result.events.append(event)
         result.indices.append(index)
+    return result
+
+
+async def map_in_slices(
+    records: list[Any],
+    to_draft: Callable[[Any], Draft | None],
+    key: IngestKey,
+    received_at: datetime,
+    slice_size: int = SLICE,
+) -> MappedBatch:
+    """`map_records` that yields to the event loop between slices.
+
+    Mapping is CPU work; done in one go it would hold the loop for the whole body, and the
+    Kafka client (on the same loop) could neither send other requests' envelopes nor read
+    their acknowledgements meanwhile.
+    """
+    result = MappedBatch(size=len(records))
+    for start in range(0, len(records), slice_size):
+        map_records(records, to_draft, key, received_at, result, start, start + slice_size)
+        if start + slice_size < len(records):
+            await asyncio.sleep(0)
     return result

@@ -40,7 +40,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.ingest.batch import MappedBatch, map_records, read_records
+from services.ingest.batch import MappedBatch, map_in_slices, read_records
 from services.ingest.errors import (
     BadPayload,
     BadSignature,
@@ -146,7 +146,7 @@ class IngestRoutes:
     async def _accept(
         self, source: str, records: list[Any], mapper: Mapper, key: IngestKey
     ) -> Response:
-        batch = map_records(records, mapper, key, self.clock())
+        batch = await map_in_slices(records, mapper, key, self.clock())
         try:
             await self.sink.publish(batch.events)
         except PublishUnavailable as exc:
@@ -166,7 +166,7 @@ class IngestRoutes:
             spans = otlp.spans_from_json(body) if as_json else otlp.spans_from_protobuf(body)
         except (Unauthorized, BadPayload) as exc:
             return _error(exc)
-        batch = map_records(spans, otlp.to_draft, key, self.clock())
+        batch = await map_in_slices(spans, otlp.to_draft, key, self.clock())
         try:
             await self.sink.publish(batch.events)
         except PublishUnavailable as exc:
