@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from services.ingest.batch import Rejection, map_records, read_records
+from services.ingest.batch import Rejection, map_records, parse_lines, read_records
 from services.ingest.errors import IngestConfigError
 from services.ingest.keys import IngestKey
 from services.ingest.publisher import UsageSink
@@ -47,32 +47,79 @@ class Reader(Protocol):
 
 @dataclass
 class FileReader:
-    """A JSON array or JSON-lines file; the cursor is the number of records already done."""
+    """A JSON array or JSON-lines file; the cursor is the number of records already done.
+
+    JSON lines are streamed (a month of history need not fit in memory); a JSON array is
+    read whole, as it must be to parse it.
+    """
 
     path: Path
     batch_size: int = 500
-    _records: list[Any] | None = None
 
-    def _all(self) -> list[Any]:
-        if self._records is None:
-            body = self.path.read_bytes()
-            self._records = read_records(body, "" if body.lstrip()[:1] == b"[" else "ndjson")
-        return self._records
+    def _is_array(self) -> bool:
+        with self.path.open("rb") as handle:
+            head = handle.read(4096).lstrip()
+        return head[:1] == b"["
 
     def total(self) -> int | None:
-        return len(self._all())
+        if self._is_array():
+            return len(read_records(self.path.read_bytes()))
+        with self.path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
 
     def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]:
-        records = self._all()
-        start = int(after or 0)
-        for begin in range(start, len(records), self.batch_size):
-            chunk = records[begin : begin + self.batch_size]
-            yield chunk, begin + len(chunk)
+        done = int(after or 0)
+        if self._is_array():
+            records = read_records(self.path.read_bytes())
+            for begin in range(done, len(records), self.batch_size):
+                chunk = records[begin : begin + self.batch_size]
+                yield chunk, begin + len(chunk)
+            return
+        seen = 0
+        lines: list[bytes] = []
+        with self.path.open("rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                seen += 1
+                if seen <= done:
+                    continue
+                lines.append(line)
+                if len(lines) == self.batch_size:
+                    yield parse_lines(lines), seen
+                    lines = []
+        if lines:
+            yield parse_lines(lines), seen
+
+
+SPENDLOGS_COLUMNS = (
+    "request_id",
+    "startTime",
+    "call_type",
+    "model",
+    "model_group",
+    "custom_llm_provider",
+    "spend",
+    "prompt_tokens",
+    "completion_tokens",
+    "user",
+    "end_user",
+    "team_id",
+    "api_key",
+    "request_tags",
+    "cache_hit",
+    "status",
+    "metadata",
+)
 
 
 @dataclass
 class SpendLogsReader:
-    """`LiteLLM_SpendLogs` in keyset order; the cursor is the last ("startTime", request_id)."""
+    """`LiteLLM_SpendLogs` in keyset order; the cursor is the last ("startTime", request_id).
+
+    Only the columns the mapper reads are selected (not the stored messages and responses),
+    among those the table has: older LiteLLM versions lack some of them.
+    """
 
     dsn: str
     batch_size: int = 500
@@ -89,20 +136,31 @@ class SpendLogsReader:
             row = conn.execute('SELECT count(*) AS n FROM "LiteLLM_SpendLogs"').fetchone()
             return int(row["n"]) if row else 0
 
+    def _columns(self, conn: Any) -> str:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'LiteLLM_SpendLogs'"
+        ).fetchall()
+        present = {r["column_name"] for r in rows}
+        missing = {"request_id", "startTime"} - present
+        if missing:
+            raise IngestConfigError(
+                '"LiteLLM_SpendLogs"', f"has no column {', '.join(sorted(missing))}"
+            )
+        return ", ".join(f'"{c}"' for c in SPENDLOGS_COLUMNS if c in present)
+
     def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]:
         cursor = tuple(after) if after else None
         with self._connect() as conn:
+            columns = self._columns(conn)
+            table = f'SELECT {columns} FROM "LiteLLM_SpendLogs"'
+            order = 'ORDER BY "startTime", request_id LIMIT %s'
             while True:
                 if cursor is None:
-                    rows = conn.execute(
-                        'SELECT * FROM "LiteLLM_SpendLogs" ORDER BY "startTime", request_id '
-                        "LIMIT %s",
-                        (self.batch_size,),
-                    ).fetchall()
+                    rows = conn.execute(f"{table} {order}", (self.batch_size,)).fetchall()
                 else:
                     rows = conn.execute(
-                        'SELECT * FROM "LiteLLM_SpendLogs" WHERE ("startTime", request_id) > '
-                        '(%s::timestamp, %s) ORDER BY "startTime", request_id LIMIT %s',
+                        f'{table} WHERE ("startTime", request_id) > (%s::timestamp, %s) {order}',
                         (cursor[0], cursor[1], self.batch_size),
                     ).fetchall()
                 if not rows:

@@ -66,17 +66,24 @@ def read_records(body: bytes, content_type: str = "") -> list[Any]:
         if document is not _NOT_JSON:
             records = document if isinstance(document, list) else [document]
             return _bounded(records)
-    records = []
-    for line in body.splitlines():
+    records = parse_lines(body.splitlines())
+    if records and all(r is _NOT_JSON for r in records):
+        raise BadPayload("body is neither JSON nor JSON lines")
+    return _bounded(records)
+
+
+def parse_lines(lines: list[bytes]) -> list[Any]:
+    """JSON lines, blank ones dropped; a line that does not parse stays, marked, to be
+    rejected on its own by `map_records`."""
+    records: list[Any] = []
+    for line in lines:
         if not line.strip():
             continue
         try:
             records.append(orjson.loads(line))
         except orjson.JSONDecodeError:
             records.append(_NOT_JSON)
-    if records and all(r is _NOT_JSON for r in records):
-        raise BadPayload("body is neither JSON nor JSON lines")
-    return _bounded(records)
+    return records
 
 
 def _bounded(records: list[Any]) -> list[Any]:
