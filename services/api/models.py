@@ -17,31 +17,42 @@ from schemas.budgets import BudgetSpec, Metric
 Reason = Field(min_length=1, max_length=2000, description="Why: recorded in the audit log.")
 
 
-def _nul_at(value: Any, path: str) -> str | None:
+def _unstorable(text: str) -> bool:
+    """NUL (PostgreSQL refuses it) or a lone surrogate (not Unicode text; no UTF-8 for it)."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _bad_text_at(value: Any, path: str) -> str | None:
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return path if _unstorable(value) else None
     items: list[tuple[str, Any]] = []
     if isinstance(value, dict):
-        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
-        if any("\x00" in str(k) for k in value):
+        if any(_unstorable(str(k)) for k in value):
             return path or "(body)"
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
     elif isinstance(value, list):
         items = [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value)]
-    return next((p for key, v in items if (p := _nul_at(v, key)) is not None), None)
+    return next((p for key, v in items if (p := _bad_text_at(v, key)) is not None), None)
 
 
 class _Body(BaseModel):
-    """A request body. Text holding NUL is refused: PostgreSQL cannot store it, and no name,
-    id or reason needs it."""
+    """A request body. Text holding NUL or a lone surrogate is refused: PostgreSQL cannot
+    store NUL, a surrogate has no UTF-8 form, and no name, id or reason needs either."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        where = _nul_at(data, "")
+    def _storable_text(cls, data: Any) -> Any:
+        where = _bad_text_at(data, "")
         if where is not None:
-            raise ValueError(f"{where}: must not contain the NUL character")
+            raise ValueError(f"{where}: must be Unicode text without NUL or lone surrogates")
         return data
 
 

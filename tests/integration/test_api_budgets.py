@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError
@@ -108,9 +109,10 @@ async def test_bad_input_gets_422_naming_field_and_rule(
         base = f"/v1/tenants/{tenant}/budgets"
 
         async def create(budget_id: str, body: dict[str, Any]) -> Any:
-            return await h.client.post(
-                base, json={"budget_id": budget_id, "spec": body, "reason": "r"}, headers=admin
-            )
+            # json.dumps escapes a lone surrogate as \\ud800, as a hostile client may send it.
+            payload = json.dumps({"budget_id": budget_id, "spec": body, "reason": "r"})
+            headers = {**admin, "content-type": "application/json"}
+            return await h.client.post(base, content=payload, headers=headers)
 
         org, a, b = unique("org"), unique("a"), unique("b")
         assert (await create(org, spec(100))).status_code == 201
@@ -135,6 +137,9 @@ async def test_bad_input_gets_422_naming_field_and_rule(
         for bad in (0, 201):
             threshold = _errors(await create(b, spec(10, thresholds=[50, bad])))
             assert threshold[0][0] == "spec.thresholds.1"
+        for text in ("nul\x00", "lone \ud800 surrogate"):
+            bad_text = _errors(await create(b, spec(10, name=text)))
+            assert bad_text[0][0] == "spec.name" and "NUL" in bad_text[0][1]
         assert (await create(b, spec(10, thresholds=[50, 200]))).status_code == 201
 
 

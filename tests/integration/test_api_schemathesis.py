@@ -50,7 +50,10 @@ def fuzz(url: str, key: str) -> tuple[int, Counter[int], list[str]]:
                 response = case.call(base_url=url, headers=auth)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path}: {response.status_code}")
+                    failures.append(
+                        f"{case.method} {case.formatted_path}: {response.status_code} "
+                        f"{case.body!r} -> {response.text[:300]}"
+                    )
 
             try:
                 run()
