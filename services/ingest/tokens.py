@@ -19,17 +19,16 @@ inclusive total) rejects the record with the field and the rule; nothing is gues
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.ingest.errors import RecordRejected
 
 MAX_TOKENS = 10**15
 
 
-@dataclass(frozen=True)
-class TokenParts:
-    """Disjoint token counts of one request, ready for `UsageRecorded`."""
+class TokenParts(NamedTuple):
+    """Disjoint token counts of one request, ready for `UsageRecorded` (a tuple: cheap to
+    build on the hot path, immutable)."""
 
     input_uncached: int = 0
     cache_read: int = 0
@@ -38,13 +37,7 @@ class TokenParts:
     reasoning: int = 0
 
     def as_fields(self) -> dict[str, int]:
-        return {
-            "input_uncached": self.input_uncached,
-            "cache_read": self.cache_read,
-            "cache_write": self.cache_write,
-            "output": self.output,
-            "reasoning": self.reasoning,
-        }
+        return self._asdict()
 
 
 def count(value: Any, field: str) -> int:
