@@ -8,7 +8,7 @@ then apply it to the state. A failed publish changes nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 
 from aiokafka.errors import KafkaError
@@ -25,7 +25,7 @@ from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetS
 from schemas.errors import AllotmentError, FieldError
 from services.api.publisher import Publisher, PublishFailed
 from services.api.state import ConfigState, load_state
-from streams.allocation import (
+from streams.allocation_plans import (
     check_reservation,
     plan_overflow_draw,
     plan_rebalance,
@@ -63,20 +63,41 @@ class Commands:
     def __init__(self, state: ConfigState, publisher: Publisher) -> None:
         self.state = state
         self.publisher = publisher
+        self._stale = False
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, tenant: str) -> AsyncIterator[None]:
+        """The tenant's lock, with the state re-read first if a failed write left it unsure."""
+        async with self.state.locks[tenant]:
+            if self._stale:
+                await self._refresh()
+            yield
+
+    async def _refresh(self) -> None:
+        """Start a fresh producer, fold `budget-events` again, bring the mirror up to it.
+
+        Raises `PublishFailed` (503) while the broker cannot be read; the state stays marked
+        stale, so no write is checked against it until a refresh succeeds.
+        """
+        self._stale = True
+        try:
+            await self.publisher.restart()
+            fresh = await load_state(self.publisher.bootstrap, self.publisher.prefix)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise PublishFailed(f"cannot re-read budget-events ({type(exc).__name__})") from None
+        self.state.replace_with(fresh)
+        self._stale = False
+        with contextlib.suppress(AllotmentError, KafkaError, OSError, TimeoutError):
+            await self.publisher.repair_mirror(self.state.latest)
 
     async def _commit(self, events: list[Event]) -> None:
         try:
             await self.publisher.publish(events)
         except PublishFailed:
-            # The outcome is unknown (a write may have landed without its answer): start a fresh
-            # producer, fold the source of truth again so the next version check is right, and
-            # bring the budgets mirror up to it.
-            await self.publisher.restart()
-            self.state.replace_with(
-                await load_state(self.publisher.bootstrap, self.publisher.prefix)
-            )
-            with contextlib.suppress(AllotmentError, KafkaError):
-                await self.publisher.repair_mirror(self.state.latest)
+            # The outcome is unknown (a write may have landed without its answer): re-read the
+            # source of truth so the next version check is right.
+            with contextlib.suppress(PublishFailed):
+                await self._refresh()
             raise
         for event in events:
             self.state.apply(event)
@@ -90,7 +111,7 @@ class Commands:
     async def define(
         self, actor: str, tenant: str, budget_id: str, spec: BudgetSpec, reason: str, at: datetime
     ) -> Budget:
-        async with self.state.locks[tenant]:
+        async with self._locked(tenant):
             if budget_id in self.state.index:
                 raise BudgetIdTaken(budget_id)
             _check_tree({**self.state.specs(tenant), budget_id: spec}, budget_id)
@@ -116,7 +137,7 @@ class Commands:
         reason: str,
         at: datetime,
     ) -> Budget:
-        async with self.state.locks[tenant]:
+        async with self._locked(tenant):
             current = self._live(tenant, budget_id)
             if current.revision != expected:
                 raise VersionConflict(budget_id, expected, current.revision)
@@ -136,7 +157,7 @@ class Commands:
     async def retire(
         self, actor: str, tenant: str, budget_id: str, expected: int, reason: str, at: datetime
     ) -> Budget:
-        async with self.state.locks[tenant]:
+        async with self._locked(tenant):
             current = self._live(tenant, budget_id)
             if current.revision != expected:
                 raise VersionConflict(budget_id, expected, current.revision)
@@ -168,7 +189,7 @@ class Commands:
         reason: str,
         at: datetime,
     ) -> OverflowDrawn:
-        async with self.state.locks[tenant]:
+        async with self._locked(tenant):
             budget = self._live(tenant, budget_id)
             if f"draw:{draw_id}" in self.state.allocations[tenant].applied:
                 rule = "was already used in this tenant (a draw id is an idempotency key)"
@@ -193,7 +214,7 @@ class Commands:
             return event
 
     async def reserve(self, event: ReservationMade, at: datetime) -> ReservationMade:
-        async with self.state.locks[event.tenant]:
+        async with self._locked(event.tenant):
             budget = self._live(event.tenant, event.budget_id)
             window = period_of(budget.spec.period, event.starts_at)
             check_reservation(
@@ -207,7 +228,7 @@ class Commands:
             return event
 
     async def release(self, event: ReservationReleased) -> ReservationReleased:
-        async with self.state.locks[event.tenant]:
+        async with self._locked(event.tenant):
             self._live(event.tenant, event.budget_id)
             held = self.state.allocations[event.tenant].reservations.get(event.reservation_id)
             if held is None or held.budget_id != event.budget_id:
@@ -219,7 +240,7 @@ class Commands:
             return event
 
     async def set_rule(self, event: RebalanceRuleSet) -> RebalanceRuleSet:
-        async with self.state.locks[event.tenant]:
+        async with self._locked(event.tenant):
             await self._commit([event])
             return event
 
@@ -227,7 +248,7 @@ class Commands:
         self, actor: str, tenant: str, consumption: Consumption, at: datetime, reason: str
     ) -> list[AllocationMoved]:
         """Run auto-rebalance now for every period the tenant's budgets are in."""
-        async with self.state.locks[tenant]:
+        async with self._locked(tenant):
             specs = self.state.specs(tenant)
             windows = {bid: period_of(spec.period, at) for bid, spec in specs.items()}
             consumed = await consumption(tenant, {bid: w.key for bid, w in windows.items()})

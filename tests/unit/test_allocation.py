@@ -17,12 +17,14 @@ from schemas.budgets import BudgetSpec
 from streams.allocation import (
     AllocationState,
     apply_allocation_event,
-    check_reservation,
     effective_limits,
     effective_limits_at,
+    pool,
+)
+from streams.allocation_plans import (
+    check_reservation,
     plan_overflow_draw,
     plan_rebalance,
-    pool,
     rebalance_due,
 )
 from streams.allocation_tree import AllocationRejected

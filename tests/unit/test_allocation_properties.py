@@ -19,10 +19,12 @@ from schemas.budgets import BudgetSpec
 from streams.allocation import (
     AllocationState,
     apply_allocation_event,
+    pool,
+)
+from streams.allocation_plans import (
     check_reservation,
     plan_overflow_draw,
     plan_rebalance,
-    pool,
 )
 from streams.allocation_tree import AllocationRejected
 
