@@ -61,6 +61,17 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(status, str(exc), errors)
 
 
+def _join(path: str, named: str) -> str:
+    """`spec.period` + `period.window_days` -> `spec.period.window_days`: a model's rule may name
+    its field from the model's own level, which the location already ends with."""
+    outer = path.split(".") if path else []
+    inner = named.split(".")
+    for k in range(min(len(outer), len(inner)), 0, -1):
+        if outer[-k:] == inner[:k]:
+            return ".".join(outer + inner[k:])
+    return ".".join(outer + inner)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for err in exc.errors() if isinstance(exc, RequestValidationError) else []:
@@ -74,7 +85,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             rule = "is not a field of this request"
         head, sep, tail = rule.partition(": ")
         if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
-            path, rule = f"{path}.{head}" if path else head, tail
+            path, rule = _join(path, head), tail
         errors.append({"field": path or "(body)", "rule": rule})
     return _error(422, "the request breaks these rules", errors)
 

@@ -137,6 +137,10 @@ async def test_bad_input_gets_422_naming_field_and_rule(
         for bad in (0, 201):
             threshold = _errors(await create(b, spec(10, thresholds=[50, bad])))
             assert threshold[0][0] == "spec.thresholds.1"
+        rolling = _errors(await create(b, spec(10, period={"kind": "rolling"})))
+        assert rolling[0][0] == "spec.period.window_days"
+        no_limit = _errors(await create(b, {"name": "n", "limits": {}}))
+        assert no_limit[0][0] == "spec.limits"
         for text in ("nul\x00", "lone \ud800 surrogate"):
             bad_text = _errors(await create(b, spec(10, name=text)))
             assert bad_text[0][0] == "spec.name" and "NUL" in bad_text[0][1]
