@@ -146,3 +146,45 @@ async def test_litellm_payloads_from_the_real_package_are_normalised_exactly(
         anthropic_event.output,
     ) == (50, 1000, 100, 1150, 40)
     assert anthropic_event.provider == "anthropic"
+
+
+async def test_litellm_generic_api_logger_posts_straight_to_the_endpoint(
+    kafka_bootstrap, topic_prefix
+):
+    """LiteLLM's own generic API logger (not a hand-made POST) delivers to /v1/ingest/litellm."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+    from litellm.integrations.generic_api.generic_api_callback import GenericAPILogger
+
+    keys = key_ring({"id": "ll", "tenant": "acme", "key_sha256": hash_key(KEY)})
+    previous = litellm.callbacks
+    with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
+        logger = GenericAPILogger(
+            endpoint=f"{url}/v1/ingest/litellm",
+            headers={"Authorization": f"Bearer {KEY}"},
+            log_format="ndjson",
+            batch_size=1000,
+        )
+        litellm.callbacks = [logger]
+        try:
+            responses = [
+                await litellm.acompletion(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"hi {i}"}],
+                    mock_response=f"hello {i}",
+                )
+                for i in range(3)
+            ]
+            for _ in range(200):
+                if len(logger.log_queue) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(logger.log_queue) == 3
+            await logger.flush_queue()
+            assert logger.log_queue == []  # delivered: the logger keeps what it failed to send
+        finally:
+            litellm.callbacks = previous
+    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=3)
+    ids = {e.source_request_id for _, e in on_topic}
+    assert ids == {r.id for r in responses}
+    assert all((e.source, e.tenant, e.output) == ("litellm", "acme", 20) for _, e in on_topic)
