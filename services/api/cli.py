@@ -68,6 +68,17 @@ def _live(client: Any, tenant: str) -> dict[str, tuple[int, Any]]:
     }
 
 
+def _load(file: Path) -> tuple[str, dict[str, Any]]:
+    from services.api.budgets_as_code import BudgetFileInvalid, load_file
+
+    try:
+        return load_file(file)
+    except BudgetFileInvalid as exc:
+        for error in exc.errors:
+            typer.echo(f"{file}: {error.field}: {error.rule}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _check(response: Any) -> None:
     if response.status_code >= 400:
         typer.echo(f"error {response.status_code}: {response.text}", err=True)
@@ -84,9 +95,9 @@ def plan_command(
     file: FileArg, key: KeyOption, url: UrlOption = DEFAULT_URL, prune: bool = False
 ) -> None:
     """Show what `apply` would change in the live tree."""
-    from services.api.budgets_as_code import load_file, plan
+    from services.api.budgets_as_code import plan
 
-    tenant, desired = load_file(file)
+    tenant, desired = _load(file)
     with _client(url, key) as client:
         changes = plan(desired, _live(client, tenant), prune)
     for change in changes:
@@ -102,9 +113,9 @@ def apply_command(
     reason: str = "",
 ) -> None:
     """Apply the file: create, amend (and with --prune retire) budgets through the API."""
-    from services.api.budgets_as_code import load_file, plan
+    from services.api.budgets_as_code import plan
 
-    tenant, desired = load_file(file)
+    tenant, desired = _load(file)
     why = reason or f"allotment apply {file.name}"
     base = f"/v1/tenants/{tenant}/budgets"
     with _client(url, key) as client:
