@@ -550,3 +550,18 @@ def test_the_same_request_id_from_two_tenants_never_collides():
     assert mapped(native.to_draft, given_id).event_id == scoped_event_id(
         "native", "acme", "proxy-123"
     )
+
+
+def test_portkey_request_id_falls_back_when_the_export_has_no_id():
+    base = {k: v for k, v in PORTKEY_CASES[2][0].items() if k != "id"}
+    with_response = {
+        **base,
+        "response": {"body": {"id": "chatcmpl-9", "usage": {"prompt_tokens": 1}}},
+    }
+    assert portkey.to_draft(with_response).source_request_id == "response:chatcmpl-9"
+    with_span = {**base, "trace_id": "t1", "span_id": "s1"}
+    assert portkey.to_draft(with_span).source_request_id == "span:t1/s1"
+    digest = portkey.to_draft(base).source_request_id
+    assert digest.startswith("sha256:")
+    assert portkey.to_draft(dict(reversed(list(base.items())))).source_request_id == digest
+    assert portkey.to_draft({**base, "res_units": 3}).source_request_id != digest

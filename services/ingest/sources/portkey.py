@@ -3,7 +3,8 @@
 Documented columns: `created_at`, `request.body`, `response.body`, `is_success`, `ai_org`
 (provider), `ai_model`, `req_units`, `res_units`, `total_units`, `cost` (in CENTS of USD),
 `cost_currency`, `metadata`, `trace_id`, ... The export may nest `request`/`response` or keep the
-dotted column names; both are read. The record id is `id` (or `request_id`/`log_id`).
+dotted column names; both are read. The request id is `id` (or `request_id`/`log_id`), else
+the provider's response id, else the span, else a digest of the record.
 
 Exact tokens come from the provider `usage` in the response body (Anthropic's rule when
 `ai_org` is anthropic, else recognised by its keys). Without a body, `req_units`/`res_units`
@@ -15,6 +16,7 @@ Default attribution: user ← `metadata._user` (Portkey's reserved user key), vi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,14 +56,26 @@ def _tokens(record: Mapping[str, Any]) -> TokenParts:
     )
 
 
+def _request_id(record: Mapping[str, Any]) -> str:
+    """The log's id; the export's documented columns may not include one, so fall back to the
+    provider's response id, the span, and last to a digest of the whole record (the same row
+    exported twice is then still one event)."""
+    for key in ("id", "request_id", "log_id"):
+        if record.get(key):
+            return str(record[key])
+    response = _body(record, "response")
+    if isinstance(response, Mapping) and isinstance(response.get("id"), str) and response["id"]:
+        return f"response:{response['id']}"
+    if record.get("trace_id") and record.get("span_id"):
+        return f"span:{record['trace_id']}/{record['span_id']}"
+    digest = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"sha256:{digest}"
+
+
 def to_draft(record: Any) -> Draft:
     if not isinstance(record, Mapping):
         raise RecordRejected("(record)", "must be a JSON object")
-    request_id = next(
-        (str(record[k]) for k in ("id", "request_id", "log_id") if record.get(k)), None
-    )
-    if request_id is None:
-        raise RecordRejected("id", "is required (the log's id)")
+    request_id = _request_id(record)
     metadata = record.get("metadata")
     if isinstance(metadata, str):
         try:
