@@ -63,9 +63,12 @@ def apply_signal(
     signal = signal_of(event, before.prior)
     if signal is None:
         return view, 0
-    path = budget_path(signal.budget_id, facts.parents(conn, source, signal.tenant))
-    names = [c.name for c in config.channels]
-    routes = route(signal, path, config, outbox.last_sent(conn, source, signal.budget_id, names))
+    path = budget_path(signal.budget_id, facts.ancestry(conn, source, signal.budget_id))
+    last: dict[str, datetime] = {}
+    if any(rule.min_interval_seconds for rule in config.rules):
+        names = [c.name for c in config.channels]
+        last = outbox.last_sent(conn, source, signal.budget_id, names)
+    routes = route(signal, path, config, last)
     if signal.pages and view.reset_since(signal.at):
         routes = [_too_late(r) if r.channel_type == "pagerduty" else r for r in routes]
     payload = build_payload(event, signal, path, view, config.api_base)

@@ -36,10 +36,20 @@ def apply_budget_event(conn: Connection, source: str, event: Event) -> None:
         pass  # a retired budget keeps its place in the tree: its alerts still need a path
 
 
-def parents(conn: Connection, source: str, tenant: str) -> dict[str, str | None]:
+def ancestry(conn: Connection, source: str, budget_id: str) -> dict[str, str | None]:
+    """Parent links from `budget_id` up to its root (at most 64 levels, so a cycle ends).
+
+    Walks up in PostgreSQL, so the cost follows the depth of the tree, not the tenant's size.
+    """
     rows = conn.execute(
-        text("SELECT budget_id, parent FROM alert_budgets WHERE source = :s AND tenant = :t"),
-        {"s": source, "t": tenant},
+        text(
+            "WITH RECURSIVE up(budget_id, parent, depth) AS ("
+            "SELECT budget_id, parent, 0 FROM alert_budgets WHERE source = :s AND budget_id = :b "
+            "UNION ALL SELECT a.budget_id, a.parent, up.depth + 1 FROM alert_budgets a "
+            "JOIN up ON a.budget_id = up.parent AND a.source = :s WHERE up.depth < 64) "
+            "SELECT budget_id, parent FROM up"
+        ),
+        {"s": source, "b": budget_id},
     )
     return {r.budget_id: r.parent for r in rows}
 
