@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from schemas.allocation import (
+    ALLOCATION_EVENTS,
     AllocationEvent,
     AllocationMoved,
     OverflowDrawn,
@@ -248,3 +249,32 @@ def _add(deltas: Deltas, budget_id: str, period_key: str, metric: str, tokens: i
     metrics[metric] = metrics.get(metric, 0) + tokens
     periods[period_key] = metrics
     return {**deltas, budget_id: periods}
+
+
+class AllocationBook:
+    """Every tenant's `AllocationState`, folded from config events in `budget-events` order.
+
+    What a stage that applies limits keeps beside its budget index: feed it every event read
+    from `budget-events` (events of other families are ignored), then ask `limits_at`.
+    """
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, AllocationState] = {}
+
+    def apply(self, event: object) -> bool:
+        """Fold `event` when it is an allocation event; returns whether it was one."""
+        if not isinstance(event, ALLOCATION_EVENTS):
+            return False
+        allocation: AllocationEvent = event  # type: ignore[assignment]
+        current = self.tenants.get(allocation.tenant, AllocationState())
+        self.tenants[allocation.tenant] = apply_allocation_event(current, allocation)
+        return True
+
+    def state(self, tenant: str) -> AllocationState:
+        return self.tenants.get(tenant, AllocationState())
+
+    def limits_at(
+        self, specs: Mapping[str, BudgetSpec], tenant: str, budget_id: str, at: datetime
+    ) -> dict[Metric, int]:
+        """The effective limits of `budget_id` at `at`; `specs` are the tenant's live budgets."""
+        return effective_limits_at(specs, self.state(tenant), budget_id, at)

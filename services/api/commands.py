@@ -191,13 +191,13 @@ class Commands:
     ) -> OverflowDrawn:
         async with self._locked(tenant):
             budget = self._live(tenant, budget_id)
-            if f"draw:{draw_id}" in self.state.allocations[tenant].applied:
+            if f"draw:{draw_id}" in self.state.book.state(tenant).applied:
                 rule = "was already used in this tenant (a draw id is an idempotency key)"
                 raise AllocationRejected(budget_id, [FieldError("draw_id", rule)])
             window = period_of(budget.spec.period, at)
             event = plan_overflow_draw(
                 self.state.specs(tenant),
-                self.state.allocations[tenant],
+                self.state.book.state(tenant),
                 budget_id,
                 window,
                 at,
@@ -219,7 +219,7 @@ class Commands:
             window = period_of(budget.spec.period, event.starts_at)
             check_reservation(
                 self.state.specs(event.tenant),
-                self.state.allocations[event.tenant],
+                self.state.book.state(event.tenant),
                 event,
                 window,
                 at,
@@ -230,7 +230,7 @@ class Commands:
     async def release(self, event: ReservationReleased) -> ReservationReleased:
         async with self._locked(event.tenant):
             self._live(event.tenant, event.budget_id)
-            held = self.state.allocations[event.tenant].reservations.get(event.reservation_id)
+            held = self.state.book.state(event.tenant).reservations.get(event.reservation_id)
             if held is None or held.budget_id != event.budget_id:
                 raise AllocationRejected(
                     event.budget_id,
@@ -258,7 +258,7 @@ class Commands:
                 same = {b: s for b, s in specs.items() if windows[b].key == window.key}
                 moves += plan_rebalance(
                     same,
-                    self.state.allocations[tenant],
+                    self.state.book.state(tenant),
                     window,
                     at,
                     consumed,

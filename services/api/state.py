@@ -19,13 +19,12 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.allocation import ALLOCATION_EVENTS, AllocationEvent
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
 from schemas.codec import decode
 from schemas.errors import AllotmentError
 from schemas.topics import BUDGET_EVENTS
-from streams.allocation import AllocationState, apply_allocation_event
+from streams.allocation import AllocationBook
 from streams.budgets import Budget, BudgetIndex, apply_budget_event
 
 
@@ -34,7 +33,7 @@ class ConfigState:
 
     def __init__(self) -> None:
         self.index = BudgetIndex()
-        self.allocations: dict[str, AllocationState] = defaultdict(AllocationState)
+        self.book = AllocationBook()
         self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.latest: dict[str, Event] = {}
         """The latest applied lifecycle event of each budget (what the mirror must hold)."""
@@ -50,15 +49,13 @@ class ConfigState:
                 return
             self.index = self.index.with_budget(budget)
             self.latest[event.budget_id] = event
-        elif isinstance(event, ALLOCATION_EVENTS):
-            allocation: AllocationEvent = event  # type: ignore[assignment]
-            tenant = allocation.tenant
-            self.allocations[tenant] = apply_allocation_event(self.allocations[tenant], allocation)
+        else:
+            self.book.apply(event)
 
     def replace_with(self, other: ConfigState) -> None:
         """Take `other`'s budgets and allocations, keeping this object's locks."""
         self.index = other.index
-        self.allocations = other.allocations
+        self.book = other.book
         self.latest = other.latest
         self.skipped = other.skipped
 

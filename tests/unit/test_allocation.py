@@ -13,8 +13,9 @@ from schemas.allocation import (
     ReservationMade,
     ReservationReleased,
 )
-from schemas.budgets import BudgetSpec
+from schemas.budgets import BudgetDefined, BudgetSpec
 from streams.allocation import (
+    AllocationBook,
     AllocationState,
     apply_allocation_event,
     effective_limits,
@@ -240,3 +241,14 @@ def test_state_round_trips_through_a_dict() -> None:
     state = apply_allocation_event(AllocationState(), reservation(150))
     state = apply_allocation_event(state, draw(10, state=state))
     assert AllocationState.from_dict(state.to_dict()) == state
+
+
+def test_the_book_folds_allocation_events_per_tenant_and_ignores_the_rest() -> None:
+    book = AllocationBook()
+    defined = BudgetDefined(
+        budget_id="a", tenant="t", revision=1, occurred_at=EARLY, actor="me", spec=SPECS["a"]
+    )
+    assert not book.apply(defined)
+    assert book.apply(draw(100))
+    assert book.limits_at(SPECS, "t", "a", EARLY) == {"total": 500}
+    assert book.limits_at(SPECS, "other-tenant", "a", EARLY) == {"total": 400}
