@@ -34,6 +34,7 @@ def write_config(
     http_url: str,
     smtp_port: int | None = None,
     channels: Iterable[str] = ("slack", "pd", "hook"),
+    rule: dict[str, Any] | None = None,
     **delivery: Any,
 ) -> Path:
     available: dict[str, dict[str, Any]] = {
@@ -58,7 +59,7 @@ def write_config(
     config = {
         "api_base": "http://api.test:8000",
         "channels": chosen,
-        "rules": [{"tenant": tenant, "channels": [c["name"] for c in chosen]}],
+        "rules": [{"tenant": tenant, "channels": [c["name"] for c in chosen], **(rule or {})}],
         "delivery": {**FAST, **delivery},
     }
     path.write_text(yaml.safe_dump(config))

@@ -379,16 +379,30 @@ class FakeSmtp:
         self.port = free_port()
         self.messages: list[Message] = []
         self._changed = threading.Condition()
-        self._controller = Controller(
-            _MailSink(self.messages, self._changed), hostname="127.0.0.1", port=self.port
-        )
+        self._running = False
+        self._controller: Controller | None = None
 
     def __enter__(self) -> FakeSmtp:
-        self._controller.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._controller.stop()
+        if self._running:
+            self.stop()
+
+    def start(self) -> None:
+        """Listen (again) on the same port."""
+        self._controller = Controller(
+            _MailSink(self.messages, self._changed), hostname="127.0.0.1", port=self.port
+        )
+        self._controller.start()
+        self._running = True
+
+    def stop(self) -> None:
+        """Stop listening: connections are refused until `start`."""
+        if self._controller is not None:
+            self._controller.stop()
+        self._running = False
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fakes import alert_events as ev
 from fakes.alerts_harness import SECRET, produce, service, settings, until, write_config
-from fakes.receivers import FakeReceivers
+from fakes.receivers import FakeReceivers, FakeSmtp
 from sqlalchemy import create_engine, text
 
 from schemas.topics import BUDGETS, THRESHOLDS
@@ -101,3 +101,33 @@ async def test_a_rejected_alert_fails_at_once_and_resend_delivers_it(
             again = runner.invoke(build(), ["alerts", "resend", str(row_id)], env=env)
             assert again.exit_code == 1 and "--force" in again.output
         assert len(rx.received("/slack", accepted_only=True)) == 1
+
+
+async def test_smtp_server_down_then_back_gets_the_mail_once(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    leaf = f"{tenant}-copilot"
+    with FakeReceivers(SECRET) as rx, FakeSmtp() as smtp:
+        path = write_config(tmp_path / "alerts.yaml", tenant, rx.url, smtp.port, ("mail",))
+        smtp.stop()
+        await produce(
+            kafka_bootstrap,
+            topic_prefix,
+            [(BUDGETS, ev.budget(tenant, leaf)), (THRESHOLDS, ev.crossed(tenant, leaf, 90))],
+        )
+        async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
+
+            def retried() -> bool:
+                found = rows(database_url, topic_prefix)
+                return len(found) == 1 and found[0][1] != "delivered" and found[0][2] >= 3
+
+            assert await until(retried, alive=task)
+            smtp.start()
+            delivered = [("mail", "delivered")]
+            assert await until(
+                lambda: [(c, s) for c, s, _ in rows(database_url, topic_prefix)] == delivered,
+                alive=task,
+            )
+        assert len(smtp.messages) == 1
+        assert "90%" in smtp.messages[0]["Subject"]
