@@ -176,9 +176,11 @@ def create_app(
     )
     from services.api import routes_allocation, routes_budgets, routes_reads
 
-    app.include_router(routes_budgets.router)
+    # A budget id may hold "/" (`{budget_id:path}`): routes with a suffix after the id come
+    # first, so GET /budgets/a/b/status is a status and not budget "a/b/status".
     app.include_router(routes_reads.router)
     app.include_router(routes_allocation.router)
+    app.include_router(routes_budgets.router)
     app.add_exception_handler(AllotmentError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

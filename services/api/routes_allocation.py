@@ -24,7 +24,7 @@ from services.api.routes_budgets import ERRORS
 router = APIRouter(prefix="/v1/tenants/{tenant}", tags=["allocation"], responses=ERRORS)
 
 
-@router.post("/budgets/{budget_id}/overflow-draws", status_code=status.HTTP_201_CREATED)
+@router.post("/budgets/{budget_id:path}/overflow-draws", status_code=status.HTTP_201_CREATED)
 async def draw_overflow(
     tenant: TenantPath, budget_id: BudgetPath, body: DrawOverflow, caller: Writer, svc: Svc
 ) -> Accepted:
@@ -42,7 +42,7 @@ async def draw_overflow(
     return Accepted(events=[event.to_wire()])
 
 
-@router.post("/budgets/{budget_id}/reservations", status_code=status.HTTP_201_CREATED)
+@router.post("/budgets/{budget_id:path}/reservations", status_code=status.HTTP_201_CREATED)
 async def make_reservation(
     tenant: TenantPath, budget_id: BudgetPath, body: MakeReservation, caller: Writer, svc: Svc
 ) -> Accepted:
@@ -60,7 +60,7 @@ async def make_reservation(
     return Accepted(events=[(await svc.commands.reserve(event, now)).to_wire()])
 
 
-@router.post("/budgets/{budget_id}/reservations/{reservation_id}/release")
+@router.post("/budgets/{budget_id:path}/reservations/{reservation_id}/release")
 async def release_reservation(
     tenant: TenantPath,
     budget_id: BudgetPath,

@@ -53,7 +53,7 @@ async def create_budget(
     return budget_out(budget)
 
 
-@router.put("/budgets/{budget_id}")
+@router.put("/budgets/{budget_id:path}")
 async def amend_budget(
     tenant: TenantPath, budget_id: BudgetPath, body: AmendBudget, caller: Writer, svc: Svc
 ) -> BudgetOut:
@@ -64,7 +64,7 @@ async def amend_budget(
     return budget_out(budget)
 
 
-@router.post("/budgets/{budget_id}/retire")
+@router.post("/budgets/{budget_id:path}/retire")
 async def retire_budget(
     tenant: TenantPath, budget_id: BudgetPath, body: RetireBudget, caller: Writer, svc: Svc
 ) -> BudgetOut:
@@ -83,7 +83,7 @@ def list_budgets(
     return [budget_out(b) for b in queries.budgets(svc.engine, tenant, include_retired)]
 
 
-@router.get("/budgets/{budget_id}")
+@router.get("/budgets/{budget_id:path}")
 def get_budget(tenant: TenantPath, budget_id: BudgetPath, caller: Reader, svc: Svc) -> BudgetOut:
     found = queries.budget(svc.engine, tenant, budget_id)
     if found is None:

@@ -25,7 +25,7 @@ def _budget(svc: Svc, tenant: str, budget_id: str) -> Budget:
     return found
 
 
-@router.get("/budgets/{budget_id}/status")
+@router.get("/budgets/{budget_id:path}/status")
 def budget_status(tenant: TenantPath, budget_id: BudgetPath, caller: Reader, svc: Svc) -> Status:
     """Consumed, effective limit, remaining, the policy in force, the latest forecast, and the
     consumption of every period seen."""
@@ -33,7 +33,7 @@ def budget_status(tenant: TenantPath, budget_id: BudgetPath, caller: Reader, svc
     return Status.model_validate(queries.status(svc.engine, tenant, target, svc.clock()))
 
 
-@router.get("/budgets/{budget_id}/thresholds")
+@router.get("/budgets/{budget_id:path}/thresholds")
 def threshold_history(
     tenant: TenantPath, budget_id: BudgetPath, caller: Reader, svc: Svc
 ) -> list[dict[str, Any]]:
@@ -42,7 +42,7 @@ def threshold_history(
     return queries.history(svc.engine, t.thresholds, tenant, budget_id, t.thresholds.c.crossed_at)
 
 
-@router.get("/budgets/{budget_id}/policies")
+@router.get("/budgets/{budget_id:path}/policies")
 def policy_history(
     tenant: TenantPath, budget_id: BudgetPath, caller: Reader, svc: Svc
 ) -> list[dict[str, Any]]:
@@ -51,7 +51,7 @@ def policy_history(
     return queries.history(svc.engine, t.policies, tenant, budget_id, t.policies.c.effective_at)
 
 
-@router.get("/budgets/{budget_id}/usage/daily")
+@router.get("/budgets/{budget_id:path}/usage/daily")
 def daily_usage(
     tenant: TenantPath,
     budget_id: BudgetPath,

@@ -25,7 +25,6 @@ async def test_a_write_reaches_the_topics_the_projection_and_the_reads(
             json={"budget_id": f"{tenant}/org", "spec": spec(1000), "reason": "FY27"},
             headers=admin,
         )
-        # A budget id may hold "/", which a path segment cannot: ids without it are addressable.
         assert created.status_code == 201, created.text
         org = unique("org")
         created = await h.client.post(
@@ -55,6 +54,10 @@ async def test_a_write_reaches_the_topics_the_projection_and_the_reads(
         )
         assert created.status_code == 201, created.text
         await h.project()
+        slashed = await h.client.get(f"{base}/budgets/{tenant}/org", headers=admin)
+        assert slashed.status_code == 200 and slashed.json()["budget_id"] == f"{tenant}/org"
+        slashed = await h.client.get(f"{base}/budgets/{tenant}/org/status", headers=admin)
+        assert slashed.status_code == 200 and slashed.json()["budget_id"] == f"{tenant}/org"
         tree = (await h.client.get(f"{base}/tree", headers=admin)).json()
         org_node = next(n for n in tree["roots"] if n["budget_id"] == org)
         assert [c["budget_id"] for c in org_node["children"]] == [team]
