@@ -108,3 +108,14 @@ def authenticate(engine: Engine, key: str | None) -> Principal:
     if not hmac.compare_digest(row["key_hash"], hash_key(key or "")):
         raise Unauthenticated()
     return Principal(row["key_id"], row["principal"], row["role"], frozenset(row["tenants"]))
+
+
+def revoke_key(engine: Engine, key_id: str, now: datetime | None = None) -> bool:
+    """Revoke a key by its id (the part after `alk_`); returns whether a live key was revoked."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            t.api_keys.update()
+            .where(t.api_keys.c.key_id == key_id, t.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now or datetime.now(UTC))
+        )
+    return bool(result.rowcount)

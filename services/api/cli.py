@@ -57,6 +57,24 @@ def api_key(
         engine.dispose()
 
 
+def api_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The id part of alk_<id>_...")],
+) -> None:
+    """Revoke an API key: it is refused from the next request on."""
+    from services.api.auth import revoke_key
+    from services.common.db import make_engine
+    from services.common.settings import StackSettings
+
+    engine = make_engine(StackSettings.from_env().database_url)
+    try:
+        if not revoke_key(engine, key_id):
+            typer.echo(f"no live key {key_id!r}", err=True)
+            raise typer.Exit(1)
+    finally:
+        engine.dispose()
+    typer.echo(f"revoked {key_id}")
+
+
 def _live(client: Any, tenant: str) -> dict[str, tuple[int, Any]]:
     from schemas.budgets import BudgetSpec
 
@@ -140,5 +158,6 @@ def apply_command(
 def register(app: typer.Typer) -> None:
     app.command("api")(api)
     app.command("api-key")(api_key)
+    app.command("api-key-revoke")(api_key_revoke)
     app.command("plan")(plan_command)
     app.command("apply")(apply_command)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from api_harness import Harness, api_harness, spec, unique
+from sqlalchemy import select
 
+from services.api.auth import create_key, hash_key, revoke_key
 from services.warehouse import tables as t
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -122,3 +124,25 @@ async def test_a_viewer_reads_but_never_writes(
                 assert response.status_code == 200, (method, path, response.text)
             else:
                 assert response.status_code == 403, (method, path, response.text)
+
+
+async def test_keys_are_stored_hashed_and_a_revoked_key_is_refused(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    tenant = unique("tenant")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url) as h:
+        secret = create_key(h.engine, "auditor", "viewer", [tenant])
+        key_id = secret.split("_")[1]
+        with h.engine.connect() as conn:
+            row = conn.execute(select(t.api_keys).where(t.api_keys.c.key_id == key_id)).one()
+        assert secret not in " ".join(str(v) for v in row)
+        assert row.key_hash == hash_key(secret)
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert (await h.client.get(f"/v1/tenants/{tenant}/budgets", headers=headers)).is_success
+        forged = {"Authorization": f"Bearer {secret[:-1]}x"}
+        assert (
+            await h.client.get(f"/v1/tenants/{tenant}/budgets", headers=forged)
+        ).status_code == 401
+        assert revoke_key(h.engine, key_id)
+        refused = await h.client.get(f"/v1/tenants/{tenant}/budgets", headers=headers)
+        assert refused.status_code == 401
