@@ -140,8 +140,9 @@ def delivery_id(signal: AlertSignal, channel: str) -> str:
 
 
 def budget_link(api_base: str, tenant: str, budget_id: str) -> str:
+    """The API's read route for the budget; ids may hold "/" (the API takes them as a path)."""
     base = api_base.rstrip("/")
-    return f"{base}/v1/tenants/{quote(tenant, safe='')}/budgets/{quote(budget_id, safe='')}"
+    return f"{base}/v1/tenants/{quote(tenant, safe='')}/budgets/{quote(budget_id, safe='/')}"
 
 
 def build_payload(

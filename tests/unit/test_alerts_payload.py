@@ -16,6 +16,7 @@ from services.alerts.config import DeliveryTuning, EmailChannel
 from services.alerts.delivery import backoff_delay
 from services.alerts.payload import (
     BudgetView,
+    budget_link,
     budget_path,
     build_payload,
     delivery_id,
@@ -138,3 +139,9 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     rng = random.Random(7)
     draws = {backoff_delay(3, tuning, rng.random()) for _ in range(20)}
     assert len(draws) > 1 and all(2.0 <= d < 4.0 for d in draws)
+
+
+def test_link_keeps_slashes_of_a_budget_id_and_escapes_the_rest() -> None:
+    assert budget_link("http://api/", "acme", "org/eu team") == (
+        "http://api/v1/tenants/acme/budgets/org/eu%20team"
+    )
