@@ -52,6 +52,14 @@ class UnknownRole(AllotmentError):
         super().__init__(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
 
 
+class InvalidPrincipal(AllotmentError):
+    """A key's principal becomes the actor of events: 1 to 200 characters, no NUL."""
+
+    def __init__(self, principal: str) -> None:
+        self.principal = principal
+        super().__init__("principal: must be 1 to 200 characters without NUL")
+
+
 @dataclass(frozen=True)
 class Principal:
     key_id: str
@@ -76,6 +84,9 @@ def create_key(
     """Store a new key's hash and return the plaintext key (shown once, never stored)."""
     if role not in ROLES:
         raise UnknownRole(role)
+    if not 1 <= len(principal) <= 200 or "\x00" in principal:
+        # The principal is the `actor` of every event the key writes (a Name: 1-200 chars).
+        raise InvalidPrincipal(principal)
     key_id = secrets.token_hex(8)
     key = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     with engine.begin() as conn:

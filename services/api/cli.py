@@ -44,7 +44,7 @@ def api_key(
     tenant: Annotated[list[str] | None, typer.Option(help="A tenant it covers (repeat).")] = None,
 ) -> None:
     """Create an API key; it is printed once and only its hash is stored."""
-    from services.api.auth import ROLES, create_key
+    from services.api.auth import ROLES, InvalidPrincipal, create_key
     from services.common.db import make_engine
     from services.common.settings import StackSettings
 
@@ -53,6 +53,8 @@ def api_key(
     engine = make_engine(StackSettings.from_env().database_url)
     try:
         typer.echo(create_key(engine, principal, role, list(tenant or [])))
+    except InvalidPrincipal as exc:
+        raise typer.BadParameter(str(exc), param_hint="--principal") from None
     finally:
         engine.dispose()
 

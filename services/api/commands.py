@@ -253,9 +253,9 @@ class Commands:
             windows = {bid: period_of(spec.period, at) for bid, spec in specs.items()}
             consumed = await consumption(tenant, {bid: w.key for bid, w in windows.items()})
             moves: list[AllocationMoved] = []
-            by_key = {w.key: w for w in windows.values()}
-            for window in sorted(by_key.values(), key=lambda w: (w.start, w.key)):
-                same = {b: s for b, s in specs.items() if windows[b].key == window.key}
+            # A tree shares one period (zone included), so each distinct window is one pass.
+            for window in sorted(set(windows.values()), key=lambda w: (w.start, w.key)):
+                same = {b: s for b, s in specs.items() if windows[b] == window}
                 moves += plan_rebalance(
                     same,
                     self.state.book.state(tenant),
@@ -265,7 +265,10 @@ class Commands:
                     tenant=tenant,
                     actor=actor,
                 )
-            moves = [m.model_copy(update={"reason": f"{reason}; {m.reason}"}) for m in moves]
+            moves = [
+                AllocationMoved.parse({**m.to_wire(), "reason": f"{reason}; {m.reason}"[:2000]})
+                for m in moves
+            ]
             if moves:
                 await self._commit(list(moves))
             return moves
