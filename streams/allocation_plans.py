@@ -7,6 +7,7 @@ field and the rule. Pure: nothing here reads a clock or talks to Kafka.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -142,7 +143,7 @@ def plan_rebalance(
         if spec.parent is None or spec.parent not in specs or spec.period.kind == "rolling":
             continue
         for metric, limit in effective_limits(specs, state, budget_id, window, at).items():
-            move_id = f"rebalance:{budget_id}:{window.key}:{metric}"
+            move_id = rebalance_move_id(budget_id, window.key, metric)
             used = consumed.get(budget_id, {}).get(metric, 0)
             if (
                 f"move:{move_id}" in state.applied
@@ -176,3 +177,12 @@ def plan_rebalance(
                 )
             )
     return moves
+
+
+def rebalance_move_id(budget_id: str, period_key: str, metric: str) -> str:
+    """The one move id auto-rebalance may use per (budget, period, metric), within 200 chars."""
+    move_id = f"rebalance:{budget_id}:{period_key}:{metric}"
+    if len(move_id) <= 200:
+        return move_id
+    digest = hashlib.sha256(budget_id.encode()).hexdigest()[:40]
+    return f"rebalance:sha256-{digest}:{period_key}:{metric}"

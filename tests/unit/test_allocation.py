@@ -252,3 +252,12 @@ def test_the_book_folds_allocation_events_per_tenant_and_ignores_the_rest() -> N
     assert book.apply(draw(100))
     assert book.limits_at(SPECS, "t", "a", EARLY) == {"total": 500}
     assert book.limits_at(SPECS, "other-tenant", "a", EARLY) == {"total": 400}
+
+
+def test_rebalance_of_a_long_budget_id_keeps_a_valid_move_id() -> None:
+    long_id = "team-" + "x" * 195
+    specs = {"org": spec(1000), long_id: spec(400, "org")}
+    moves = plan_rebalance(specs, AllocationState(), NOV, LATE, {}, tenant="t", actor="x")
+    assert len(moves) == 1 and len(moves[0].move_id) <= 200
+    state = apply_allocation_event(AllocationState(), moves[0])
+    assert plan_rebalance(specs, state, NOV, LATE, {}, tenant="t", actor="x") == []
