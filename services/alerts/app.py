@@ -114,8 +114,9 @@ async def run(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = task.exception()
+            if error is not None:
+                raise error
     finally:
         server.shutdown()
         await asyncio.to_thread(telemetry.shutdown)

@@ -6,10 +6,12 @@ import base64
 import hashlib
 import hmac
 import random
+from typing import Any
 
 import orjson
 from fakes import alert_events as ev
 
+from schemas.base import Event
 from services.alerts import email, pagerduty, slack, webhook
 from services.alerts.channels import Delivery
 from services.alerts.config import DeliveryTuning, EmailChannel
@@ -28,15 +30,16 @@ from services.alerts.routing import signal_of
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def payload_for(event: object, view: BudgetView | None = None) -> dict[str, object]:
-    signal = signal_of(event)  # type: ignore[arg-type]
+def payload_for(event: Event, view: BudgetView | None = None) -> dict[str, Any]:
+    signal = signal_of(event)
     assert signal is not None
-    folded = update_view(view or BudgetView(name="Support copilot"), event)  # type: ignore[arg-type]
-    built = build_payload(event, signal, ["org", "support", "copilot"], folded, "http://api:8000/")  # type: ignore[arg-type]
+    folded = update_view(view or BudgetView(name="Support copilot"), event)
+    path = ["org", "support", "copilot"]
+    built = build_payload(event, signal, path, folded, "http://api:8000/")
     return with_id(built, delivery_id(signal, "slack"))
 
 
-def delivery(payload: dict[str, object], action: str = "notify") -> Delivery:
+def delivery(payload: dict[str, Any], action: str = "notify") -> Delivery:
     return Delivery(
         row_id=1,
         delivery_id=str(payload["alert_id"]),
@@ -67,7 +70,7 @@ def test_threshold_payload_carries_everything_the_issue_asks_for() -> None:
 def test_policy_alert_takes_projection_from_an_earlier_forecast() -> None:
     view = update_view(BudgetView(), ev.overrun("acme", "copilot"))
     p = payload_for(ev.policy("acme", "copilot", "hard_stop"), view)
-    assert p["policy"]["name"] == "hard_stop"  # type: ignore[index]
+    assert p["policy"]["name"] == "hard_stop"
     assert p["projection"] is not None and p["severity"] == "critical"
     assert "429" in str(p["recommended_action"])
 
@@ -125,7 +128,8 @@ def test_webhook_headers_sign_exactly_the_body_sent() -> None:
 
 def test_email_has_stable_message_id_and_the_numbers() -> None:
     d = delivery(payload_for(ev.crossed("acme", "copilot", 90)))
-    message = email.render(d.channel, d)  # type: ignore[arg-type]
+    assert isinstance(d.channel, EmailChannel)
+    message = email.render(d.channel, d)
     assert message["Message-ID"] == f"<{d.delivery_id}@allotment>"
     text = message.get_content()
     assert "org > support > copilot" in text and "470,000,000" in text and "+18.0%" in text
