@@ -10,7 +10,7 @@ from fakes.alerts_harness import SECRET, produce, service, settings, until, writ
 from fakes.receivers import FakeReceivers, FakeSmtp
 from sqlalchemy import create_engine, text
 
-from schemas.topics import BUDGETS, POLICIES, THRESHOLDS
+from schemas.topics import BUDGETS, FORECASTS, POLICIES, THRESHOLDS
 
 
 def outbox_states(database_url: str, prefix: str) -> dict[str, int]:
@@ -145,3 +145,26 @@ def dump(database_url: str, prefix: str) -> list[tuple[object, ...]]:
         result = [tuple(r) for r in rows]
     engine.dispose()
     return result
+
+
+async def test_projected_overrun_is_announced_with_its_band_and_never_pages(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    leaf = f"{tenant}-copilot"
+    events = [(BUDGETS, ev.budget(tenant, leaf)), (FORECASTS, ev.overrun(tenant, leaf))]
+    with FakeReceivers(SECRET) as rx:
+        path = write_config(tmp_path / "alerts.yaml", tenant, rx.url, channels=("pd", "hook"))
+        async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
+            await produce(kafka_bootstrap, topic_prefix, events)
+            assert await until(
+                lambda: outbox_states(database_url, topic_prefix) == {"delivered": 1}, alive=task
+            )
+        (hook,) = rx.received("/webhook", accepted_only=True)
+        body = hook.json()
+        assert body["type"] == "budget.projected_overrun"
+        data = body["data"]
+        assert data["projection"]["p50"] == 470e6 and data["projected_percent"] == 111.9
+        assert data["consumed"] == 248_000_000 and data["severity"] == "warning"
+        assert "runs out before the period ends" in data["recommended_action"]
+        assert rx.received("/pagerduty") == []
