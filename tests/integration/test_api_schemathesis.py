@@ -26,7 +26,9 @@ from services.common.settings import StackSettings
 EXAMPLES = 20
 
 
-def fuzz(url: str, key: str) -> tuple[int, Counter[int], list[str]]:
+def fuzz(url: str, key: str, seeded: dict[str, str]) -> tuple[int, Counter[int], list[str]]:
+    """Random requests (valid and invalid), then valid ones aimed at a seeded tree, so bodies
+    reach the allocation rules rather than stopping at 404."""
     import httpx
 
     schema = schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json").json())
@@ -37,9 +39,16 @@ def fuzz(url: str, key: str) -> tuple[int, Counter[int], list[str]]:
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        names = {p.name for p in operation.path_parameters}
+        aimed = {k: v for k, v in seeded.items() if k in names}
+        passes = [(GenerationMode.POSITIVE, None), (GenerationMode.NEGATIVE, None)]
+        if aimed:
+            passes.append((GenerationMode.POSITIVE, aimed))
+        for mode, path_parameters in passes:
 
-            @given(case=operation.as_strategy(generation_mode=mode))
+            @given(
+                case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+            )
             @settings(
                 max_examples=EXAMPLES,
                 deadline=None,
@@ -73,19 +82,23 @@ async def test_no_generated_request_gets_a_5xx(
     key = create_key(engine, "fuzzer", "admin", [])
     engine.dispose()
     app = create_app(StackSettings(kafka_bootstrap, database_url, topic_prefix), None, True)
-    tenant = unique("fuzz")
+    tenant, org, child = unique("fuzz"), unique("org"), unique("child")
 
     def scenario() -> tuple[int, Counter[int], list[str]]:
         import httpx
 
         with served(app) as url:
-            created = httpx.post(
-                f"{url}/v1/tenants/{tenant}/budgets",
-                json={"budget_id": unique("org"), "spec": spec(1000), "reason": "seed"},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            assert created.status_code == 201, created.text
-            return fuzz(url, key)
+            for budget_id, body in (
+                (org, spec(10**6)),
+                (child, spec(10**5, org, overflow_cap_tokens=10**5)),
+            ):
+                created = httpx.post(
+                    f"{url}/v1/tenants/{tenant}/budgets",
+                    json={"budget_id": budget_id, "spec": body, "reason": "seed"},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert created.status_code == 201, created.text
+            return fuzz(url, key, {"tenant": tenant, "budget_id": child})
 
     operations, statuses, failures = await asyncio.to_thread(scenario)
     examples = sum(statuses.values())
@@ -94,5 +107,5 @@ async def test_no_generated_request_gets_a_5xx(
         f"{len(failures)} server errors; statuses {dict(sorted(statuses.items()))}"
     )
     assert operations >= 14
-    assert examples >= operations * EXAMPLES
+    assert examples >= 2 * operations * EXAMPLES
     assert failures == []
