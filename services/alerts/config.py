@@ -152,10 +152,14 @@ class DeliveryTuning(_Part):
 
 
 class AlertsConfig(_Part):
+    """The whole file. `stale_after_seconds` (0 = never) holds back alerts whose event is
+    older than that when first read, e.g. when the outbox is rebuilt from the topics."""
+
     api_base: str = "http://127.0.0.1:8000"
     channels: list[Channel] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     delivery: DeliveryTuning = Field(default_factory=DeliveryTuning)
+    stale_after_seconds: int = Field(default=7 * 86400, ge=0)
 
     def channel(self, name: str) -> SlackChannel | PagerDutyChannel | WebhookChannel | EmailChannel:
         for channel in self.channels:

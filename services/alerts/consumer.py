@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy import Connection, Engine
@@ -51,7 +51,7 @@ class BatchResult:
 
 
 def apply_signal(
-    conn: Connection, config: AlertsConfig, source: str, event: Event
+    conn: Connection, config: AlertsConfig, source: str, event: Event, read_at: datetime
 ) -> tuple[BudgetView, int]:
     """Fold one signal into the budget's state and enqueue its deliveries; returns the view
     and how many rows were added (0 on a replay)."""
@@ -68,7 +68,7 @@ def apply_signal(
     if any(rule.min_interval_seconds for rule in config.rules):
         names = [c.name for c in config.channels]
         last = outbox.last_sent(conn, source, signal.budget_id, names)
-    routes = route(signal, path, config, last)
+    routes = route(signal, path, config, last, read_at)
     if signal.pages and view.reset_since(signal.at):
         routes = [_too_late(r) if r.channel_type == "pagerduty" else r for r in routes]
     payload = build_payload(event, signal, path, view, config.api_base)
@@ -140,6 +140,7 @@ def apply_batch(
 ) -> BatchResult:
     """One transaction: budget facts, outbox rows and the next offsets, all or nothing."""
     result = BatchResult()
+    read_at = datetime.now(UTC)
     offsets: dict[tuple[str, int], int] = {}
     with engine.begin() as conn:
         for record in records:
@@ -150,7 +151,7 @@ def apply_batch(
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
                 facts.apply_budget_event(conn, source, event)
             elif isinstance(event, SIGNAL_TYPES):
-                view, added = apply_signal(conn, config, source, event)
+                view, added = apply_signal(conn, config, source, event, read_at)
                 result.events.append((event, view))
                 result.enqueued += added
             else:

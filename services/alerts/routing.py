@@ -8,7 +8,10 @@ so a replayed event can never be enqueued twice.
 Noise rules, evaluated on the event's own time so that a replay decides as the first run did:
 - quiet hours delay a non-urgent alert to the end of the window (nothing is dropped);
 - a minimum interval per (budget, channel) suppresses a non-urgent alert that follows the
-  previous one too closely (kept in the outbox as `suppressed`, resendable by hand).
+  previous one too closely (kept in the outbox as `suppressed`, resendable by hand);
+- an event already older than `stale_after_seconds` when first read (an outbox rebuilt from
+  the topics, a consumer that was down for days) is suppressed: an alert that fires after the
+  budget is gone helps nobody. This one rule compares with the reading time.
 Urgent means 100 percent or more, or a hard stop. PagerDuty takes only pages (urgent) and
 period resets (resolves), and neither waits for quiet hours nor for the interval: the on-call
 schedule and the `dedup_key` are PagerDuty's own noise control.
@@ -161,13 +164,20 @@ def route(
     path: Sequence[str],
     config: AlertsConfig,
     last_sent: Mapping[str, datetime],
+    read_at: datetime | None = None,
 ) -> list[Route]:
     """The deliveries for `signal`, one per channel, in the order of the first rule naming it.
 
     `last_sent` maps a channel name to the event time of the previous unsuppressed alert of
-    this budget on that channel.
+    this budget on that channel. `read_at` is when the service first read the event: an event
+    older than `config.stale_after_seconds` then is kept, suppressed, and not sent.
     """
     decided: dict[str, Route] = {}
+    stale = (
+        read_at is not None
+        and config.stale_after_seconds > 0
+        and read_at - signal.at > timedelta(seconds=config.stale_after_seconds)
+    )
     for rule in config.rules:
         if not rule_matches(rule, signal, path):
             continue
@@ -180,6 +190,11 @@ def route(
                     decided[name] = Route(name, channel_type, signal.at)
                 continue
             decided[name] = _noise_rules(name, channel_type, rule, signal, last_sent.get(name))
+    if stale:
+        reason = f"stale: older than stale_after_seconds={config.stale_after_seconds} when read"
+        return [
+            Route(r.channel, r.channel_type, r.not_before, True, reason) for r in decided.values()
+        ]
     return list(decided.values())
 
 

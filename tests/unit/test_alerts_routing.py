@@ -134,3 +134,14 @@ def test_reset_recognised_by_reason_or_by_a_new_period_after_a_restrictive_polic
 def test_lease_must_outlive_a_request() -> None:
     with pytest.raises(AlertConfigError, match="lease_seconds"):
         parse_config({"delivery": {"lease_seconds": 5, "request_timeout_seconds": 10}})
+
+
+def test_an_event_already_stale_when_read_is_kept_but_not_sent() -> None:
+    cfg = config()
+    fresh = route(sig(100), ["team-a"], cfg, {}, read_at=at(12) + timedelta(days=6))
+    assert not any(r.suppressed for r in fresh)
+    stale = route(sig(100), ["team-a"], cfg, {}, read_at=at(12) + timedelta(days=8))
+    assert len(stale) == 3 and all(r.suppressed and "stale" in r.reason for r in stale)
+    never = cfg.model_copy(update={"stale_after_seconds": 0})
+    late = route(sig(100), ["team-a"], never, {}, read_at=at(12) + timedelta(days=80))
+    assert late and not any(r.suppressed for r in late)
