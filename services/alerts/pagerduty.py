@@ -7,6 +7,7 @@ resolve closes exactly that incident.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import httpx
@@ -14,9 +15,16 @@ import httpx
 from services.alerts.channels import Delivery, post_json
 from services.alerts.config import PagerDutyChannel
 
+MAX_DEDUP_KEY = 255
+
 
 def dedup_key(budget_id: str, period_key: str) -> str:
-    return f"{budget_id}:{period_key}"
+    """`{budget_id}:{period_key}`; past PagerDuty's 255 characters, a digest keeps it unique."""
+    key = f"{budget_id}:{period_key}"
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{key[: MAX_DEDUP_KEY - len(digest) - 1]}~{digest}"
 
 
 def render(routing_key: str, delivery: Delivery) -> dict[str, Any]:

@@ -149,3 +149,10 @@ def test_link_keeps_slashes_of_a_budget_id_and_escapes_the_rest() -> None:
     assert budget_link("http://api/", "acme", "org/eu team") == (
         "http://api/v1/tenants/acme/budgets/org/eu%20team"
     )
+
+
+def test_pagerduty_dedup_key_stays_within_255_characters_and_unique() -> None:
+    long_a, long_b = "a" * 200 + "x", "a" * 200 + "y"
+    key_a, key_b = pagerduty.dedup_key(long_a, "p" * 60), pagerduty.dedup_key(long_b, "p" * 60)
+    assert len(key_a) == len(key_b) == 255 and key_a != key_b
+    assert pagerduty.dedup_key("b", "2026-10") == "b:2026-10"
