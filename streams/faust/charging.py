@@ -28,7 +28,7 @@ from schemas.signals import ThresholdCrossed
 from streams.budgets import Budget
 from streams.ledger import ChargeLine, LedgerState, apply_charge, totals_at
 from streams.periods import from_ms, next_reset, period_of, window_of_key
-from streams.policy import decide
+from streams.policy import RESTRICTIVENESS, decide
 from streams.thresholds import Crossing, consumed_of, usage_percent
 
 
@@ -123,6 +123,14 @@ def policy_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         return bool(new["policy"] != "allow")
     if _instant(new.get("effective_at")) < _instant(current.get("effective_at")):
         return False  # a replay catching up: never publish over a newer decision
+    if (
+        current.get("period_key") == new["period_key"]
+        and current.get("limit") == new.get("limit")
+        and RESTRICTIVENESS[new["policy"]] < RESTRICTIVENESS[current["policy"]]
+    ):
+        # Within a period consumption only grows: with the same limit, a milder policy is a
+        # replay (or a second worker) passing an earlier point, not a change to publish.
+        return False
     if current["policy"] != new["policy"]:
         return True
     if new["policy"] == "allow":

@@ -48,6 +48,14 @@ class RawTable(faust.Table):
     forecast agent's) store orjson bytes and read them back unchanged.
     """
 
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        if kwargs.get("use_partitioner") and kwargs.get("store") is None:
+            # Written outside stream iteration (a timer): Faust's RocksDB store asserts a
+            # current event to pick its local partition, so such a table lives in memory and
+            # is restored from its changelog on every start.
+            kwargs["store"] = "memory://local"
+        super().__init__(app, **kwargs)
+
     def _serializer_from_type(self, typ: Any) -> Any:
         return "raw" if typ is None else super()._serializer_from_type(typ)
 

@@ -191,6 +191,7 @@ async def wait_for(
         last = await check()
         if last:
             return last
+        last = last if last is not None else "None"
         await asyncio.sleep(every)
     logs = "\n---\n".join(w.log_tail() for w in workers)
     raise AssertionError(f"condition not met within {timeout}s; last={last!r}\n{logs}")
