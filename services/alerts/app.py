@@ -73,6 +73,7 @@ async def run(
     from prometheus_client import start_http_server
 
     from services.common.db import make_engine
+    from services.common.kafka import ensure_topics
 
     config = load_config(settings.config_path)
     stop = stop or asyncio.Event()
@@ -80,12 +81,13 @@ async def run(
     for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    prefix = settings.stack.topic_prefix
+    await ensure_topics(settings.stack.kafka_bootstrap, prefix)  # a fresh stack has none yet
     engine = make_engine(settings.stack.database_url)
     telemetry = Telemetry(settings.otlp_endpoint, settings.otlp_interval_ms)
     server, _ = start_http_server(
         settings.metrics_port, settings.metrics_host, registry=telemetry.registry
     )
-    prefix = settings.stack.topic_prefix
     log.info("alerts: prefix %s, metrics on :%d", prefix, server.server_port)
     print(
         f"alerts: metrics on http://{settings.metrics_host}:{server.server_port}/metrics",
@@ -110,13 +112,20 @@ async def run(
             asyncio.create_task(delivery.run(stop)),
             asyncio.create_task(_refresh_gauges(engine, telemetry, prefix, stop)),
         ]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            error = task.exception()
-            if error is not None:
-                raise error
+        # Deliveries in flight may finish and be recorded; whatever is still busy after that
+        # (a consumer waiting on Kafka) is cancelled: its batch was not committed, so nothing
+        # is lost.
+        grace = config.delivery.request_timeout_seconds + 5
+        _, busy = await asyncio.wait(tasks, timeout=grace)
+        for task in busy:
+            task.cancel()
+        results = await asyncio.gather(*tasks, stopped, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     finally:
         server.shutdown()
         await asyncio.to_thread(telemetry.shutdown)

@@ -201,11 +201,14 @@ async def consume(
         consumer.assign(budgets + signals)
         topics = {tp.topic for tp in budgets + signals}
         stored = await asyncio.to_thread(_load_offsets, engine, topics)
+        fresh = []
         for tp in budgets + signals:
             if (tp.topic, tp.partition) in stored:
                 consumer.seek(tp, stored[(tp.topic, tp.partition)])
             else:
-                await consumer.seek_to_beginning(tp)
+                fresh.append(tp)
+        if fresh:  # one call: each call waits for its own offset lookup
+            await consumer.seek_to_beginning(*fresh)
         budget_end = await consumer.end_offsets(budgets)
         consumer.pause(*signals)
         paused = True
