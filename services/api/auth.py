@@ -10,7 +10,6 @@ Roles: `admin` reads and writes every tenant; `tenant-admin` reads and writes it
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Literal
 from sqlalchemy import Engine, select
 
 from schemas.errors import AllotmentError
+from services.common.key_digest import hash_key
 from services.warehouse import tables as t
 
 Role = Literal["admin", "tenant-admin", "viewer"]
@@ -72,10 +72,6 @@ class Principal:
 
     def can_write(self, tenant: str) -> bool:
         return self.role == "admin" or (self.role == "tenant-admin" and tenant in self.tenants)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def create_key(

@@ -19,7 +19,6 @@ from an environment variable named in the file rather than written into it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -30,16 +29,12 @@ from typing import Any
 import orjson
 import yaml
 
+from services.common.key_digest import hash_key, is_key_digest
 from services.ingest.attribution import AttributionMap
 from services.ingest.errors import IngestConfigError
 
 KEYS_FILE_ENV = "ALLOTMENT_INGEST_KEYS_FILE"
 KEYS_INLINE_ENV = "ALLOTMENT_INGEST_KEYS"
-
-
-def hash_key(key: str) -> str:
-    """The at-rest form of an ingest key."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ def _parse_key(raw: Any, where: str, environ: Mapping[str, str]) -> IngestKey:
         if not isinstance(raw.get(required), str) or not raw[required]:
             raise IngestConfigError(f"{where}.{required}", "is required (a non-empty string)")
     digest = raw["key_sha256"].lower()
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    if not is_key_digest(digest):
         raise IngestConfigError(f"{where}.key_sha256", "must be 64 hex digits (SHA-256)")
     secret = raw.get("helicone_secret")
     secret_env = raw.get("helicone_secret_env")

@@ -18,7 +18,6 @@ File shape (YAML or JSON), or the same list as JSON in ALLOTMENT_PROXY_KEYS:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,10 @@ from typing import Any
 import orjson
 import yaml
 
+from services.common.key_digest import hash_key, is_key_digest
 from services.proxy.errors import ProxyConfigError
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def hash_key(secret: str) -> str:
-    """The at-rest form of a virtual key."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +53,7 @@ class KeyStore:
         self._by_digest = entries
 
     def lookup(self, token: str) -> VirtualKey | None:
-        return self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        return self._by_digest.get(hash_key(token))
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -76,7 +70,7 @@ class KeyStore:
             if not isinstance(raw, dict):
                 raise ProxyConfigError(where, "must be a mapping")
             digest = str(raw.get("key_sha256", "")).lower()
-            if not _HEX64.match(digest):
+            if not is_key_digest(digest):
                 raise ProxyConfigError(f"{where}.key_sha256", "must be 64 hex digits (sha256)")
             tenant = raw.get("tenant")
             if not isinstance(tenant, str) or not _TENANT.match(tenant):

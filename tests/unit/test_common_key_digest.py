@@ -1,0 +1,17 @@
+from services.common.key_digest import hash_key, is_key_digest
+
+# SHA-256("test"), as published in the FIPS 180 test literature and printed by `sha256sum`.
+TEST_DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def test_a_key_is_stored_as_its_sha256_hex():
+    assert hash_key("test") == TEST_DIGEST
+
+
+def test_only_lower_case_64_hex_digits_are_a_digest():
+    assert is_key_digest(TEST_DIGEST)
+    assert not is_key_digest(TEST_DIGEST.upper())
+    assert not is_key_digest(TEST_DIGEST[:-1])
+    assert not is_key_digest(TEST_DIGEST + "0")
+    assert not is_key_digest(TEST_DIGEST[:-1] + "g")
+    assert not is_key_digest(TEST_DIGEST + "\n")
