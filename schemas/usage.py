@@ -24,6 +24,18 @@ def derive_event_id(source: str, source_request_id: str) -> str:
     return f"{source}:{digest[:32]}"
 
 
+def scoped_event_id(source: str, tenant: str, request_id: str) -> str:
+    """The event id of a source's request, scoped to the tenant that sent it.
+
+    The pipeline dedupes by event id across all tenants, so two tenants whose sources reuse a
+    request id (sequential ids, a shared test fixture, a forged id) must not collide: one
+    would be dropped as the other's duplicate. The same tenant resending the same request
+    still gets the same id, which is what makes retries and backfills idempotent. Every edge
+    (ingest, proxy) and the schema's own default derive ids this way.
+    """
+    return derive_event_id(source, f"{tenant}\x1f{request_id}")
+
+
 class UsageRecorded(Event):
     """One request's usage. `event_id` is the idempotency key: a second copy is a duplicate."""
 
@@ -72,8 +84,11 @@ class UsageRecorded(Event):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if not data.get("event_id") and data.get("source") and data.get("source_request_id"):
-            data["event_id"] = derive_event_id(str(data["source"]), str(data["source_request_id"]))
+        source, request_id, tenant = (
+            data.get(k) for k in ("source", "source_request_id", "tenant")
+        )
+        if not data.get("event_id") and source and request_id and tenant:
+            data["event_id"] = scoped_event_id(str(source), str(tenant), str(request_id))
         parts = [data.get(k, 0) for k in ("input_uncached", "cache_read", "cache_write")]
         if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
             input_total = sum(parts)

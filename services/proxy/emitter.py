@@ -21,7 +21,7 @@ from datetime import datetime
 import orjson
 
 from schemas.codec import encode
-from schemas.usage import UsageRecorded, derive_event_id
+from schemas.usage import UsageRecorded, scoped_event_id
 from services.common.usage_producer import UsageProducer
 from services.proxy.spool import Spool
 from services.proxy.usage import Tokens
@@ -56,7 +56,7 @@ class UsageRecord:
 def to_event(record: UsageRecord, received_at: datetime) -> UsageRecorded:
     tokens = record.tokens
     return UsageRecorded(
-        event_id=derive_event_id(SOURCE, record.request_id),
+        event_id=scoped_event_id(SOURCE, record.tenant, record.request_id),
         source=SOURCE,
         source_request_id=record.request_id,
         occurred_at=record.occurred_at,

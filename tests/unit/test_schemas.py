@@ -10,7 +10,7 @@ from schemas.budgets import BudgetDefined
 from schemas.codec import decode, encode, upcast
 from schemas.errors import InvalidEvent, UnknownEventType
 from schemas.export import JSON_DIR, rendered
-from schemas.usage import UsageRecorded, derive_event_id
+from schemas.usage import UsageRecorded, scoped_event_id
 
 USAGE: dict[str, Any] = {
     "source": "litellm",
@@ -80,12 +80,18 @@ def test_a_valid_budget_parses():
     assert budget.spec.period.timezone == "Europe/Berlin"
 
 
-def test_derived_event_id_is_stable_and_depends_on_source_and_request():
+def test_derived_event_id_is_stable_and_depends_on_source_tenant_and_request():
     first = UsageRecorded.parse(USAGE)
     again = UsageRecorded.parse(dict(USAGE))
-    assert first.event_id == again.event_id == derive_event_id("litellm", "req-7")
-    assert derive_event_id("litellm", "req-8") != first.event_id
-    assert derive_event_id("helicone", "req-7") != first.event_id
+    assert first.event_id == again.event_id == scoped_event_id("litellm", "acme", "req-7")
+    assert scoped_event_id("litellm", "acme", "req-8") != first.event_id
+    assert scoped_event_id("helicone", "acme", "req-7") != first.event_id
+
+
+def test_two_tenants_reusing_a_request_id_get_distinct_derived_event_ids():
+    acme = UsageRecorded.parse(USAGE)
+    globex = UsageRecorded.parse({**USAGE, "tenant": "globex"})
+    assert acme.event_id != globex.event_id
 
 
 def test_totals_are_derived_and_timestamps_normalised_to_utc():

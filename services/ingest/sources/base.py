@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.base import field_errors
-from schemas.usage import UsageRecorded, derive_event_id
+from schemas.usage import UsageRecorded, scoped_event_id
 from services.ingest.errors import RecordRejected
 from services.ingest.keys import IngestKey
 from services.ingest.tokens import TokenParts
@@ -108,17 +108,6 @@ def usd_to_micros(value: Any, field_name: str, scale: float = 1.0) -> int | None
     if amount < 0:
         raise RecordRejected(field_name, f"must be >= 0 (got {value!r})")
     return round(amount * 1_000_000)
-
-
-def scoped_event_id(source: str, tenant: str, request_id: str) -> str:
-    """The event id of a source's request, scoped to the tenant that sent it.
-
-    The pipeline dedupes by event id across all tenants, so two tenants whose sources reuse a
-    request id (sequential ids, a shared test fixture, a forged id) must not collide: one
-    would be dropped as the other's duplicate. The same tenant resending the same request
-    still gets the same id, which is what makes retries and backfills idempotent.
-    """
-    return derive_event_id(source, f"{tenant}\x1f{request_id}")
 
 
 def build_event(draft: Draft, key: IngestKey, received_at: datetime) -> UsageRecorded:
