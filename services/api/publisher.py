@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.base import Event
@@ -24,6 +24,7 @@ from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.codec import decode, encode
 from schemas.errors import AllotmentError
 from schemas.topics import BUDGET_EVENTS, BUDGETS
+from services.common.kafka import read_from_start
 
 LIFECYCLE = (BudgetDefined, BudgetAmended, BudgetRetired)
 
@@ -118,27 +119,15 @@ def _tenant(event: Event) -> str:
 
 async def _mirror_revisions(bootstrap: str, topic: str) -> dict[str, int]:
     """The highest revision per budget id the mirror topic holds."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(BUDGETS.partitions)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-        ends = await consumer.end_offsets(tps)
-        held: dict[str, int] = {}
-        idle = 0
-        while idle < 3 and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            idle = 0 if batch else idle + 1
-            for messages in batch.values():
-                for message in messages:
-                    try:
-                        event = decode(message.value or b"")
-                    except AllotmentError:
-                        continue
-                    if isinstance(event, LIFECYCLE):
-                        held[event.budget_id] = max(held.get(event.budget_id, 0), event.revision)
-        return held
-    finally:
-        await consumer.stop()
+    held: dict[str, int] = {}
+
+    def note(value: bytes | None) -> None:
+        try:
+            event = decode(value or b"")
+        except AllotmentError:
+            return
+        if isinstance(event, LIFECYCLE):
+            held[event.budget_id] = max(held.get(event.budget_id, 0), event.revision)
+
+    await read_from_start(bootstrap, topic, BUDGETS.partitions, note)
+    return held

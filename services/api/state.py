@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
 from schemas.codec import decode
 from schemas.errors import AllotmentError
 from schemas.topics import BUDGET_EVENTS
+from services.common.kafka import read_from_start
 from streams.allocation import AllocationBook
 from streams.budgets import Budget, BudgetIndex, apply_budget_event
 
@@ -72,27 +71,18 @@ class ConfigState:
 async def load_state(bootstrap: str, prefix: str) -> ConfigState:
     """Fold `budget-events` from offset zero to its current end."""
     state = ConfigState()
-    topic = BUDGET_EVENTS.name(prefix)
-    partitions = [TopicPartition(topic, p) for p in range(BUDGET_EVENTS.partitions)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+
+    def fold(value: bytes | None) -> None:
+        try:
+            state.apply(decode(value or b""))
+        except AllotmentError:
+            state.skipped += 1
+
+    await read_from_start(
+        bootstrap,
+        BUDGET_EVENTS.name(prefix),
+        BUDGET_EVENTS.partitions,
+        fold,
+        isolation_level="read_committed",
     )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, 0)
-        ends = await consumer.end_offsets(partitions)
-        idle = 0
-        while idle < 3 and any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            idle = 0 if batch else idle + 1
-            for messages in batch.values():
-                for message in messages:
-                    try:
-                        state.apply(decode(message.value or b""))
-                    except AllotmentError:
-                        state.skipped += 1
-    finally:
-        await consumer.stop()
     return state

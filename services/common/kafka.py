@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by every edge: topic creation and the partition of a key.
+"""Kafka plumbing shared by every edge: topic creation, the partition of a key, reading a topic.
 
 Producers that pack usage into envelopes must pick the partition Kafka's default partitioner
 would pick for each event_id, so an event lands on the same partition whether it travels alone
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -85,3 +87,40 @@ async def ensure_topics(
         return [s.name(prefix) for s in wanted]
     finally:
         await admin.close()
+
+
+async def read_from_start(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    on_value: Callable[[bytes | None], None],
+    *,
+    isolation_level: str = "read_uncommitted",
+    idle_polls: int = 3,
+) -> None:
+    """Pass every value of `topic`, from offset zero to its end when called, to `on_value`.
+
+    Read models folded from a topic at start (the API's configuration, the budgets mirror) all
+    need this one loop. It stops at the end offsets taken at the start, or after `idle_polls`
+    empty polls in a row (300 ms each) so a broker that stops answering cannot hang a start-up.
+    The consumer is stopped also when `start()` itself fails (broker down), so nothing leaks.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+    )
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        ends = await consumer.end_offsets(tps)
+        idle = 0
+        while idle < idle_polls and any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            idle = 0 if batch else idle + 1
+            for messages in batch.values():
+                for message in messages:
+                    on_value(message.value)
+    finally:
+        await consumer.stop()

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from sqlalchemy import Engine, select
 
@@ -29,6 +29,7 @@ from schemas.topics import TopicSpec
 from services.api.app import create_app
 from services.api.auth import Role, create_key
 from services.common.db import make_engine
+from services.common.kafka import read_from_start
 from services.common.settings import StackSettings
 from services.warehouse import tables as t
 from services.warehouse.consumer import WarehouseConsumer
@@ -76,25 +77,16 @@ class Harness:
 
     async def read_topic(self, spec: TopicSpec) -> list[Event]:
         """Every committed event on the topic, partition by partition."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, isolation_level="read_committed"
+        found: list[Event] = []
+        await read_from_start(
+            self.bootstrap,
+            spec.name(self.prefix),
+            spec.partitions,
+            lambda value: found.append(decode(value or b"")),
+            isolation_level="read_committed",
+            idle_polls=5,
         )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(spec.name(self.prefix), p) for p in range(spec.partitions)]
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, 0)
-            ends = await consumer.end_offsets(tps)
-            found: list[Event] = []
-            idle = 0
-            while idle < 5 and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                batch = await consumer.getmany(timeout_ms=300)
-                idle = 0 if batch else idle + 1
-                found += [decode(m.value or b"") for ms in batch.values() for m in ms]
-            return found
-        finally:
-            await consumer.stop()
+        return found
 
     def rows(self, table: Any, tenants: Iterable[str]) -> list[dict[str, Any]]:
         """All rows of a read model for these tenants, in primary-key order."""
