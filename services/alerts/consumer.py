@@ -196,8 +196,8 @@ async def consume(
     def order(tp: TopicPartition) -> tuple[int, int]:
         return rank.get(tp.topic, len(rank)), tp.partition
 
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(budgets + signals)
         topics = {tp.topic for tp in budgets + signals}
         stored = await asyncio.to_thread(_load_offsets, engine, topics)

@@ -50,7 +50,11 @@ class Publisher:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start leaves a producer that warns when collected
+            raise
         self._producer = producer
 
     async def stop(self) -> None:

@@ -28,8 +28,8 @@ async def latest_forecast(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
     )
-    await consumer.start()
     try:
+        await consumer.start()
         found: list[ForecastUpdated] = []
         for partition in range(FORECASTS.partitions):  # the contract fixes the count
             tp = TopicPartition(topic, partition)

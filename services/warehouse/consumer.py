@@ -97,11 +97,15 @@ class WarehouseConsumer:
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        await consumer.start()
         self._consumer = consumer
-        consumer.assign(self.partitions)
-        await self._seek_to_stored()
-        self._config_ends = await consumer.end_offsets(self._config_partitions())
+        try:
+            await consumer.start()
+            consumer.assign(self.partitions)
+            await self._seek_to_stored()
+            self._config_ends = await consumer.end_offsets(self._config_partitions())
+        except BaseException:
+            await self.stop()  # a failed start releases the lock and the consumer
+            raise
 
     async def stop(self) -> None:
         if self._consumer is not None:
