@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import create_engine, text
 
 from schemas.base import Event
 from schemas.codec import encode
@@ -136,3 +137,20 @@ async def until(
             return True
         await asyncio.sleep(0.1)
     return bool(await asyncio.to_thread(predicate))
+
+
+def outbox(database_url: str, prefix: str) -> list[tuple[str, str, int]]:
+    """(channel, state, attempts) of every outbox row the alerts service wrote for `prefix`."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(
+                text(
+                    "SELECT channel, state, attempts FROM alert_outbox "
+                    "WHERE source = :s ORDER BY channel"
+                ),
+                {"s": prefix},
+            )
+            return [(r.channel, r.state, r.attempts) for r in result]
+    finally:
+        engine.dispose()

@@ -14,29 +14,12 @@ import uuid
 from pathlib import Path
 
 from fakes import alert_events as ev
-from fakes.alerts_harness import SECRET, produce, subprocess_env, until, write_config
+from fakes.alerts_harness import SECRET, outbox, produce, subprocess_env, until, write_config
 from fakes.receivers import FakeReceivers
-from sqlalchemy import create_engine, text
 
 from schemas.topics import BUDGETS, THRESHOLDS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rows(database_url: str, prefix: str) -> list[tuple[str, str, int]]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(
-                text(
-                    "SELECT channel, state, attempts FROM alert_outbox "
-                    "WHERE source = :s ORDER BY channel"
-                ),
-                {"s": prefix},
-            )
-            return [(r.channel, r.state, r.attempts) for r in result]
-    finally:
-        engine.dispose()
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -79,12 +62,12 @@ async def test_worker_killed_mid_delivery_then_restarted(
             assert arrived, log.read_text()
             first.kill()  # SIGKILL: no chance to record anything
             first.wait(10)
-            assert {s for _, s, _ in rows(database_url, topic_prefix)} == {"sending"}
+            assert {s for _, s, _ in outbox(database_url, topic_prefix)} == {"sending"}
             rx.release()  # the held requests are answered, to a dead worker
             second = start_worker(env, log)
 
             def delivered() -> bool:
-                return {s for _, s, _ in rows(database_url, topic_prefix)} == {"delivered"}
+                return {s for _, s, _ in outbox(database_url, topic_prefix)} == {"delivered"}
 
             assert await until(delivered, 60), log.read_text()
         finally:
@@ -92,7 +75,7 @@ async def test_worker_killed_mid_delivery_then_restarted(
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
                     proc.wait(20)
-        assert [a for _, _, a in rows(database_url, topic_prefix)] == [2, 2, 2]
+        assert [a for _, _, a in outbox(database_url, topic_prefix)] == [2, 2, 2]
 
         hooks = rx.received("/webhook")
         assert len(hooks) == 2 and all(h.problem is None for h in hooks)

@@ -7,27 +7,19 @@ from pathlib import Path
 
 import pytest
 from fakes import alert_events as ev
-from fakes.alerts_harness import SECRET, produce, service, settings, until, write_config
+from fakes.alerts_harness import (
+    SECRET,
+    outbox,
+    produce,
+    service,
+    settings,
+    until,
+    write_config,
+)
 from fakes.receivers import FakeReceivers, FakeSmtp
 from sqlalchemy import create_engine, text
 
 from schemas.topics import BUDGETS, THRESHOLDS
-
-
-def rows(database_url: str, prefix: str) -> list[tuple[str, str, int]]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(
-                text(
-                    "SELECT channel, state, attempts FROM alert_outbox "
-                    "WHERE source = :s ORDER BY channel"
-                ),
-                {"s": prefix},
-            )
-            return [(r.channel, r.state, r.attempts) for r in result]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("mode", ["503", "refuse"])
@@ -47,7 +39,7 @@ async def test_down_receiver_gets_the_alert_once_when_it_is_back(
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
 
             def retried() -> bool:
-                found = rows(database_url, topic_prefix)
+                found = outbox(database_url, topic_prefix)
                 return len(found) == 2 and all(a >= 3 and s != "delivered" for _, s, a in found)
 
             assert await until(retried, alive=task)  # several failed attempts while down
@@ -55,7 +47,7 @@ async def test_down_receiver_gets_the_alert_once_when_it_is_back(
             rx.up()
 
             def delivered() -> bool:
-                return {s for _, s, _ in rows(database_url, topic_prefix)} == {"delivered"}
+                return {s for _, s, _ in outbox(database_url, topic_prefix)} == {"delivered"}
 
             assert await until(delivered, alive=task)
         assert len(rx.received("/slack", accepted_only=True)) == 1
@@ -84,7 +76,9 @@ async def test_a_rejected_alert_fails_at_once_and_resend_delivers_it(
             [(BUDGETS, ev.budget(tenant, leaf)), (THRESHOLDS, ev.crossed(tenant, leaf, 75))],
         )
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
-            assert await until(lambda: rows(database_url, topic_prefix) == [("slack", "failed", 1)])
+            assert await until(
+                lambda: outbox(database_url, topic_prefix) == [("slack", "failed", 1)]
+            )
             rx.up()
             engine = create_engine(database_url)
             with engine.connect() as conn:
@@ -97,7 +91,7 @@ async def test_a_rejected_alert_fails_at_once_and_resend_delivers_it(
             result = runner.invoke(build(), ["alerts", "resend", str(row_id)], env=env)
             assert result.exit_code == 0 and "failed -> pending" in result.output
             delivered = [("slack", "delivered", 1)]
-            assert await until(lambda: rows(database_url, topic_prefix) == delivered, alive=task)
+            assert await until(lambda: outbox(database_url, topic_prefix) == delivered, alive=task)
             again = runner.invoke(build(), ["alerts", "resend", str(row_id)], env=env)
             assert again.exit_code == 1 and "--force" in again.output
         assert len(rx.received("/slack", accepted_only=True)) == 1
@@ -119,14 +113,14 @@ async def test_smtp_server_down_then_back_gets_the_mail_once(
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
 
             def retried() -> bool:
-                found = rows(database_url, topic_prefix)
+                found = outbox(database_url, topic_prefix)
                 return len(found) == 1 and found[0][1] != "delivered" and found[0][2] >= 3
 
             assert await until(retried, alive=task)
             smtp.start()
             delivered = [("mail", "delivered")]
             assert await until(
-                lambda: [(c, s) for c, s, _ in rows(database_url, topic_prefix)] == delivered,
+                lambda: [(c, s) for c, s, _ in outbox(database_url, topic_prefix)] == delivered,
                 alive=task,
             )
         assert len(smtp.messages) == 1
