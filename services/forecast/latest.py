@@ -70,7 +70,8 @@ def _forecast_of(raw: bytes | None, budget_id: str, tenant: str | None) -> Forec
         return None
     with contextlib.suppress(AllotmentError):
         event = decode(raw)
-        wanted = isinstance(event, ForecastUpdated) and event.budget_id == budget_id
-        if wanted and (tenant is None or event.tenant == tenant):
-            return event  # type: ignore[return-value]
+        if not isinstance(event, ForecastUpdated) or event.budget_id != budget_id:
+            return None
+        if tenant is None or event.tenant == tenant:
+            return event
     return None

@@ -31,7 +31,7 @@ def ingest(
 
 def ingest_key_hash(key: Annotated[str, typer.Argument(help="The ingest key's value.")]) -> None:
     """Print the SHA-256 to put in the keys file as key_sha256."""
-    from services.ingest.keys import hash_key
+    from services.common.key_digest import hash_key
 
     typer.echo(hash_key(key))
 

@@ -52,7 +52,7 @@ def proxy(
 
 def hash_key(secret: Annotated[str, typer.Argument(help="The virtual key to hash.")]) -> None:
     """Print the sha256 form of a virtual key, as the keys file stores it."""
-    from services.proxy.keys import hash_key as digest
+    from services.common.key_digest import hash_key as digest
 
     typer.echo(digest(secret))
 

@@ -15,3 +15,15 @@ def test_only_lower_case_64_hex_digits_are_a_digest():
     assert not is_key_digest(TEST_DIGEST + "0")
     assert not is_key_digest(TEST_DIGEST[:-1] + "g")
     assert not is_key_digest(TEST_DIGEST + "\n")
+
+
+def test_the_ingest_and_proxy_hash_commands_print_the_same_digest():
+    from typer.testing import CliRunner
+
+    from services.cli import build
+
+    runner = CliRunner()
+    ingest = runner.invoke(build(), ["ingest-key-hash", "test"])
+    proxy = runner.invoke(build(), ["proxy-hash-key", "test"])
+    assert (ingest.exit_code, proxy.exit_code) == (0, 0), ingest.output + proxy.output
+    assert ingest.output.strip() == proxy.output.strip() == TEST_DIGEST
