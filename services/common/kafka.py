@@ -54,6 +54,7 @@ def murmur2_words(data: bytes) -> int:
 
 
 def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """Broker settings for a topic; compacted topics clean often so restores stay short."""
     config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
     if spec.compacted:
         config["min.cleanable.dirty.ratio"] = "0.1"

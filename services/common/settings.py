@@ -13,6 +13,12 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://allotment:allotment@127.0.0.1:5432/
 
 @dataclass(frozen=True)
 class StackSettings:
+    """Where the broker, the database and the topics are; read once by a composition root.
+
+    Every service and every test reads the same three variables, so a whole stack (or a test's
+    private prefix) is switched by the environment alone.
+    """
+
     kafka_bootstrap: str
     database_url: str
     topic_prefix: str

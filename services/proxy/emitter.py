@@ -54,6 +54,11 @@ class UsageRecord:
 
 
 def to_event(record: UsageRecord, received_at: datetime) -> UsageRecorded:
+    """Validate a finished request into the contract's event, off the request path.
+
+    The event id is tenant-scoped like every edge's (`scoped_event_id`), so two tenants can
+    never be deduped against each other.
+    """
     tokens = record.tokens
     return UsageRecorded(
         event_id=scoped_event_id(SOURCE, record.tenant, record.request_id),
