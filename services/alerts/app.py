@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Engine
 
@@ -22,7 +23,7 @@ from services.alerts.delivery import DeliveryLoop
 from services.alerts.errors import AlertConfigError
 from services.alerts.payload import BudgetView
 from services.alerts.telemetry import Telemetry
-from services.common.settings import StackSettings
+from services.common.settings import StackSettings, env_int
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class AlertsSettings:
         path = os.environ.get("ALLOTMENT_ALERTS_CONFIG", "")
         if not path:
             raise AlertConfigError("ALLOTMENT_ALERTS_CONFIG", "must name the routing config file")
+        number = partial(env_int, os.environ, invalid=AlertConfigError)
         endpoint = os.environ.get("ALLOTMENT_ALERTS_OTLP_ENDPOINT") or os.environ.get(
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         )
@@ -50,20 +52,10 @@ class AlertsSettings:
             stack=StackSettings.from_env(),
             config_path=path,
             metrics_host=os.environ.get("ALLOTMENT_ALERTS_METRICS_HOST", "127.0.0.1"),
-            metrics_port=_int_env("ALLOTMENT_ALERTS_METRICS_PORT", 9466),
+            metrics_port=number("ALLOTMENT_ALERTS_METRICS_PORT", 9466),
             otlp_endpoint=endpoint or None,
-            otlp_interval_ms=_int_env("ALLOTMENT_ALERTS_OTLP_INTERVAL_MS", 10_000),
+            otlp_interval_ms=number("ALLOTMENT_ALERTS_OTLP_INTERVAL_MS", 10_000),
         )
-
-
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise AlertConfigError(name, f"must be an integer, got {raw!r}") from None
 
 
 async def run(

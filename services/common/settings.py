@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from schemas.errors import AllotmentError
 from schemas.topics import DEFAULT_PREFIX
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -30,3 +32,23 @@ class StackSettings:
             database_url=os.environ.get("ALLOTMENT_DATABASE_URL", DEFAULT_DATABASE_URL),
             topic_prefix=os.environ.get("ALLOTMENT_TOPIC_PREFIX", DEFAULT_PREFIX),
         )
+
+
+def env_int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    invalid: Callable[[str, str], AllotmentError],
+) -> int:
+    """An integer setting from `env`; unset or empty means `default`.
+
+    A value that is not an integer raises `invalid(name, rule)`, the service's own config
+    error, so the operator is told which variable is wrong at start, not a bare ValueError.
+    """
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid(name, f"must be an integer, got {raw!r}") from None

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from services.common.settings import StackSettings
+from services.common.settings import StackSettings, env_int
 from services.proxy.errors import ProxyConfigError
 
 DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
@@ -57,12 +58,13 @@ class ProxySettings:
     def from_env(cls, **overrides: object) -> ProxySettings:
         """Read `ALLOTMENT_PROXY_*` plus the shared stack variables; `overrides` win."""
         env = os.environ
+        number = partial(env_int, env, invalid=ProxyConfigError)
         stack = StackSettings.from_env()
         values: dict[str, object] = {
             "kafka_bootstrap": stack.kafka_bootstrap,
             "topic_prefix": stack.topic_prefix,
             "host": env.get("ALLOTMENT_PROXY_HOST", "127.0.0.1"),
-            "port": _int(env, "ALLOTMENT_PROXY_PORT", 8080),
+            "port": number("ALLOTMENT_PROXY_PORT", 8080),
             "upstreams": {
                 "openai": env.get("ALLOTMENT_PROXY_OPENAI_UPSTREAM", DEFAULT_UPSTREAMS["openai"]),
                 "anthropic": env.get(
@@ -83,21 +85,11 @@ class ProxySettings:
             "keys_json": env.get("ALLOTMENT_PROXY_KEYS"),
             "spool_dir": Path(env.get("ALLOTMENT_PROXY_SPOOL_DIR", "var/proxy-spool")),
             "concise_prompt": env.get("ALLOTMENT_PROXY_CONCISE_PROMPT", DEFAULT_CONCISE_PROMPT),
-            "max_body_bytes": _int(env, "ALLOTMENT_PROXY_MAX_BODY_BYTES", 64 * 1024 * 1024),
-            "default_output_estimate": _int(env, "ALLOTMENT_PROXY_DEFAULT_OUTPUT_ESTIMATE", 1024),
+            "max_body_bytes": number("ALLOTMENT_PROXY_MAX_BODY_BYTES", 64 * 1024 * 1024),
+            "default_output_estimate": number("ALLOTMENT_PROXY_DEFAULT_OUTPUT_ESTIMATE", 1024),
             "server": env.get("ALLOTMENT_PROXY_SERVER", "uvicorn"),
             "fail_open": env.get("ALLOTMENT_PROXY_FAIL_OPEN", "true").lower()
             not in ("0", "false", "no"),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
-
-
-def _int(env: os._Environ[str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ProxyConfigError(name, f"must be an integer, got {raw!r}") from None
