@@ -13,14 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
+from fakes.usage_topic import read_usage_by_partition
 from schemas.base import Event
 from schemas.budgets import BudgetDefined, BudgetSpec
-from schemas.codec import decode, encode
+from schemas.codec import encode
 from schemas.signals import PolicyChanged, ThresholdCrossed
-from schemas.topics import BUDGETS, POLICIES, THRESHOLDS, USAGE
-from schemas.usage import UsageBatch, UsageRecorded
+from schemas.topics import BUDGETS, POLICIES, THRESHOLDS
+from schemas.usage import UsageRecorded
 from services.proxy.keys import KeyStore, hash_key
 from services.proxy.server import Proxy
 from services.proxy.settings import ProxySettings
@@ -124,39 +125,7 @@ async def read_usage(
     bootstrap: str, prefix: str, count: int, timeout: float = 30.0
 ) -> list[UsageRecorded]:
     """Every usage event on the topic, from the start, once at least `count` have arrived."""
-    topic = USAGE.name(prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    events: list[UsageRecorded] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            found = consumer.partitions_for_topic(topic) or set()
-            partitions = [TopicPartition(topic, p) for p in found]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=300)
-            for records in batches.values():
-                for record in records:
-                    event = decode(record.value)
-                    if isinstance(event, UsageBatch):
-                        events.extend(event.events)
-                    elif isinstance(event, UsageRecorded):
-                        events.append(event)
-            if len(events) >= count:
-                # one more poll, so that an unexpected extra event is seen too
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        event = decode(record.value)
-                        if isinstance(event, UsageBatch):
-                            events.extend(event.events)
-                break
-    finally:
-        await consumer.stop()
-    return events
+    return [e for _, e in await read_usage_by_partition(bootstrap, prefix, count, timeout)]
 
 
 def key_store(tenant: str, **attribution: Any) -> KeyStore:

@@ -6,7 +6,6 @@ Kafka sink; it is stopped when the `with` block ends.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -16,9 +15,6 @@ from typing import Any
 
 import uvicorn
 
-from schemas.codec import decode
-from schemas.topics import USAGE
-from schemas.usage import UsageBatch, UsageRecorded
 from services.ingest.app import create_app
 from services.ingest.keys import KeyRing, parse_keys
 from services.ingest.publisher import KafkaUsageSink, UsageSink
@@ -58,38 +54,3 @@ def serve(keys: KeyRing, sink: UsageSink) -> Iterator[str]:
 
 def kafka_sink(bootstrap: str, prefix: str) -> KafkaUsageSink:
     return KafkaUsageSink(bootstrap, prefix, timeout_s=20)
-
-
-async def read_usage(
-    bootstrap: str, prefix: str, expected: int, timeout_s: float = 30
-) -> list[tuple[int, UsageRecorded]]:
-    """Every (partition, event) on the prefix's usage topic, waiting for `expected` events."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        USAGE.name(prefix),
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    found: list[tuple[int, UsageRecorded]] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                for message in messages:
-                    envelope = decode(message.value)
-                    assert isinstance(envelope, UsageBatch)
-                    found.extend((tp.partition, e) for e in envelope.events)
-        # Anything beyond `expected` that is already there is returned too.
-        for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-            for message in messages:
-                envelope = decode(message.value)
-                assert isinstance(envelope, UsageBatch)
-                found.extend((tp.partition, e) for e in envelope.events)
-    finally:
-        await consumer.stop()
-    return found

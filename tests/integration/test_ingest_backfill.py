@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from ingest_support import kafka_sink, read_usage
+from fakes.usage_topic import read_usage_by_partition
+from ingest_support import kafka_sink
 from typer.testing import CliRunner
 
 from schemas.usage import UsageRecorded
@@ -91,7 +92,7 @@ async def test_jsonl_import_resumes_after_a_failure_and_is_idempotent(
     finally:
         await sink.stop()
 
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=25)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=25)
     assert len(on_topic) == 25  # nothing published twice across the failure and the rerun
     assert {e.event_id for _, e in on_topic} == {scoped_event_id("native", "acme", i) for i in ids}
 
@@ -101,7 +102,7 @@ async def test_jsonl_import_resumes_after_a_failure_and_is_idempotent(
         await run_import(reader, native.to_draft, KEY, sink, marker)
     finally:
         await sink.stop()
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=50)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=50)
     assert len(on_topic) == 50
     assert len({e.event_id for _, e in on_topic}) == 25
 
@@ -134,7 +135,7 @@ async def test_helicone_export_file_imports_with_its_cache_columns(
         await sink.stop()
     assert report.accepted == 1
     assert [(r.index, r.field) for _, r in report.rejected] == [(1, "request_id")]
-    [(_, event)] = await read_usage(kafka_bootstrap, topic_prefix, expected=1)
+    [(_, event)] = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=1)
     assert (event.input_uncached, event.cache_read, event.cache_write, event.output) == (
         40,
         3000,
@@ -257,7 +258,7 @@ def test_litellm_spendlogs_import_through_the_cli(
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute('DROP TABLE IF EXISTS "LiteLLM_SpendLogs"')
 
-    on_topic = asyncio.run(read_usage(kafka_bootstrap, topic_prefix, expected=23))
+    on_topic = asyncio.run(read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=23))
     assert len(on_topic) == 23
     assert {e.event_id for _, e in on_topic} == {
         scoped_event_id("litellm", "acme", r["request_id"]) for r in rows

@@ -10,7 +10,8 @@ import uuid
 import httpx
 import orjson
 import pytest
-from ingest_support import free_port, kafka_sink, key_ring, read_usage, serve
+from fakes.usage_topic import read_usage_by_partition
+from ingest_support import free_port, kafka_sink, key_ring, serve
 
 from services.common.kafka import partition_for
 from services.ingest.errors import IngestConfigError
@@ -73,7 +74,7 @@ async def test_mixed_batch_accepts_the_valid_records_and_names_each_bad_one(
     ids = result["event_ids"]
     assert ids[0] == scoped_event_id("native", "acme", f"{run}-a")
     assert ids[1] is None and ids[2] is None and ids[3] is None
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=2)
     by_id = {e.event_id: e for _, e in on_topic}
     assert set(by_id) == {ids[0], ids[4]}
     assert by_id[ids[0]].team == "core"
@@ -118,7 +119,7 @@ async def test_redelivered_record_carries_the_same_event_id_to_the_same_partitio
             )
     assert first.status_code == again.status_code == 200
     assert first.json()["event_ids"] == again.json()["event_ids"]
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=2)
     assert len(on_topic) == 2
     (p1, e1), (p2, e2) = on_topic
     assert e1.event_id == e2.event_id == first.json()["event_ids"][0]
@@ -170,7 +171,7 @@ async def test_helicone_webhook_needs_a_valid_signature(kafka_bootstrap, topic_p
     assert [forged.status_code, tampered.status_code, unsigned.status_code] == [401, 401, 401]
     assert no_key.status_code == 401
     assert "Helicone-Signature" in forged.json()["error"]
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=1)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=1)
     assert len(on_topic) == 1
     event = on_topic[0][1]
     assert event.event_id == scoped_event_id("helicone", "acme", request_id)
@@ -250,7 +251,9 @@ async def test_each_gateway_endpoint_maps_its_own_format(kafka_bootstrap, topic_
         async with httpx.AsyncClient(base_url=url) as client:
             answers = {p: await client.post(p, json=b, headers=headers) for p, b in posts.items()}
     assert {p: r.status_code for p, r in answers.items()} == dict.fromkeys(posts, 200)
-    on_topic = {e.source: e for _, e in await read_usage(kafka_bootstrap, topic_prefix, 4)}
+    on_topic = {
+        e.source: e for _, e in await read_usage_by_partition(kafka_bootstrap, topic_prefix, 4)
+    }
     parts = {s: (e.input_uncached, e.cache_read, e.output, e.team) for s, e in on_topic.items()}
     assert parts == {
         "portkey": (50, 0, 5, "ml"),
@@ -280,7 +283,7 @@ async def test_a_producer_that_dies_mid_run_gives_503_then_the_sink_reconnects(
             after = await client.post("/v1/usage", json=[_record(f"{run}-2")], headers=headers)
     assert (before.status_code, during.status_code, after.status_code) == (200, 503, 200)
     assert during.json()["accepted"] == 0
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=2)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=2)
     assert sorted(e.source_request_id for _, e in on_topic) == [f"{run}-1", f"{run}-2"]
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import orjson
-from ingest_support import kafka_sink, key_ring, read_usage, serve
+from fakes.usage_topic import read_usage_by_partition
+from ingest_support import kafka_sink, key_ring, serve
 
 from services.ingest.keys import hash_key
 from services.ingest.sources.base import scoped_event_id
@@ -117,7 +118,7 @@ async def test_litellm_payloads_from_the_real_package_are_normalised_exactly(
         scoped_event_id("litellm", "acme", p["id"]) for p in (openai_call, anthropic_call)
     ]
 
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=4)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=4)
     assert len(on_topic) == 4
     events = {e.event_id: e for _, e in on_topic}
     openai_event, anthropic_event = events[ids[0]], events[ids[1]]
@@ -184,7 +185,7 @@ async def test_litellm_generic_api_logger_posts_straight_to_the_endpoint(
             assert logger.log_queue == []  # delivered: the logger keeps what it failed to send
         finally:
             litellm.callbacks = previous
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=3)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=3)
     ids = {e.source_request_id for _, e in on_topic}
     assert ids == {r.id for r in responses}
     assert all((e.source, e.tenant, e.output) == ("litellm", "acme", 20) for _, e in on_topic)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from fakes.usage_topic import read_usage_by_partition
 from google.protobuf.json_format import MessageToDict
-from ingest_support import kafka_sink, key_ring, read_usage, serve
+from ingest_support import kafka_sink, key_ring, serve
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -119,7 +120,7 @@ async def test_real_sdk_exports_protobuf_and_json_and_only_model_calls_count(
     assert partial["rejectedSpans"] == "1"
     assert "gen_ai.usage.input_tokens: must include its cache parts" in partial["errorMessage"]
 
-    on_topic = await read_usage(kafka_bootstrap, topic_prefix, expected=4)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=4)
     assert len(on_topic) == 4  # two model calls, exported twice: same ids both times
     by_id: dict[str, list[Any]] = {}
     for _, event in on_topic:
