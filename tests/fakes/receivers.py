@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,14 +32,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from fakes.net import free_port
+
 PD_SEVERITIES = {"critical", "error", "warning", "info"}
 SIGNATURE_TOLERANCE_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> str | None:

@@ -1,4 +1,4 @@
-"""Ingest integration test helpers: a real server on a free port, the usage topic's content.
+"""Ingest integration test helpers: a real server on a free port, and key rings.
 
 The server is uvicorn in a thread of the test process, serving the real app over the real
 Kafka sink; it is stopped when the `with` block ends.
@@ -6,7 +6,6 @@ Kafka sink; it is stopped when the `with` block ends.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,16 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from fakes.net import free_port
 
 from services.ingest.app import create_app
 from services.ingest.keys import KeyRing, parse_keys
 from services.ingest.publisher import KafkaUsageSink, UsageSink
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def key_ring(*entries: dict[str, Any], environ: dict[str, str] | None = None) -> KeyRing:

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 from fakes import alert_events as ev
 from fakes.alerts_harness import SECRET, produce, service, settings, until, write_config
-from fakes.receivers import FakeReceivers, free_port
+from fakes.net import free_port
+from fakes.receivers import FakeReceivers
 
 from schemas.topics import BUDGETS, FORECASTS, THRESHOLDS
 

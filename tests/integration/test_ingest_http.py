@@ -10,8 +10,9 @@ import uuid
 import httpx
 import orjson
 import pytest
+from fakes.net import free_port
 from fakes.usage_topic import read_usage_by_partition
-from ingest_support import free_port, kafka_sink, key_ring, serve
+from ingest_support import kafka_sink, key_ring, serve
 
 from services.common.kafka import partition_for
 from services.ingest.errors import IngestConfigError

@@ -6,22 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import anthropic
+from fakes.net import free_port
 from fakes.provider import FakeProvider
 from fakes.proxy_harness import read_usage, unique_tenant
 
 from services.proxy.keys import hash_key
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
