@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import create_engine, text
 
+from fakes.kafka_io import send_events
 from schemas.base import Event
-from schemas.codec import encode
 from schemas.topics import TopicSpec
 from services.alerts.app import AlertsSettings, run
 from services.common.settings import StackSettings
@@ -69,14 +68,14 @@ def write_config(
 
 
 async def produce(bootstrap: str, prefix: str, events: Iterable[tuple[TopicSpec, Event]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for spec, event in events:
-            key = getattr(event, "budget_id", None) or getattr(event, "tenant", "")
-            await producer.send_and_wait(spec.name(prefix), encode(event), key=str(key).encode())
-    finally:
-        await producer.stop()
+    """Put each event on its topic, keyed by its budget id (or else its tenant)."""
+    await send_events(
+        bootstrap,
+        (
+            (spec.name(prefix), str(getattr(e, "budget_id", None) or getattr(e, "tenant", "")), e)
+            for spec, e in events
+        ),
+    )
 
 
 def settings(

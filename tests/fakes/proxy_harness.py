@@ -13,12 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
-from fakes.usage_topic import read_usage_by_partition
+from fakes.kafka_io import read_usage_by_partition, send_events
 from schemas.base import Event
 from schemas.budgets import BudgetDefined, BudgetSpec
-from schemas.codec import encode
 from schemas.signals import PolicyChanged, ThresholdCrossed
 from schemas.topics import BUDGETS, POLICIES, THRESHOLDS
 from schemas.usage import UsageRecorded
@@ -106,19 +103,18 @@ def threshold_crossed(
 async def publish(bootstrap: str, prefix: str, events: Iterable[Event]) -> None:
     """Put budget events on `budgets`, policies on `policies` and crossings on `thresholds`,
     keyed by budget id."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for event in events:
-            spec = BUDGETS
-            if isinstance(event, PolicyChanged):
-                spec = POLICIES
-            elif isinstance(event, ThresholdCrossed):
-                spec = THRESHOLDS
-            budget_id: str = event.budget_id  # type: ignore[attr-defined]
-            await producer.send_and_wait(spec.name(prefix), encode(event), key=budget_id.encode())
-    finally:
-        await producer.stop()
+
+    def topic(event: Event) -> str:
+        if isinstance(event, PolicyChanged):
+            return POLICIES.name(prefix)
+        if isinstance(event, ThresholdCrossed):
+            return THRESHOLDS.name(prefix)
+        return BUDGETS.name(prefix)
+
+    await send_events(
+        bootstrap,
+        ((topic(e), e.budget_id, e) for e in events),  # type: ignore[attr-defined]
+    )
 
 
 async def read_usage(

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from fakes.kafka_io import send_events
 from fastapi import FastAPI
 from sqlalchemy import Engine, select
 
 from schemas.base import Event
-from schemas.codec import decode, encode
+from schemas.codec import decode
 from schemas.topics import TopicSpec
 from services.api.app import create_app
 from services.api.auth import Role, create_key
@@ -65,15 +65,8 @@ class Harness:
         return await self.warehouse.catch_up()
 
     async def produce(self, spec: TopicSpec, events: Iterable[tuple[str, Event]]) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for key, event in events:
-                await producer.send_and_wait(
-                    spec.name(self.prefix), encode(event), key=key.encode()
-                )
-        finally:
-            await producer.stop()
+        topic = spec.name(self.prefix)
+        await send_events(self.bootstrap, ((topic, key, event) for key, event in events))
 
     async def read_topic(self, spec: TopicSpec) -> list[Event]:
         """Every committed event on the topic, partition by partition."""

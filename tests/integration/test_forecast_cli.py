@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
+from fakes.kafka_io import send_events
 from typer.testing import CliRunner
 
-from schemas.codec import encode
 from schemas.signals import Band, ForecastUpdated, Projection
 from schemas.topics import FORECASTS
 from services.cli import build
@@ -37,13 +36,7 @@ def _forecast(budget_id: str, hour: int, p50: float) -> ForecastUpdated:
 
 
 async def _publish(bootstrap: str, topic: str, events: list[ForecastUpdated]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for event in events:
-            await producer.send_and_wait(topic, encode(event), key=event.budget_id.encode())
-    finally:
-        await producer.stop()
+    await send_events(bootstrap, ((topic, e.budget_id, e) for e in events))
 
 
 def test_forecast_command_prints_the_latest_projection(

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from fakes.usage_topic import read_usage_by_partition
+from fakes.kafka_io import read_usage_by_partition
 from ingest_support import kafka_sink
 from typer.testing import CliRunner
 

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 from fakes.net import free_port
-from fakes.usage_topic import read_usage_by_partition
+from fakes.kafka_io import read_usage_by_partition
 from ingest_support import kafka_sink, key_ring, serve
 
 from services.common.kafka import partition_for

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
-from fakes.usage_topic import read_usage_by_partition
+from fakes.kafka_io import read_usage_by_partition
 from ingest_support import kafka_sink, key_ring, serve
 
 from services.ingest.keys import hash_key

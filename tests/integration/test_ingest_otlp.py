@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from fakes.usage_topic import read_usage_by_partition
+from fakes.kafka_io import read_usage_by_partition
 from google.protobuf.json_format import MessageToDict
 from ingest_support import kafka_sink, key_ring, serve
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans

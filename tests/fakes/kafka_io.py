@@ -1,15 +1,27 @@
-"""Reading back what an edge (ingest, proxy) put on a prefix's usage topic."""
+"""Test traffic on the real broker: events put on a topic, usage read back from one."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from schemas.codec import decode
+from schemas.base import Event
+from schemas.codec import decode, encode
 from schemas.topics import USAGE
 from schemas.usage import UsageBatch, UsageRecorded
+
+
+async def send_events(bootstrap: str, records: Iterable[tuple[str, str, Event]]) -> None:
+    """Put each (topic, key, event) on the broker in order, each acknowledged (acks=all)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        await producer.start()
+        for topic, key, event in records:
+            await producer.send_and_wait(topic, encode(event), key=key.encode())
+    finally:
+        await producer.stop()
 
 
 async def read_usage_by_partition(
