@@ -565,3 +565,27 @@ def test_portkey_request_id_falls_back_when_the_export_has_no_id():
     assert digest.startswith("sha256:")
     assert portkey.to_draft(dict(reversed(list(base.items())))).source_request_id == digest
     assert portkey.to_draft({**base, "res_units": 3}).source_request_id != digest
+
+
+def test_a_litellm_cache_hit_reads_the_same_live_and_from_spendlogs():
+    from services.ingest.sources import litellm_spendlogs
+
+    live = mapped(litellm.to_draft, _slp(cache_hit=True))
+    row = {
+        "request_id": "call-1",
+        "startTime": "2026-11-27 12:00:00.5",
+        "model": "gpt-4o",
+        "prompt_tokens": 1000,
+        "completion_tokens": 40,
+        "cache_hit": "True",
+        "metadata": '{"additional_usage_values": {"cache_read_input_tokens": 600}}',
+    }
+    backfilled = mapped(litellm_spendlogs.to_draft, row)
+    assert parts(live) == parts(backfilled) == (0, 0, 0, 0, 0)
+    assert live.event_id == backfilled.event_id
+    assert (
+        live.properties["gateway_cache_hit"] is backfilled.properties["gateway_cache_hit"] is True
+    )
+    cached = {"input_uncached": 400, "cache_read": 600, "cache_write": 0, "output": 40}
+    for event in (live, backfilled):
+        assert event.properties["cached_response_tokens"] == {**cached, "reasoning": 0}

@@ -65,6 +65,17 @@ def _usage_parts(record: Mapping[str, Any]) -> TokenParts:
     )
 
 
+def served_from_cache(tokens: TokenParts, properties: dict[str, Any]) -> TokenParts:
+    """A response LiteLLM served from its own cache consumed no provider tokens.
+
+    The counts it reported are kept under `properties`. The live payload and the SpendLogs
+    backfill both come through here, so one request reads the same whichever path brought it.
+    """
+    properties["gateway_cache_hit"] = True
+    properties["cached_response_tokens"] = tokens.as_fields()
+    return TokenParts()
+
+
 def to_draft(record: Any) -> Draft:
     if not isinstance(record, Mapping):
         raise RecordRejected("(record)", "must be a JSON object (a StandardLoggingPayload)")
@@ -74,9 +85,7 @@ def to_draft(record: Any) -> Draft:
     tokens = _usage_parts(record)
     properties: dict[str, Any] = {}
     if record.get("cache_hit") is True:
-        properties["gateway_cache_hit"] = True
-        properties["cached_response_tokens"] = tokens.as_fields()
-        tokens = TokenParts()
+        tokens = served_from_cache(tokens, properties)
     if record.get("status") not in (None, "success"):
         properties["status"] = str(record.get("status"))
     context: dict[str, Any] = {}

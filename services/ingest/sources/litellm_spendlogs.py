@@ -22,7 +22,7 @@ import orjson
 from services.ingest.attribution import flatten
 from services.ingest.errors import RecordRejected
 from services.ingest.sources.base import Draft, opt_str, parse_time, require_str, usd_to_micros
-from services.ingest.sources.litellm import SOURCE
+from services.ingest.sources.litellm import SOURCE, served_from_cache
 from services.ingest.tokens import TokenParts, count, from_inclusive
 
 
@@ -66,9 +66,7 @@ def to_draft(row: Any) -> Draft:
     tokens = _tokens(row, extra)
     properties: dict[str, Any] = {}
     if str(row.get("cache_hit", "")).lower() == "true":
-        properties["gateway_cache_hit"] = True
-        properties["cached_response_tokens"] = tokens.as_fields()
-        tokens = TokenParts()
+        tokens = served_from_cache(tokens, properties)
     if row.get("status") not in (None, "", "success"):
         properties["status"] = str(row["status"])
     context: dict[str, Any] = {}
