@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from schemas.errors import AllotmentError
 from schemas.topics import ALL, TopicSpec
 
 
@@ -90,6 +91,19 @@ async def ensure_topics(
         await admin.close()
 
 
+class TopicReadStalled(AllotmentError, TimeoutError):
+    """A topic read from offset zero stopped moving before its end: what was folded is partial.
+
+    A TimeoutError too, so a caller that already treats an unreachable broker as "try later"
+    (the API answers 503) treats this the same way instead of using a partial read model.
+    """
+
+    def __init__(self, topic: str, behind: int) -> None:
+        self.topic = topic
+        self.behind = behind
+        super().__init__(f"{topic}: reading stalled {behind} records before the end")
+
+
 async def read_from_start(
     bootstrap: str,
     topic: str,
@@ -97,17 +111,21 @@ async def read_from_start(
     on_value: Callable[[bytes | None], None],
     *,
     isolation_level: str = "read_uncommitted",
-    idle_polls: int = 3,
+    stall_polls: int = 100,
 ) -> None:
-    """Pass every value of `topic`, from offset zero to its end when called, to `on_value`.
+    """Pass every value of `topic` to `on_value`, from offset zero to (at least) its end.
 
     Read models folded from a topic at start (the API's configuration, the budgets mirror) all
-    need this one loop. It stops at the end offsets taken at the start, or after `idle_polls`
-    empty polls in a row (300 ms each) so a broker that stops answering cannot hang a start-up.
-    The consumer is stopped also when `start()` itself fails (broker down), so nothing leaks.
+    need this one loop. It returns once every partition reached the end offset it had when the
+    call began. After `stall_polls` polls in a row (300 ms each) in which no position moved it
+    raises `TopicReadStalled` rather than return a partial fold. The consumer is stopped also
+    when `start()` itself fails (broker down), so nothing leaks.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        auto_offset_reset="earliest",
     )
     try:
         await consumer.start()
@@ -116,12 +134,18 @@ async def read_from_start(
         for tp in tps:
             consumer.seek(tp, 0)
         ends = await consumer.end_offsets(tps)
-        idle = 0
-        while idle < idle_polls and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            idle = 0 if batch else idle + 1
+        positions = [await consumer.position(tp) for tp in tps]
+        still = 0
+        while any(pos < ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+            if still >= stall_polls:
+                behind = sum(ends[tp] - pos for pos, tp in zip(positions, tps, strict=True))
+                raise TopicReadStalled(topic, behind)
+            batch = await consumer.getmany(*tps, timeout_ms=300, max_records=5000)
             for messages in batch.values():
                 for message in messages:
                     on_value(message.value)
+            moved = [await consumer.position(tp) for tp in tps]
+            still = 0 if moved != positions else still + 1
+            positions = moved
     finally:
         await consumer.stop()

@@ -77,7 +77,6 @@ class Harness:
             spec.partitions,
             lambda value: found.append(decode(value or b"")),
             isolation_level="read_committed",
-            idle_polls=5,
         )
         return found
 

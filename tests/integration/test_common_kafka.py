@@ -6,11 +6,11 @@ import asyncio
 import gc
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from schemas.topics import BUDGET_EVENTS
-from services.common.kafka import read_from_start
+from services.common.kafka import TopicReadStalled, read_from_start
 
 
 async def test_every_value_of_every_partition_is_read_once(
@@ -50,3 +50,30 @@ async def test_a_broker_that_is_down_fails_without_leaking_the_consumer() -> Non
 
     gc.collect()
     assert not [c for c in complaints if "Unclosed" in c]
+
+
+async def test_a_read_that_stops_moving_raises_instead_of_returning_a_partial_fold(
+    kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = BUDGET_EVENTS.name(topic_prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in (b"a", b"b", b"c"):
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+    async def silent(self: AIOKafkaConsumer, *partitions: object, **options: object) -> dict:
+        await asyncio.sleep(0.01)  # a broker that stopped answering fetches
+        return {}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", silent)
+    seen: list[bytes | None] = []
+    with pytest.raises(TopicReadStalled) as stalled:
+        await read_from_start(
+            kafka_bootstrap, topic, BUDGET_EVENTS.partitions, seen.append, stall_polls=3
+        )
+    assert (stalled.value.topic, stalled.value.behind) == (topic, 3)
+    assert isinstance(stalled.value, TimeoutError)  # the API's "try later" path catches it
+    assert seen == []
