@@ -10,8 +10,8 @@ import uuid
 import httpx
 import orjson
 import pytest
-from fakes.net import free_port
 from fakes.kafka_io import read_usage_by_partition
+from fakes.net import free_port
 from ingest_support import kafka_sink, key_ring, serve
 
 from services.common.kafka import partition_for
