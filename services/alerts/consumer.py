@@ -33,6 +33,7 @@ from services.alerts import facts, outbox
 from services.alerts.config import AlertsConfig
 from services.alerts.payload import BudgetView, budget_path, build_payload, delivery_id, update_view
 from services.alerts.routing import AlertSignal, Route, route, signal_of
+from services.common.offsets import load_offsets, store_offsets
 
 log = logging.getLogger(__name__)
 SIGNAL_SPECS: tuple[TopicSpec, ...] = (FORECASTS, THRESHOLDS, POLICIES)
@@ -156,7 +157,7 @@ def apply_batch(
                 result.enqueued += added
             else:
                 result.skipped += 1
-        outbox.store_offsets(conn, offsets)
+        store_offsets(conn, outbox.CONSUMER, offsets)
     return result
 
 
@@ -259,4 +260,4 @@ async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
 
 def _load_offsets(engine: Engine, topics: set[str]) -> dict[tuple[str, int], int]:
     with engine.connect() as conn:
-        return outbox.load_offsets(conn, topics)
+        return load_offsets(conn, outbox.CONSUMER, topics)

@@ -8,7 +8,7 @@ out cannot overwrite what its successor recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,29 +55,6 @@ class ClaimedRow:
     action: str
     payload: dict[str, Any]
     attempts: int
-
-
-def load_offsets(conn: Connection, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-    rows = conn.execute(
-        text(
-            "SELECT topic, partition, next_offset FROM consumer_offsets "
-            "WHERE consumer = :c AND topic = ANY(:t)"
-        ),
-        {"c": CONSUMER, "t": list(topics)},
-    )
-    return {(r.topic, r.partition): r.next_offset for r in rows}
-
-
-def store_offsets(conn: Connection, offsets: Mapping[tuple[str, int], int]) -> None:
-    for (topic, partition), next_offset in offsets.items():
-        conn.execute(
-            text(
-                "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
-                "VALUES (:c, :t, :p, :o) ON CONFLICT (consumer, topic, partition) DO UPDATE "
-                "SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)"
-            ),
-            {"c": CONSUMER, "t": topic, "p": partition, "o": next_offset},
-        )
 
 
 def enqueue(conn: Connection, row: NewRow) -> bool:

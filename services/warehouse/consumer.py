@@ -12,15 +12,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Connection, Engine, delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
 
 from schemas.errors import AllotmentError
 from schemas.topics import ALL
+from services.common.offsets import load_offsets, store_offsets
 from services.warehouse import tables as t
 from services.warehouse.projector import CONFIG_KINDS, KINDS, Projector, Record
 
@@ -160,10 +159,7 @@ class WarehouseConsumer:
     def _load(self) -> dict[tuple[str, int], int]:
         with self.engine.begin() as conn:
             self.projector.load(conn)
-            rows = conn.execute(
-                select(t.consumer_offsets).where(t.consumer_offsets.c.consumer == self.name)
-            ).mappings()
-            return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            return load_offsets(conn, self.name)
 
     def _config_partitions(self) -> list[TopicPartition]:
         return [tp for tp in self.partitions if self._kind_of[tp.topic] in CONFIG_KINDS]
@@ -217,7 +213,7 @@ class WarehouseConsumer:
         try:
             with self.engine.begin() as conn:
                 self.projector.project(conn, records)
-                self._store(conn, offsets)
+                store_offsets(conn, self.name, offsets)
         except (DataError, IntegrityError):
             log.warning("batch of %d refused; projecting it record by record", len(records))
             self._write_one_by_one(records, offsets)
@@ -242,20 +238,7 @@ class WarehouseConsumer:
                         record.offset,
                         type(exc.orig or exc).__name__,
                     )
-            self._store(conn, offsets)
-
-    def _store(self, conn: Connection, offsets: dict[tuple[str, int], int]) -> None:
-        rows: list[dict[str, Any]] = [
-            {"consumer": self.name, "topic": topic, "partition": p, "next_offset": n}
-            for (topic, p), n in offsets.items()
-        ]
-        stmt = insert(t.consumer_offsets).values(rows)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["consumer", "topic", "partition"],
-                set_={"next_offset": stmt.excluded.next_offset},
-            )
-        )
+            store_offsets(conn, self.name, offsets)
 
     async def backlog(self) -> int:
         """Records between the current positions and the ends of the partitions."""
