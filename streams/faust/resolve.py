@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
+from schemas.base import field_errors
 from schemas.codec import upcast
 from schemas.errors import AllotmentError, FieldError, InvalidEvent
 from schemas.usage import UsageRecorded
 from services.common.kafka import partition_for
-from streams.budgets import BudgetIndex
+from streams.budgets import Budget, BudgetIndex
 from streams.faust.deadletter import Rejected, reason_of
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
 from streams.periods import to_ms
@@ -52,18 +54,33 @@ class ResolvedBatch:
     unmatched: int = 0
 
 
+_VALIDATE = UsageRecorded.__pydantic_validator__.validate_python
+
+
 def _parse_event(payload: Any) -> UsageRecorded:
-    if isinstance(payload, dict) and "type" not in payload:
-        payload = {**payload, "type": "UsageRecorded"}
+    """Validate one usage event against the contract (upcasting an older version first)."""
     if not isinstance(payload, dict):
         raise InvalidEvent("UsageRecorded", [FieldError("(payload)", "must be a JSON object")])
-    payload = upcast(payload)
-    if payload.get("type") != "UsageRecorded":
+    kind = payload.get("type", "UsageRecorded")
+    if kind != "UsageRecorded":
         raise InvalidEvent(
-            "UsageRecorded", [FieldError("type", "must be UsageRecorded inside an envelope")]
+            "UsageRecorded", [FieldError("type", f"must be UsageRecorded, got {kind!r}")]
         )
-    event: UsageRecorded = UsageRecorded.parse(payload)
+    if payload.get("version", 1) != UsageRecorded.VERSION:
+        payload = upcast({**payload, "type": kind})
+    try:
+        event: UsageRecorded = _VALIDATE(payload)
+    except ValidationError as exc:
+        raise InvalidEvent("UsageRecorded", field_errors(exc)) from None
     return event
+
+
+def _dimensions(event: UsageRecorded) -> tuple[Any, ...]:
+    """Everything a selector looks at: events alike in these match the same budgets."""
+    return (
+        event.tenant, event.team, event.feature, event.user, event.virtual_key, event.provider,
+        event.request_model, event.response_model, tuple(event.tags),
+    )  # fmt: skip
 
 
 def _events_of(raw: bytes) -> tuple[bool, list[tuple[int, Any]]]:
@@ -103,8 +120,9 @@ class Resolver:
         lines: dict[tuple[str, int], list[list[int]]] = {}
         tenants: dict[str, str] = {}
         batch: dict[int, BatchRecord] = {}
+        matched: dict[tuple[Any, ...], list[Budget]] = {}  # match_budgets per kind of event
         for record in records:
-            self._resolve_record(record, index, out, lines, tenants, batch)
+            self._resolve_record(record, index, out, lines, tenants, batch, matched)
         for (budget_id, partition), budget_lines in lines.items():
             charge = {
                 "type": "BudgetCharged",
@@ -144,6 +162,7 @@ class Resolver:
         lines: dict[tuple[str, int], list[list[int]]],
         tenants: dict[str, str],
         batch: dict[int, BatchRecord],
+        matched: dict[tuple[Any, ...], list[Budget]],
     ) -> None:
         raw = record.value or b""
         try:
@@ -182,7 +201,10 @@ class Resolver:
             dedupe.record_time_ms = max(dedupe.record_time_ms, record.timestamp_ms)
             dedupe.ids.append(event.event_id)
             dedupe.positions.append(position)
-            budgets = match_budgets(index, event)
+            dims = _dimensions(event)
+            budgets = matched.get(dims)
+            if budgets is None:
+                budgets = matched[dims] = match_budgets(index, event)
             if not budgets:
                 out.unmatched += 1
                 continue

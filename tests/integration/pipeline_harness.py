@@ -69,6 +69,17 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    restarts: int = 0
+
+    def revive(self) -> bool:
+        """Restart a worker that exited on purpose (status 70: it found a record it must read
+        again), as a supervisor would; True when it did."""
+        if self.proc is not None and self.proc.poll() == 70:
+            self.restarts += 1
+            self.start()
+            return True
+        return False
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -187,7 +198,10 @@ async def wait_for(
     """Poll an async `check` until it returns a truthy value; fail with the workers' logs."""
     deadline = time.monotonic() + timeout
     last: Any = None
+    workers = list(workers)
     while time.monotonic() < deadline:
+        for worker in workers:
+            worker.revive()
         last = await check()
         if last:
             return last
