@@ -27,7 +27,7 @@ from schemas.errors import AllotmentError
 from services.common.kafka import partition_for
 from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_changed, policy_event
-from streams.faust.deadletter import Rejected, dead_letter_key, to_dead_letter
+from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
 from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
@@ -219,8 +219,17 @@ class Pipeline:
             log.error("charge for an unknown budget", extra={"budget_id": charge.budget_id})
             return
         key = charge.budget_id.encode()
-        stored = StoredLedger.from_bytes(self.tables.ledger.get(key), charge.budget_id)
-        outcome = self.charger.charge(stored, budget, charge)
+        try:
+            stored = StoredLedger.from_bytes(self.tables.ledger.get(key), charge.budget_id)
+            outcome = self.charger.charge(stored, budget, charge)
+        except AllotmentError as exc:
+            # A rule refuses this charge (it would refuse it again after every restart):
+            # keep it with the reason instead of stopping the ledger.
+            reason, errors = reason_of(exc)
+            rejected = Rejected(message.topic, message.partition, message.offset, reason,
+                                message.value or b"", errors)  # fmt: skip
+            await self.dead_letter(rejected)
+            return
         self.tables.ledger[key] = outcome.stored.to_bytes()
         for wire in outcome.thresholds:
             value = orjson.dumps(wire)

@@ -16,6 +16,7 @@ Crash safety rests on three facts (design.md, invariants 1 and 3):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -148,6 +149,19 @@ def _instant(value: Any) -> datetime:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def in_position_order(lines: list[ChargeLine]) -> list[ChargeLine]:
+    """The lines sorted by position, each position once.
+
+    Resolve emits them that way; a charge written by an older build (or another producer) may
+    not, and the fold refuses such a charge. All lines share one source partition, so sorting
+    loses nothing: the watermark still skips exactly what was applied.
+    """
+    if all(a.position < b.position for a, b in itertools.pairwise(lines)):
+        return lines
+    unique = {line.position: line for line in lines}
+    return [unique[p] for p in sorted(unique)]
+
+
 class Charger:
     """Applies charge messages to stored ledgers and says what to publish."""
 
@@ -162,7 +176,7 @@ class Charger:
         self._current_policy = current_policy
 
     def charge(self, stored: StoredLedger, budget: Budget, charge: BudgetCharged) -> ChargeOutcome:
-        lines = [ChargeLine.from_wire(row) for row in charge.lines]
+        lines = in_position_order([ChargeLine.from_wire(row) for row in charge.lines])
         result = apply_charge(
             stored.state, budget, charge.source_partition, lines, self.late_window
         )

@@ -52,6 +52,7 @@ class ResolvedBatch:
     duplicates: int = 0
     redeliveries: int = 0
     unmatched: int = 0
+    reread: int = 0
 
 
 _VALIDATE = UsageRecorded.__pydantic_validator__.validate_python
@@ -121,7 +122,14 @@ class Resolver:
         tenants: dict[str, str] = {}
         batch: dict[int, BatchRecord] = {}
         matched: dict[tuple[Any, ...], list[Budget]] = {}  # match_budgets per kind of event
+        high: dict[int, int] = {}  # per partition, the highest offset handled in this batch
         for record in records:
+            if record.offset <= high.get(record.partition, -1):
+                # Read again after a rebalance's seek while still in this batch: already handled
+                # above, and a charge must list its positions in increasing order.
+                out.reread += 1
+                continue
+            high[record.partition] = record.offset
             self._resolve_record(record, index, out, lines, tenants, batch, matched)
         for (budget_id, partition), budget_lines in lines.items():
             charge = {
