@@ -36,6 +36,7 @@ from pipeline_harness import (  # noqa: E402
     WorkerProcess,
     budget_event,
     delete_prefixed_topics,
+    ledgers,
     metrics_port,
     publish_budgets,
     usage,
@@ -139,15 +140,23 @@ async def wait_port(worker: WorkerProcess, timeout: float = 120) -> int:
     raise RuntimeError(f"worker not ready:\n{worker.log_tail()}")
 
 
-def ready_at(worker: WorkerProcess) -> float:
-    """Wall-clock time of the worker's last "Worker ready" log line (streams resume there)."""
-    stamp = None
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        if "Worker ready" in line:
-            stamp = orjson.loads(line)["ts"]
-    if stamp is None:
+def ready_times(worker: WorkerProcess) -> list[float]:
+    """Wall-clock times of the worker's "Worker ready" log lines (streams resume there)."""
+    stamps = [
+        orjson.loads(line)["ts"]
+        for line in worker.log_path.read_text(errors="replace").splitlines()
+        if "Worker ready" in line
+    ]
+    if not stamps:
         raise RuntimeError("worker never got ready")
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return [datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in stamps]
+
+
+async def all_charged(bootstrap: str, prefix: str, n: int) -> bool:
+    """Whether the `all` budget's ledger (from its changelog) counts every event."""
+    found = await ledgers(bootstrap, f"{prefix}.pipeline")
+    periods = found.get("bench-all", {}).get("state", {}).get("periods", {})
+    return sum(p["events"] for p in periods.values()) >= n
 
 
 async def pipeline_throughput(
@@ -161,20 +170,31 @@ async def pipeline_throughput(
     expected_lines = charge_lines(n)
     worker.start()
     port = await wait_port(worker)
+    restarted = False
     while True:
-        if scrape(port).get("allotment_worker_lines_applied_total", 0) >= expected_lines:
+        try:
+            applied = scrape(port).get("allotment_worker_lines_applied_total", 0)
+        except OSError:
+            applied = -1
+        if not restarted and applied >= expected_lines:
+            done = time.time()
+            break
+        if restarted and await all_charged(bootstrap, prefix, n):
             done = time.time()
             break
         if not worker.alive():
             if not worker.revive():
                 raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
+            # A restarted worker counts from zero: read the ledger from Kafka from now on.
             print("worker exited to re-read skipped records; restarted (time counts)")
+            restarted = True
             while metrics_port(worker) in (None, port):
                 await asyncio.sleep(0.1)
             port = await wait_port(worker)
             continue
-        await asyncio.sleep(0.05)
-    return n / (done - ready_at(worker))
+        await asyncio.sleep(0.05 if not restarted else 1.0)
+    first_ready = ready_times(worker)[0]
+    return n / (done - first_ready)
 
 
 async def loop_latency(bootstrap: str, prefix: str, samples: int) -> list[float]:
