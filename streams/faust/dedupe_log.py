@@ -44,7 +44,7 @@ class BatchRecord:
             "last": self.last_offset,
             "ts": self.record_time_ms,
             "ids": self.ids,
-            "pos": [list(p) for p in self.positions],
+            "pos": self.positions,  # orjson writes tuples as arrays
         }
 
     @classmethod
