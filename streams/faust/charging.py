@@ -27,6 +27,7 @@ import orjson
 from schemas.charges import BudgetCharged
 from schemas.signals import ThresholdCrossed
 from streams.budgets import Budget
+from streams.errors import OutOfOrderCharge
 from streams.ledger import ChargeLine, LedgerState, apply_charge, totals_at
 from streams.periods import from_ms, next_reset, period_of, window_of_key
 from streams.policy import RESTRICTIVENESS, decide
@@ -176,10 +177,19 @@ class Charger:
         self._current_policy = current_policy
 
     def charge(self, stored: StoredLedger, budget: Budget, charge: BudgetCharged) -> ChargeOutcome:
-        lines = in_position_order([ChargeLine.from_wire(row) for row in charge.lines])
-        result = apply_charge(
-            stored.state, budget, charge.source_partition, lines, self.late_window
-        )
+        lines = [ChargeLine.from_wire(row) for row in charge.lines]
+        try:
+            result = apply_charge(
+                stored.state, budget, charge.source_partition, lines, self.late_window
+            )
+        except OutOfOrderCharge:
+            result = apply_charge(
+                stored.state,
+                budget,
+                charge.source_partition,
+                in_position_order(lines),
+                self.late_window,
+            )
         crossings = dict(stored.crossings)
         for crossing in result.crossings:
             hint = policy_hint(budget, crossing)
