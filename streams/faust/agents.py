@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from schemas.charges import BudgetCharged
 from schemas.errors import AllotmentError
 from services.common.kafka import partition_for
+from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_changed, policy_event
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
@@ -126,8 +127,14 @@ class Pipeline:
             self.dedupe,
             self.tables.budget_view.index,
         )
+        self.allocations = AllocationFeed(
+            config.bootstrap, config.topic_prefix, self.tables.budget_view.index
+        )
         self.charger = Charger(
-            config.late_window, self.tables.emitted.__contains__, self.tables.current_policy
+            config.late_window,
+            self.tables.emitted.__contains__,
+            self.tables.current_policy,
+            self.allocations.limits,
         )
         self.offsets = OffsetGuard()
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
@@ -150,16 +157,24 @@ class Pipeline:
 
         async def charge_budgets(stream: Any) -> None:
             async for event in stream.events():
+                # Never charge with an allocation book behind the one a crashed run had.
+                await self.allocations.wait_ready()
                 with crash_on_error("charge_budgets"):
                     self.offsets.check([event])
                     await self.charge(event)
 
         async def reset_policies() -> None:
+            await self.allocations.wait_ready()
             await self.reset_policies(datetime.now(UTC))
+
+        async def follow_allocations() -> None:
+            with crash_on_error("follow_allocations"):
+                await self.allocations.run()
 
         app.agent(self.topics.usage, name="resolve_usage", concurrency=1)(resolve_usage)
         app.agent(self.topics.charges, name="charge_budgets", concurrency=1)(charge_budgets)
         app.timer(config.reset_check_interval, name="reset_policies")(reset_policies)
+        app.task(follow_allocations)
         app.timer(5.0, name="report_lag")(self.report_lag)
 
     async def resolve_batch(self, events: list[EventT]) -> None:
@@ -253,26 +268,28 @@ class Pipeline:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
 
     async def reset_policies(self, now: datetime) -> None:
-        """Return budgets to their period's policy once `reset_at` passed.
+        """Return budgets to their period's policy once `reset_at` passed, or once allocation
+        changed their tenant's limits (a draw that lifts a hard stop).
 
         A hard-stopped budget gets no traffic, so no charge would ever reset it; this timer does,
         for the budgets whose charges partition this worker owns.
         """
         owned = self.owned_charge_partitions()
         index = self.tables.budget_view.index()
+        touched, self.allocations.touched = self.allocations.touched, set()
         for key, raw in list(self.tables.policies.items()):
             current = orjson.loads(raw)
             reset_at = current.get("reset_at")
             if current.get("policy") == "allow" or reset_at is None:
                 continue
-            if datetime.fromisoformat(reset_at) > now:
+            if datetime.fromisoformat(reset_at) > now and current.get("tenant") not in touched:
                 continue
             budget_id = key.decode()
             budget = index.get(budget_id)
             if budget is None or partition_for(budget_id, self.config.partitions) not in owned:
                 continue
             stored = StoredLedger.from_bytes(self.tables.ledger.get(key), budget_id)
-            new = policy_event(budget, stored.state, now)
+            new = policy_event(budget, stored.state, now, self.allocations.limits(budget, now))
             if policy_changed(current, new):
                 self.tables.policies[key] = orjson.dumps(new)
                 self.metrics.policies.inc()

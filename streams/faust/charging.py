@@ -17,19 +17,20 @@ Crash safety rests on three facts (design.md, invariants 1 and 3):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from schemas.budgets import Metric
 from schemas.charges import BudgetCharged
 from schemas.signals import ThresholdCrossed
 from streams.budgets import Budget
 from streams.errors import OutOfOrderCharge
-from streams.ledger import ChargeLine, LedgerState, apply_charge, totals_at
-from streams.periods import from_ms, next_reset, period_of, window_of_key
+from streams.ledger import ChargeLine, ChargeResult, LedgerState, apply_charge, totals_at
+from streams.periods import from_ms, next_reset, period_of, period_of_ms, window_of_key
 from streams.policy import RESTRICTIVENESS, decide
 from streams.thresholds import Crossing, consumed_of, usage_percent
 
@@ -67,7 +68,11 @@ class ChargeOutcome:
 
 
 def threshold_event(budget: Budget, crossing: Crossing, at_limit_hint: str) -> dict[str, Any]:
-    """The wire form of a crossing; deterministic, so a re-emission is byte-identical."""
+    """The wire form of a crossing; deterministic, so a re-emission is byte-identical.
+
+    `crossing.limit` is the limit the ledger compared with (the effective one when allocation
+    moved tokens); `limit` on the wire is the spec's.
+    """
     window = window_of_key(budget.spec.period, crossing.period_key)
     event = ThresholdCrossed(
         tenant=budget.tenant,
@@ -78,7 +83,7 @@ def threshold_event(budget: Budget, crossing: Crossing, at_limit_hint: str) -> d
         metric=crossing.metric,
         threshold=crossing.threshold,
         consumed=crossing.consumed,
-        limit=crossing.limit,
+        limit=budget.limits.get(crossing.metric, crossing.limit),
         effective_limit=crossing.limit,
         crossed_at=from_ms(crossing.crossed_at_ms),
         recommended_action=at_limit_hint,
@@ -86,11 +91,18 @@ def threshold_event(budget: Budget, crossing: Crossing, at_limit_hint: str) -> d
     return event.to_wire()
 
 
-def policy_event(budget: Budget, state: LedgerState, now: datetime) -> dict[str, Any]:
-    """The routing policy in force for `budget` at `now`, from its ledger (domain `decide`)."""
+def policy_event(
+    budget: Budget,
+    state: LedgerState,
+    now: datetime,
+    limits: Mapping[Metric, int] | None = None,
+) -> dict[str, Any]:
+    """The routing policy in force for `budget` at `now`, from its ledger (domain `decide`),
+    against `limits` (the effective ones at `now`; default: the spec's)."""
     period = budget.spec.period
+    limits = budget.limits if limits is None else limits
     totals = totals_at(state, budget, now)
-    percent, metric = usage_percent(totals, budget.limits)
+    percent, metric = usage_percent(totals, dict(limits))
     decision = decide(
         budget,
         percent,
@@ -98,7 +110,7 @@ def policy_event(budget: Budget, state: LedgerState, now: datetime) -> dict[str,
         next_reset(period, now),
         metric=metric,
         consumed=consumed_of(totals, metric),
-        limit=budget.limits.get(metric, 0),
+        limit=limits.get(metric, 0),
     )
     return decision.to_event(now).to_wire()
 
@@ -163,33 +175,93 @@ def in_position_order(lines: list[ChargeLine]) -> list[ChargeLine]:
     return [unique[p] for p in sorted(unique)]
 
 
+Limits = Callable[[Budget, datetime], Mapping[Metric, int] | None]
+"""A budget's effective limits at an instant; None when allocation changed nothing for it."""
+
+
+def spec_limits(budget: Budget, at: datetime) -> None:
+    """No allocation book: every budget is held to its spec's limits."""
+    return None
+
+
+def _merge(first: ChargeResult, second: ChargeResult) -> ChargeResult:
+    return ChargeResult(
+        second.state,
+        first.applied + second.applied,
+        first.skipped + second.skipped,
+        [*first.late, *second.late],
+        [*first.crossings, *second.crossings],
+    )
+
+
 class Charger:
-    """Applies charge messages to stored ledgers and says what to publish."""
+    """Applies charge messages to stored ledgers and says what to publish.
+
+    `limits` gives a budget's effective limits (the allocation book's, `allocations.py`); the
+    ledger fold, the crossings and the policy decisions all use them.
+    """
 
     def __init__(
         self,
         late_window: timedelta,
         emitted: Callable[[tuple[str, str, int]], bool],
         current_policy: Callable[[str], dict[str, Any] | None],
+        limits: Limits = spec_limits,
     ) -> None:
         self.late_window = late_window
         self._emitted = emitted
         self._current_policy = current_policy
+        self.limits = limits
+
+    def fold(
+        self, state: LedgerState, budget: Budget, partition: int, lines: Sequence[ChargeLine]
+    ) -> ChargeResult:
+        """`apply_charge` against the effective limits.
+
+        Allocation moves tokens for one period, so the lines are folded in runs of one period
+        each (in position order), each run against the limits at its latest event time; a
+        tenant that moved nothing is folded in one call against its spec's limits.
+        """
+        at = from_ms(max(line.occurred_at_ms for line in lines))
+        limits = self.limits(budget, at)
+        if limits is None:
+            return apply_charge(state, budget, partition, lines, self.late_window)
+        period = budget.spec.period
+        runs: list[list[ChargeLine]] = []
+        keys: list[str] = []
+        for line in lines:
+            key = period_of_ms(period, line.occurred_at_ms).key
+            if not keys or keys[-1] != key:
+                keys.append(key)
+                runs.append([])
+            runs[-1].append(line)
+        result = ChargeResult(state, 0, 0)
+        for run in runs:
+            if len(runs) > 1:
+                limits = self.limits(budget, from_ms(max(line.occurred_at_ms for line in run)))
+            step = apply_charge(
+                result.state,
+                budget,
+                partition,
+                run,
+                self.late_window,
+                effective_limits=None if limits is None else dict(limits),
+            )
+            result = _merge(result, step)
+        return result
 
     def charge(self, stored: StoredLedger, budget: Budget, charge: BudgetCharged) -> ChargeOutcome:
         lines = [ChargeLine.from_wire(row) for row in charge.lines]
-        try:
+        if not lines:
             result = apply_charge(
                 stored.state, budget, charge.source_partition, lines, self.late_window
             )
-        except OutOfOrderCharge:
-            result = apply_charge(
-                stored.state,
-                budget,
-                charge.source_partition,
-                in_position_order(lines),
-                self.late_window,
-            )
+        else:
+            try:
+                result = self.fold(stored.state, budget, charge.source_partition, lines)
+            except OutOfOrderCharge:
+                ordered = in_position_order(lines)
+                result = self.fold(stored.state, budget, charge.source_partition, ordered)
         crossings = dict(stored.crossings)
         for crossing in result.crossings:
             hint = policy_hint(budget, crossing)
@@ -222,7 +294,7 @@ class Charger:
         candidates = [
             policy_at_crossing(budget, c) for c in crossings if c.period_key == current_key
         ]
-        candidates.append(policy_event(budget, state, now))
+        candidates.append(policy_event(budget, state, now, self.limits(budget, now)))
         for candidate in candidates:
             if policy_changed(last, candidate):
                 published.append(candidate)

@@ -1,0 +1,110 @@
+"""The worker's allocation book: every allocation fact of `budget-events`, folded, then followed.
+
+Issue 4: draws, moves and reservations change a budget's effective limit, and the ledger and
+policy stages compare consumption with that limit (`streams.allocation`). The facts live on
+`budget-events` (keyed by tenant, never compacted or expired), so every worker reads the whole
+topic from offset zero into its own `AllocationBook` and keeps following it.
+
+Determinism under replay: a charge is never applied before the book has read `budget-events`
+up to the end offsets it had when the worker started (`wait_ready`), so a restarted worker
+never decides with an older book than the one the crashed worker had. A book that is ahead
+(an allocation published after the charge was first applied) can only raise or lower the limit
+a replayed charge sees; crossings already on the thresholds topic are not sent again
+(`charging.py`), and a new one, if any, is what the current limits call for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.budgets import Metric
+from schemas.codec import decode
+from schemas.errors import AllotmentError
+from schemas.topics import BUDGET_EVENTS
+from streams.allocation import AllocationBook
+from streams.budgets import Budget, BudgetIndex
+
+log = logging.getLogger("allotment.allocations")
+
+
+class AllocationFeed:
+    """Reads `budget-events` into an `AllocationBook`: to the end first, then as it grows."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic_prefix: str,
+        budgets: Callable[[], BudgetIndex],
+        book: AllocationBook | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = BUDGET_EVENTS.name(topic_prefix)
+        self.partitions = BUDGET_EVENTS.partitions
+        self.book = book or AllocationBook()
+        self.budgets = budgets
+        self.ready = asyncio.Event()
+        self.touched: set[str] = set()
+        """Tenants whose allocation changed since the pipeline last re-decided their policies."""
+        self.applied = 0
+
+    def apply(self, value: bytes | None) -> None:
+        """Fold one record of the topic; budget lifecycle events and bad records are skipped."""
+        if not value:
+            return
+        try:
+            event = decode(value)
+        except AllotmentError as exc:
+            log.error("budget-events record not readable", extra={"error": str(exc)})
+            return
+        if self.book.apply(event):
+            self.applied += 1
+            self.touched.add(str(getattr(event, "tenant", "")))
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+
+    async def run(self) -> None:
+        """Read from offset zero to the end offsets of now, mark ready, then follow (a task)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+            tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, 0)
+            ends = await consumer.end_offsets(tps)
+            while not self.ready.is_set():
+                await self._poll(consumer, tps)
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= ends[tp] for tp in tps):
+                    self.ready.set()
+                    log.info("allocation book caught up", extra={"events": self.applied})
+            while True:
+                await self._poll(consumer, tps)
+        finally:
+            await consumer.stop()
+
+    async def _poll(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        batch = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)
+        for messages in batch.values():
+            for message in messages:
+                self.apply(message.value)
+
+    def limits(self, budget: Budget, at: datetime) -> dict[Metric, int] | None:
+        """`budget`'s effective limits at `at`, or None when its tenant moved nothing (then the
+        spec's limits apply, and the ledger's hot path is unchanged)."""
+        if budget.tenant not in self.book.tenants:
+            return None
+        specs = {b.budget_id: b.spec for b in self.budgets().live(budget.tenant)}
+        if budget.budget_id not in specs:
+            return None
+        return self.book.limits_at(specs, budget.tenant, budget.budget_id, at)

@@ -1,0 +1,96 @@
+"""The Charger without a broker: effective limits reach the fold, the crossings and the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.allocation import OverflowDrawn
+from schemas.budgets import BudgetDefined, BudgetSpec, Metric
+from schemas.charges import BudgetCharged
+from streams.allocation import AllocationBook
+from streams.budgets import Budget
+from streams.faust.charging import Charger, StoredLedger
+from streams.periods import to_ms
+
+AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def _budget(spec: dict[str, Any]) -> Budget:
+    event = BudgetDefined(
+        budget_id="acme/search", tenant="acme", revision=1, occurred_at=AT, actor="t",
+        spec=BudgetSpec.model_validate({"name": "search", **spec}),
+    )  # fmt: skip
+    return Budget(event.budget_id, event.tenant, event.revision, event.spec)
+
+
+def _charge(budget: Budget, rows: list[tuple[int, datetime, int]]) -> BudgetCharged:
+    return BudgetCharged(
+        budget_id=budget.budget_id,
+        tenant=budget.tenant,
+        source_partition=0,
+        lines=[[offset, 0, to_ms(at), tokens, 0] for offset, at, tokens in rows],
+    )
+
+
+def _charger(limits: Any = None) -> Charger:
+    if limits is None:
+        return Charger(timedelta(days=2), lambda key: False, lambda budget_id: None)
+    return Charger(timedelta(days=2), lambda key: False, lambda budget_id: None, limits)
+
+
+def test_without_allocation_the_spec_limit_is_both_limit_and_effective_limit() -> None:
+    budget = _budget({"limits": {"total_tokens": 1000}, "at_limit": "hard_stop"})
+    outcome = _charger().charge(
+        StoredLedger.from_bytes(None, budget.budget_id), budget, _charge(budget, [(1, AT, 1000)])
+    )
+    assert [(t["threshold"], t["limit"], t["effective_limit"]) for t in outcome.thresholds] == [
+        (75, 1000, 1000), (90, 1000, 1000), (100, 1000, 1000),
+    ]  # fmt: skip
+    assert outcome.policies[-1]["policy"] == "hard_stop"
+
+
+def test_a_raised_effective_limit_moves_the_crossings_and_the_policy() -> None:
+    budget = _budget({"limits": {"total_tokens": 1000}, "at_limit": "hard_stop"})
+
+    def limits(b: Budget, at: datetime) -> Mapping[Metric, int]:
+        return {"total": 2000}
+
+    charger = _charger(limits)
+    stored = StoredLedger.from_bytes(None, budget.budget_id)
+    outcome = charger.charge(stored, budget, _charge(budget, [(1, AT, 1600)]))
+    assert [(t["threshold"], t["limit"], t["effective_limit"]) for t in outcome.thresholds] == [
+        (75, 1000, 2000)
+    ]
+    assert [p["policy"] for p in outcome.policies] == []  # 80% of the effective line: allow
+    outcome = charger.charge(outcome.stored, budget, _charge(budget, [(2, AT, 400)]))
+    # (nothing reaches the thresholds topic here, so the 75 is still unsent)
+    assert [t["threshold"] for t in outcome.thresholds] == [75, 90, 100]
+    assert (outcome.policies[-1]["policy"], outcome.policies[-1]["limit"]) == ("hard_stop", 2000)
+
+
+def test_each_period_of_a_charge_is_held_to_its_own_effective_limit() -> None:
+    budget = _budget({"limits": {"total_tokens": 1000}, "thresholds": [100]})
+    book = AllocationBook()
+    book.apply(
+        OverflowDrawn(
+            tenant="acme", occurred_at=AT, actor="t", draw_id="d1", budget_id=budget.budget_id,
+            parent_id="acme/org", period_key="2026-11", tokens=1000,
+        )
+    )  # fmt: skip
+
+    def limits(b: Budget, at: datetime) -> Mapping[Metric, int]:
+        return book.limits_at({b.budget_id: b.spec}, b.tenant, b.budget_id, at)
+
+    october = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
+    november = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)
+    charge = _charge(budget, [(1, october, 1000), (2, november, 1000)])
+    outcome = _charger(limits).charge(
+        StoredLedger.from_bytes(None, budget.budget_id), budget, charge
+    )
+    # October had no draw: 1000 reaches its line. November's line is 2000: 1000 does not.
+    assert [(t["period_key"], t["effective_limit"]) for t in outcome.thresholds] == [
+        ("2026-10", 1000)
+    ]
+    assert outcome.applied == 2
