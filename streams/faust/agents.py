@@ -157,8 +157,10 @@ class Pipeline:
 
         async def charge_budgets(stream: Any) -> None:
             async for event in stream.events():
-                # Never charge with an allocation book behind the one a crashed run had.
-                await self.allocations.wait_ready()
+                if not self.allocations.ready.is_set():
+                    # Never charge with a book behind the one a crashed run had (the worker
+                    # catches up before Faust starts, so this waits only in a bare Pipeline).
+                    await self.allocations.wait_ready()
                 with crash_on_error("charge_budgets"):
                     self.offsets.check([event])
                     await self.charge(event)

@@ -6,10 +6,10 @@ policy stages compare consumption with that limit (`streams.allocation`). The fa
 topic from offset zero into its own `AllocationBook` and keeps following it.
 
 Determinism under replay: a charge is never applied before the book has read `budget-events`
-up to the end offsets it had when the worker started (`wait_ready`), so a restarted worker
-never decides with an older book than the one the crashed worker had. A book that is ahead
-(an allocation published after the charge was first applied) can only raise or lower the limit
-a replayed charge sees; crossings already on the thresholds topic are not sent again
+up to the end offsets it had when the worker started (`catch_up`, before Faust starts), so a
+restarted worker never decides with an older book than the one the crashed worker had. A book
+that is ahead (an allocation published after the charge was first applied) can only raise or
+lower the limit a replayed charge sees; crossings already on the thresholds topic are not sent again
 (`charging.py`), and a new one, if any, is what the current limits call for.
 """
 
@@ -51,6 +51,7 @@ class AllocationFeed:
         self.touched: set[str] = set()
         """Tenants whose allocation changed since the pipeline last re-decided their policies."""
         self.applied = 0
+        self.positions: dict[int, int] = {}
 
     def apply(self, value: bytes | None) -> None:
         """Fold one record of the topic; budget lifecycle events and bad records are skipped."""
@@ -68,26 +69,50 @@ class AllocationFeed:
     async def wait_ready(self) -> None:
         await self.ready.wait()
 
-    async def run(self) -> None:
-        """Read from offset zero to the end offsets of now, mark ready, then follow (a task)."""
+    def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        return consumer, [TopicPartition(self.topic, p) for p in range(self.partitions)]
+
+    async def catch_up(self) -> None:
+        """Read from offset zero to the end offsets of now, then mark the book ready.
+
+        The worker's composition root runs this before Faust starts, so no agent ever waits
+        for the book: an agent that blocks while its stream fills up can lose fetched records
+        in faust-streaming 0.15 (see `agents.SkippedRecords`).
+        """
+        consumer, tps = self._consumer()
         try:
             await consumer.start()
-            tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
             consumer.assign(tps)
             for tp in tps:
-                consumer.seek(tp, 0)
+                consumer.seek(tp, self.positions.get(tp.partition, 0))
             ends = await consumer.end_offsets(tps)
-            while not self.ready.is_set():
+            while True:
+                for tp in tps:
+                    self.positions[tp.partition] = await consumer.position(tp)
+                if all(self.positions[tp.partition] >= ends[tp] for tp in tps):
+                    break
                 await self._poll(consumer, tps)
-                positions = {tp: await consumer.position(tp) for tp in tps}
-                if all(positions[tp] >= ends[tp] for tp in tps):
-                    self.ready.set()
-                    log.info("allocation book caught up", extra={"events": self.applied})
+        finally:
+            await consumer.stop()
+        self.ready.set()
+        log.info("allocation book caught up", extra={"events": self.applied})
+
+    async def run(self) -> None:
+        """Follow the topic from where `catch_up` stopped (catching up first if it did not run),
+        for as long as the worker runs (a task)."""
+        if not self.ready.is_set():
+            await self.catch_up()
+        consumer, tps = self._consumer()
+        try:
+            await consumer.start()
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.positions.get(tp.partition, 0))
             while True:
                 await self._poll(consumer, tps)
         finally:

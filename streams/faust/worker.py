@@ -7,6 +7,7 @@ needs no parser of its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -69,6 +70,13 @@ def run_worker(config: WorkerConfig) -> None:
     app = build_app(config)
     pipeline = Pipeline(app, config, metrics)
     attach_forecaster(pipeline)  # the forecast agent (streams/faust/forecasting.py)
+    # The allocation book is complete before any agent runs (its own loop: Faust's is not
+    # running yet, and must not be created or closed here).
+    catch_up = asyncio.new_event_loop()
+    try:
+        catch_up.run_until_complete(pipeline.allocations.catch_up())
+    finally:
+        catch_up.close()
     log = logging.getLogger("allotment.worker")
 
     port = metrics.serve(config.web_port)
