@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from schemas.charges import BudgetCharged
 from schemas.errors import AllotmentError
 from services.common.kafka import partition_for
+from streams.budgets import Budget
 from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_changed, policy_event
@@ -34,6 +35,7 @@ from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.tables import PipelineTables, declare_tables
 from streams.faust.topics import PipelineTopics, declare_topics
+from streams.periods import period_of
 
 log = logging.getLogger("allotment.worker")
 
@@ -290,12 +292,34 @@ class Pipeline:
             budget = index.get(budget_id)
             if budget is None or partition_for(budget_id, self.config.partitions) not in owned:
                 continue
-            stored = StoredLedger.from_bytes(self.tables.ledger.get(key), budget_id)
-            new = policy_event(budget, stored.state, now, self.allocations.limits(budget, now))
-            if policy_changed(current, new):
-                self.tables.policies[key] = orjson.dumps(new)
-                self.metrics.policies.inc()
+            new = self.redecide(budget, now)
+            if new is not None:
                 log.info("policy reset", extra={"budget_id": budget_id, "policy": new["policy"]})
+
+    def redecide(self, budget: Budget, now: datetime) -> dict[str, Any] | None:
+        """Decide `budget`'s policy at `now` outside a charge (a timer, a forecast) and publish
+        it when it changed; returns what was published.
+
+        The same inputs as the charge path: the stored ledger, the effective limits at `now`
+        and whether an overrun of the period was projected.
+        """
+        key = budget.budget_id.encode()
+        stored = StoredLedger.from_bytes(self.tables.ledger.get(key), budget.budget_id)
+        period_key = period_of(budget.spec.period, now).key
+        overrun = self.charger.forecasts.projected_overrun(budget.budget_id, period_key)
+        limits = self.allocations.limits(budget, now)
+        new = policy_event(budget, stored.state, now, limits, overrun)
+        if not policy_changed(self.tables.current_policy(budget.budget_id), new):
+            return None
+        self.tables.policies[key] = orjson.dumps(new)
+        self.metrics.policies.inc()
+        return new
+
+    def on_projected_overrun(self, budget_id: str, at: datetime) -> None:
+        """The forecast agent announced an overrun: a budget that opts in demotes now."""
+        budget = self.tables.budget_view.index().get(budget_id)
+        if budget is not None and not budget.retired:
+            self.redecide(budget, at)
 
     async def report_lag(self) -> None:
         consumer = self.app.consumer

@@ -96,9 +96,11 @@ def policy_event(
     state: LedgerState,
     now: datetime,
     limits: Mapping[Metric, int] | None = None,
+    projected_overrun: bool = False,
 ) -> dict[str, Any]:
     """The routing policy in force for `budget` at `now`, from its ledger (domain `decide`),
-    against `limits` (the effective ones at `now`; default: the spec's)."""
+    against `limits` (the effective ones at `now`; default: the spec's), knowing whether an
+    overrun of the period was projected."""
     period = budget.spec.period
     limits = budget.limits if limits is None else limits
     totals = totals_at(state, budget, now)
@@ -108,6 +110,7 @@ def policy_event(
         percent,
         period_of(period, now),
         next_reset(period, now),
+        projected_overrun,
         metric=metric,
         consumed=consumed_of(totals, metric),
         limit=limits.get(metric, 0),
@@ -115,7 +118,9 @@ def policy_event(
     return decision.to_event(now).to_wire()
 
 
-def policy_at_crossing(budget: Budget, crossing: Crossing) -> dict[str, Any]:
+def policy_at_crossing(
+    budget: Budget, crossing: Crossing, projected_overrun: bool = False
+) -> dict[str, Any]:
     """The policy in force right after `crossing`, effective at the crossing line's time."""
     at = from_ms(crossing.crossed_at_ms)
     period = budget.spec.period
@@ -124,6 +129,7 @@ def policy_at_crossing(budget: Budget, crossing: Crossing) -> dict[str, Any]:
         crossing.consumed * 100 / crossing.limit if crossing.limit else float("inf"),
         window_of_key(period, crossing.period_key),
         next_reset(period, at),
+        projected_overrun,
         metric=crossing.metric,
         consumed=crossing.consumed,
         limit=crossing.limit,
@@ -175,6 +181,29 @@ def in_position_order(lines: list[ChargeLine]) -> list[ChargeLine]:
     return [unique[p] for p in sorted(unique)]
 
 
+def _no_overrun(budget_id: str, period_key: str) -> bool:
+    return False
+
+
+def _no_fields(budget_id: str, period_key: str, metric: Metric, limit: int) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ForecastHooks:
+    """What the forecast agent (`forecasting.py`) contributes to a charge.
+
+    `projected_overrun(budget_id, period_key)`: whether an overrun of that period was
+    announced; the policy decisions pass it to `streams.policy.decide`, so a budget that opts
+    in stays demoted on later charges. `crossing_fields(budget_id, period_key, metric,
+    effective_limit)`: what a new crossing takes from the latest forecast of its period; added
+    before the crossing is stored, so a re-emission after a crash is byte-identical.
+    """
+
+    projected_overrun: Callable[[str, str], bool] = _no_overrun
+    crossing_fields: Callable[[str, str, Metric, int], dict[str, Any]] = _no_fields
+
+
 Limits = Callable[[Budget, datetime], Mapping[Metric, int] | None]
 """A budget's effective limits at an instant; None when allocation changed nothing for it."""
 
@@ -212,6 +241,7 @@ class Charger:
         self._emitted = emitted
         self._current_policy = current_policy
         self.limits = limits
+        self.forecasts = ForecastHooks()
 
     def fold(
         self, state: LedgerState, budget: Budget, partition: int, lines: Sequence[ChargeLine]
@@ -264,10 +294,13 @@ class Charger:
                 result = self.fold(stored.state, budget, charge.source_partition, ordered)
         crossings = dict(stored.crossings)
         for crossing in result.crossings:
-            hint = policy_hint(budget, crossing)
-            crossings[f"{crossing.period_key}|{crossing.threshold}"] = threshold_event(
-                budget, crossing, hint
+            wire = threshold_event(budget, crossing, policy_hint(budget, crossing))
+            wire.update(
+                self.forecasts.crossing_fields(
+                    budget.budget_id, crossing.period_key, crossing.metric, crossing.limit
+                )
             )
+            crossings[f"{crossing.period_key}|{crossing.threshold}"] = wire
         live = set(result.state.periods) | set(result.state.crossed)
         crossings = {k: v for k, v in crossings.items() if k.split("|", 1)[0] in live}
         outcome = ChargeOutcome(
@@ -290,11 +323,12 @@ class Charger:
         now = from_ms(state.event_time_high_ms)
         current_key = period_of(budget.spec.period, now).key
         last = self._current_policy(budget.budget_id)
+        overrun = self.forecasts.projected_overrun(budget.budget_id, current_key)
         published = []
         candidates = [
-            policy_at_crossing(budget, c) for c in crossings if c.period_key == current_key
+            policy_at_crossing(budget, c, overrun) for c in crossings if c.period_key == current_key
         ]
-        candidates.append(policy_event(budget, state, now, self.limits(budget, now)))
+        candidates.append(policy_event(budget, state, now, self.limits(budget, now), overrun))
         for candidate in candidates:
             if policy_changed(last, candidate):
                 published.append(candidate)

@@ -12,7 +12,9 @@
   the first time in a period that a p50 exceeds its limit, one `ProjectedOverrun` follows,
   and the period is remembered in the budget's stored days so a restart does not repeat it.
 - `threshold_fields(...)` gives a crossing the projection, trend and action of the latest
-  forecast of its period.
+  forecast of its period; with `overrun_announced(...)` it is what the pipeline's `Charger`
+  asks through its `ForecastHooks` (no wrapping of the charger). An announced overrun also
+  asks the pipeline to re-decide the budget at once (`on_overrun`).
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from schemas.signals import ForecastUpdated
 from schemas.topics import CHARGES, FORECASTS
 from services.common.kafka import partition_for
 from streams.budgets import BudgetIndex
-from streams.faust.charging import StoredLedger, policy_changed
+from streams.faust.charging import ForecastHooks
 from streams.forecast import signals
 from streams.forecast.errors import ForecastInputError
 from streams.forecast.profile import pool_profiles, weekday_profile
 from streams.forecast.project import COLD_START_DAYS
 from streams.forecast.usage_days import UsageDays, add_lines, announce
-from streams.ledger import ChargeLine, LedgerState
-from streams.periods import from_ms, period_of
+from streams.ledger import ChargeLine
+from streams.periods import from_ms
 
 log = logging.getLogger("allotment.forecast")
 
@@ -78,22 +80,6 @@ class ForecastConfig:
         return config
 
 
-@dataclass(frozen=True)
-class PolicyHooks:
-    """The pipeline's policy state, for budgets that degrade on a projected overrun."""
-
-    current: Callable[[str], dict[str, Any] | None]
-    ledger: Callable[[str], LedgerState]
-    write: Callable[[str, dict[str, Any]], None]
-
-    def overrun_policy(
-        self, budget: Any, state: LedgerState, now: datetime
-    ) -> dict[str, Any] | None:
-        """The overrun-aware policy wire when it differs from the one in force, else None."""
-        new = signals.overrun_decision(budget, state, now).to_event(now).to_wire()
-        return new if policy_changed(self.current(budget.budget_id), new) else None
-
-
 class Forecaster:
     """Wires the forecast agent and its timers onto a pipeline's Faust app."""
 
@@ -105,10 +91,10 @@ class Forecaster:
         budgets: Callable[[], BudgetIndex],
         config: ForecastConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        policies: PolicyHooks | None = None,
+        on_overrun: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self.app = app
-        self.policies = policies
+        self.on_overrun = on_overrun
         self.charges = charges
         self.forecasts = forecasts
         self.budgets = budgets
@@ -239,16 +225,18 @@ class Forecaster:
             await self.degrade_early(updated)
 
     async def degrade_early(self, updated: ForecastUpdated) -> None:
-        """Demote a budget that opts in, now that its overrun is projected."""
+        """Let the pipeline re-decide a budget that opts in, now that its overrun is
+        projected (the decision itself is `streams.policy.decide`'s, in the charge path's
+        `Pipeline.redecide`)."""
         budget = self.budgets().get(updated.budget_id)
-        if self.policies is None or budget is None:
+        if self.on_overrun is None or budget is None:
             return
-        if not signals.opts_in_to_overrun_degrade(budget):
-            return
-        ledger = self.policies.ledger(budget.budget_id)
-        policy = self.policies.overrun_policy(budget, ledger, updated.as_of)
-        if policy is not None:
-            self.policies.write(budget.budget_id, policy)
+        if signals.opts_in_to_overrun_degrade(budget):
+            self.on_overrun(budget.budget_id, updated.as_of)
+
+    def overrun_announced(self, budget_id: str, period_key: str) -> bool:
+        """Whether the `ProjectedOverrun` of this budget's period was published."""
+        return period_key in self.stored(budget_id).announced
 
     def threshold_fields(
         self, budget_id: str, period_key: str, metric: Any, limit: int
@@ -272,55 +260,6 @@ class Forecaster:
             self._executor = None
 
 
-class EnrichingCharger:
-    """The pipeline's `Charger`, with every new crossing's payload completed from the latest
-    forecast of its period (projection, band, trend, recommended action).
-
-    The fields are added before the crossing is stored in the ledger value and sent, so a
-    re-emission after a crash stays byte-identical to the first. For a budget that degrades
-    on a projected overrun, once the overrun of the current period was announced, the policy
-    the charge computes takes the overrun into account, so a later charge does not undo the
-    early demotion.
-    """
-
-    def __init__(self, inner: Any, forecaster: Forecaster) -> None:
-        self.inner = inner
-        self.forecaster = forecaster
-
-    def charge(self, stored: Any, budget: Any, charge: Any) -> Any:
-        known = set(stored.crossings)
-        outcome = self.inner.charge(stored, budget, charge)
-        for key, wire in outcome.stored.crossings.items():
-            if key in known or wire.get("projection") is not None:
-                continue
-            wire.update(
-                self.forecaster.threshold_fields(
-                    budget.budget_id, wire["period_key"], wire["metric"], wire["limit"]
-                )
-            )
-        hooks = self.forecaster.policies
-        if hooks is None or not signals.opts_in_to_overrun_degrade(budget):
-            return outcome
-        state = outcome.stored.state
-        if state.event_time_high_ms <= 0:
-            return outcome
-        now = from_ms(state.event_time_high_ms)
-        period_key = period_of(budget.spec.period, now).key
-        if period_key in self.forecaster.stored(budget.budget_id).announced:
-            # The overrun-aware decision at the ledger's "now" replaces the charge's own
-            # (it is at least as restrictive). The charger reports one policy (`policy`)
-            # or, in newer versions, a list of them (`policies`).
-            new = hooks.overrun_policy(budget, state, now)
-            if hasattr(outcome, "policies"):
-                outcome.policies = [] if new is None else [new]
-            else:
-                outcome.policy = new
-        return outcome
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Forecaster:
     """Add the forecast agent to a wired `Pipeline` (its one registration point)."""
     app = pipeline.app
@@ -331,22 +270,16 @@ def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Fo
         partitions=FORECASTS.partitions,
         internal=False,
     )
-    tables = pipeline.tables
-
-    def ledger(budget_id: str) -> LedgerState:
-        return StoredLedger.from_bytes(tables.ledger.get(budget_id.encode()), budget_id).state
-
-    def write(budget_id: str, policy: dict[str, Any]) -> None:
-        tables.policies[budget_id.encode()] = orjson.dumps(policy)  # use_partitioner table
-
     forecaster = Forecaster(
         app,
         pipeline.topics.charges,
         forecasts,
-        tables.budget_view.index,
+        pipeline.tables.budget_view.index,
         config or ForecastConfig.from_env(),
-        policies=PolicyHooks(tables.current_policy, ledger, write),
+        on_overrun=pipeline.on_projected_overrun,
     )
-    pipeline.charger = EnrichingCharger(pipeline.charger, forecaster)
+    pipeline.charger.forecasts = ForecastHooks(
+        forecaster.overrun_announced, forecaster.threshold_fields
+    )
     pipeline.forecaster = forecaster
     return forecaster

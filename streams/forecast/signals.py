@@ -23,10 +23,8 @@ from streams.forecast.daily import DailySeries, local_date
 from streams.forecast.profile import WeekdayProfile
 from streams.forecast.project import N_PATHS, Engine, project_period
 from streams.forecast.usage_days import UsageDays
-from streams.ledger import LedgerState, totals_at
-from streams.periods import next_reset, period_of, rolling_keys
-from streams.policy import PolicyDecision, decide
-from streams.thresholds import consumed_of, new_crossings, usage_percent
+from streams.periods import period_of, rolling_keys
+from streams.thresholds import new_crossings
 
 
 @dataclass(frozen=True)
@@ -198,24 +196,3 @@ def forecast_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def opts_in_to_overrun_degrade(budget: Budget) -> bool:
     degrade = budget.spec.degrade
     return degrade is not None and degrade.on_projected_overrun
-
-
-def overrun_decision(budget: Budget, state: LedgerState, now: datetime) -> PolicyDecision:
-    """The policy of a budget whose overrun was projected in the period of `now`.
-
-    The same inputs as the pipeline's own policy decision, with `projected_overrun=True`:
-    a budget that opts in (`degrade.on_projected_overrun`) demotes before 90 percent.
-    """
-    period = budget.spec.period
-    totals = totals_at(state, budget, now)
-    percent, metric = usage_percent(totals, budget.limits)
-    return decide(
-        budget,
-        percent,
-        period_of(period, now),
-        next_reset(period, now),
-        True,
-        metric=metric,
-        consumed=consumed_of(totals, metric),
-        limit=budget.limits.get(metric, 0),
-    )

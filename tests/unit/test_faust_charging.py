@@ -11,7 +11,7 @@ from schemas.budgets import BudgetDefined, BudgetSpec, Metric
 from schemas.charges import BudgetCharged
 from streams.allocation import AllocationBook
 from streams.budgets import Budget
-from streams.faust.charging import Charger, StoredLedger
+from streams.faust.charging import Charger, ForecastHooks, StoredLedger
 from streams.periods import to_ms
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -94,3 +94,31 @@ def test_each_period_of_a_charge_is_held_to_its_own_effective_limit() -> None:
         ("2026-10", 1000)
     ]
     assert outcome.applied == 2
+
+
+def test_forecast_hooks_complete_new_crossings_and_demote_on_a_projected_overrun() -> None:
+    budget = _budget({
+        "limits": {"total_tokens": 1000},
+        "degrade": {"target_model": "mini", "on_projected_overrun": True},
+    })  # fmt: skip
+    asked: list[tuple[str, str, str, int]] = []
+
+    def fields(budget_id: str, period_key: str, metric: Metric, limit: int) -> dict[str, Any]:
+        asked.append((budget_id, period_key, metric, limit))
+        return {"recommended_action": "projected 20% over"}
+
+    announced: set[str] = set()
+    charger = _charger()
+    charger.forecasts = ForecastHooks(lambda b, key: key in announced, fields)
+    stored = StoredLedger.from_bytes(None, budget.budget_id)
+    outcome = charger.charge(stored, budget, _charge(budget, [(1, AT, 760)]))
+    assert outcome.stored.crossings["2026-11|75"]["recommended_action"] == "projected 20% over"
+    assert asked == [(budget.budget_id, "2026-11", "total", 1000)]
+    assert outcome.policies == []  # 76%, no overrun announced: allow
+
+    announced.add("2026-11")
+    outcome = charger.charge(outcome.stored, budget, _charge(budget, [(2, AT, 10)]))
+    assert len(asked) == 1  # no new crossing: the stored one is not completed again
+    assert [(p["policy"], p["target_model"]) for p in outcome.policies] == [
+        ("degrade_route", "mini")
+    ]
