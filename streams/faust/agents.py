@@ -28,7 +28,7 @@ from services.common.kafka import partition_for
 from streams.budgets import Budget
 from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
-from streams.faust.charging import Charger, StoredLedger, policy_changed, policy_event
+from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
 from streams.faust.metrics import WorkerMetrics
@@ -309,7 +309,7 @@ class Pipeline:
         overrun = self.charger.forecasts.projected_overrun(budget.budget_id, period_key)
         limits = self.allocations.limits(budget, now)
         new = policy_event(budget, stored.state, now, limits, overrun)
-        if not policy_changed(self.tables.current_policy(budget.budget_id), new):
+        if not should_publish(self.tables.current_policy(budget.budget_id), new):
             return None
         self.tables.policies[key] = orjson.dumps(new)
         self.metrics.policies.inc()

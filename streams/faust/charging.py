@@ -31,7 +31,7 @@ from streams.budgets import Budget
 from streams.errors import OutOfOrderCharge
 from streams.ledger import ChargeLine, ChargeResult, LedgerState, apply_charge, totals_at
 from streams.periods import from_ms, next_reset, period_of, period_of_ms, window_of_key
-from streams.policy import RESTRICTIVENESS, decide
+from streams.policy import RESTRICTIVENESS, PolicyDecision, decide, policy_changed
 from streams.thresholds import Crossing, consumed_of, usage_percent
 
 
@@ -137,29 +137,37 @@ def policy_at_crossing(
     return decision.to_event(at).to_wire()
 
 
-def policy_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether `new` must be published over `current` (what the policies topic holds)."""
+_DECISION_FIELDS = frozenset(PolicyDecision.__dataclass_fields__) - {"percent"}
+
+
+def decision_of(wire: Mapping[str, Any]) -> PolicyDecision:
+    """The decision a `PolicyChanged` wire announces (what the policies topic holds)."""
+    found = {k: v for k, v in wire.items() if k in _DECISION_FIELDS}
+    return PolicyDecision.from_dict({"reason": "", **found})
+
+
+def should_publish(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether `new` must be published over `current` (what the policies topic holds).
+
+    Whether the two differ for the proxy is the domain's rule (`streams.policy.policy_changed`).
+    The two guards before it are about delivery, not policy: a replay after a crash, or a
+    second worker after a rebalance, recomputes decisions the topic already moved past, and
+    must not publish them over the newer one.
+    """
     if current is None:
-        return bool(new["policy"] != "allow")
+        return policy_changed(None, decision_of(new))
     if _instant(new.get("effective_at")) < _instant(current.get("effective_at")):
         return False  # a replay catching up: never publish over a newer decision
     if (
         current.get("period_key") == new["period_key"]
         and current.get("limit") == new.get("limit")
+        and current.get("at_limit") == new.get("at_limit")
         and RESTRICTIVENESS[new["policy"]] < RESTRICTIVENESS[current["policy"]]
     ):
-        # Within a period consumption only grows: with the same limit, a milder policy is a
-        # replay (or a second worker) passing an earlier point, not a change to publish.
+        # Within a period consumption only grows: with the same limit and action, a milder
+        # policy is a replay (or a second worker) passing an earlier point, not a change.
         return False
-    if current["policy"] != new["policy"]:
-        return True
-    if new["policy"] == "allow":
-        return False
-    return bool(
-        current.get("period_key") != new["period_key"]
-        or current.get("target_model") != new.get("target_model")
-        or current.get("model_map") != new.get("model_map")
-    )
+    return policy_changed(decision_of(current), decision_of(new))
 
 
 def _instant(value: Any) -> datetime:
@@ -330,7 +338,7 @@ class Charger:
         ]
         candidates.append(policy_event(budget, state, now, self.limits(budget, now), overrun))
         for candidate in candidates:
-            if policy_changed(last, candidate):
+            if should_publish(last, candidate):
                 published.append(candidate)
                 last = candidate
         return published

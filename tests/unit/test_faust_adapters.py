@@ -10,7 +10,7 @@ from schemas.budgets import BudgetDefined, BudgetSpec
 from services.common.kafka import partition_for
 from services.common.usage_producer import pack_envelopes
 from streams.budgets import Budget, BudgetIndex
-from streams.faust.charging import in_position_order, policy_changed
+from streams.faust.charging import in_position_order, should_publish
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.ledger import ChargeLine
@@ -136,14 +136,14 @@ def test_a_policy_is_published_only_when_it_changes_forward() -> None:
                 "target_model": None, "model_map": {}}  # fmt: skip
 
     hard = policy("hard_stop", "2026-11", "2026-11-20T10:00:00Z")
-    assert policy_changed(None, hard)
-    assert not policy_changed(None, policy("allow", "2026-11", "2026-11-20T10:00:00Z"))
+    assert should_publish(None, hard)
+    assert not should_publish(None, policy("allow", "2026-11", "2026-11-20T10:00:00Z"))
     # A replay passing an earlier point, or a milder decision at the same limit: not published.
-    assert not policy_changed(hard, policy("degrade_route", "2026-11", "2026-11-20T09:00:00Z"))
-    assert not policy_changed(hard, policy("degrade_route", "2026-11", "2026-11-20T11:00:00Z"))
+    assert not should_publish(hard, policy("degrade_route", "2026-11", "2026-11-20T09:00:00Z"))
+    assert not should_publish(hard, policy("degrade_route", "2026-11", "2026-11-20T11:00:00Z"))
     # A raised limit, or the next period, is.
-    assert policy_changed(hard, policy("allow", "2026-11", "2026-11-20T11:00:00Z", limit=500))
-    assert policy_changed(hard, policy("allow", "2026-12", "2026-12-01T00:00:01Z"))
+    assert should_publish(hard, policy("allow", "2026-11", "2026-11-20T11:00:00Z", limit=500))
+    assert should_publish(hard, policy("allow", "2026-12", "2026-12-01T00:00:01Z"))
 
 
 def test_charge_lines_are_sorted_and_each_position_kept_once() -> None:

@@ -11,7 +11,7 @@ from schemas.budgets import BudgetDefined, BudgetSpec, Metric
 from schemas.charges import BudgetCharged
 from streams.allocation import AllocationBook
 from streams.budgets import Budget
-from streams.faust.charging import Charger, ForecastHooks, StoredLedger
+from streams.faust.charging import Charger, ForecastHooks, StoredLedger, should_publish
 from streams.periods import to_ms
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -122,3 +122,24 @@ def test_forecast_hooks_complete_new_crossings_and_demote_on_a_projected_overrun
     assert [(p["policy"], p["target_model"]) for p in outcome.policies] == [
         ("degrade_route", "mini")
     ]
+
+
+def test_a_change_the_proxy_sees_is_published_by_the_domain_rule() -> None:
+    def degrade(**changes: Any) -> dict[str, Any]:
+        wire = {
+            "policy": "degrade_route", "reason": "", "period_key": "2026-11", "limit": 1000,
+            "effective_at": "2026-11-20T10:00:00Z", "reset_at": "2026-12-01T00:00:00Z",
+            "target_model": "mini", "model_map": {}, "concise_prompt": False,
+            "cache_ttl_seconds": None, "at_limit": "alert_only",
+        }  # fmt: skip
+        return {**wire, **changes}
+
+    current = degrade()
+    assert not should_publish(current, degrade(effective_at="2026-11-20T11:00:00Z"))
+    # What the dict comparison of the pipeline used to miss: the proxy behaves differently.
+    assert should_publish(current, degrade(concise_prompt=True))
+    assert should_publish(current, degrade(cache_ttl_seconds=300))
+    assert should_publish(current, degrade(reset_at="2026-11-21T00:00:00Z"))
+    # An amended at-limit action is a change, not a replay passing an earlier point.
+    stop = degrade(policy="hard_stop", at_limit="hard_stop")
+    assert should_publish(stop, degrade(effective_at="2026-11-20T11:00:00Z"))
