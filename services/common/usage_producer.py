@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from schemas.errors import AllotmentError
 from schemas.topics import USAGE
@@ -92,12 +93,20 @@ class UsageProducer:
             max_request_size=8 * 1024 * 1024,
             compression_type=None,
         )
-        await producer.start()
-        self._producer = producer
-        partitions = await producer.partitions_for(self.topic)
-        if not partitions:
+        try:
+            await producer.start()
+            try:
+                partitions = await producer.partitions_for(self.topic)
+            except UnknownTopicOrPartitionError:
+                partitions = set()
+            if not partitions:
+                raise UsageNotAcknowledged(self.topic, -1, 0, "topic does not exist") from None
+        except BaseException:
+            # aiokafka leaves a producer whose start() failed half-open (broker down):
+            # stop it here, or its connections and tasks outlive the caller's error.
             await producer.stop()
-            raise UsageNotAcknowledged(self.topic, -1, 0, "topic does not exist")
+            raise
+        self._producer = producer
         self._partitions = len(partitions)
 
     async def stop(self) -> None:
