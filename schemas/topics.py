@@ -24,19 +24,23 @@ class TopicSpec:
         return f"{prefix}.{self.suffix}"
 
 
-USAGE = TopicSpec("usage", key="event_id", partitions=6)
+FOREVER = {"retention.ms": "-1"}
+"""Facts: Kafka is their source of truth, so a projection rebuilt from offset zero finds them all
+(charges are derived from usage and may expire with the default retention)."""
+
+USAGE = TopicSpec("usage", key="event_id", partitions=6, config=dict(FOREVER))
 BUDGETS = TopicSpec("budgets", key="budget_id", partitions=1, compacted=True)
 CHARGES = TopicSpec("charges", key="budget_id", partitions=6)
 # Thresholds and policies are co-partitioned with charges (same count, same key): each is the
 # changelog of a pipeline table that the worker owning a charges partition restores, so "already
 # emitted" is read back from the output topic itself (streams/faust/tables.py).
-THRESHOLDS = TopicSpec("thresholds", key="budget_id", partitions=CHARGES.partitions)
-POLICIES = TopicSpec("policies", key="budget_id", partitions=CHARGES.partitions, compacted=True)
-FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3)
-DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
-BUDGET_EVENTS = TopicSpec(
-    "budget-events", key="tenant", partitions=3, config={"retention.ms": "-1"}
+THRESHOLDS = TopicSpec(
+    "thresholds", key="budget_id", partitions=CHARGES.partitions, config=dict(FOREVER)
 )
+POLICIES = TopicSpec("policies", key="budget_id", partitions=CHARGES.partitions, compacted=True)
+FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3, config=dict(FOREVER))
+DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
+BUDGET_EVENTS = TopicSpec("budget-events", key="tenant", partitions=3, config=dict(FOREVER))
 """Every config event (budget lifecycle and allocation), never compacted or expired: the source
 of truth for budgets and the audit log. `budgets` is its compacted mirror (latest per budget).
 """
