@@ -19,20 +19,22 @@ _NAMED_RULE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
 SCHEMA_ID_BASE = "https://allotment.dev/schemas/"
 
 
-def _require_utc(value: datetime) -> datetime:
+def require_utc(value: datetime) -> datetime:
+    """The `UtcDatetime` rule (public: `schemas.usage.usage_fields` redoes it without the model)."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must carry a UTC offset (naive timestamps are ambiguous)")
     return value.astimezone(UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(require_utc)]
 """A timestamp that must say its offset; it is normalised to UTC."""
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 TenantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 BudgetId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")]
-NonNegativeTokens = Annotated[int, Field(ge=0, le=10**15)]
-PositiveTokens = Annotated[int, Field(gt=0, le=10**15)]
+MAX_TOKENS = 10**15
+NonNegativeTokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+PositiveTokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]
 
 
 class Event(BaseModel):

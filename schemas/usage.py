@@ -10,9 +10,24 @@ from __future__ import annotations
 import hashlib
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import (
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import SchemaValidator, TzInfo, core_schema
 
-from schemas.base import Event, Name, NonNegativeTokens, TenantId, UtcDatetime
+from schemas.base import (
+    MAX_TOKENS,
+    Event,
+    Name,
+    NonNegativeTokens,
+    TenantId,
+    UtcDatetime,
+    require_utc,
+)
 
 UsageStatus = Literal["reported", "estimated", "missing"]
 Decision = Literal["forwarded", "degraded", "blocked"]
@@ -78,35 +93,169 @@ class UsageRecorded(Event):
     routed_from_model: Name | None = None
     routed_to_model: Name | None = None
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _derive(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        source, request_id, tenant = (
-            data.get(k) for k in ("source", "source_request_id", "tenant")
-        )
-        if not data.get("event_id") and source and request_id and tenant:
-            data["event_id"] = scoped_event_id(str(source), str(tenant), str(request_id))
-        parts = [data.get(k, 0) for k in ("input_uncached", "cache_read", "cache_write")]
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
-            input_total = sum(parts)
-            data.setdefault("input_total", input_total)
-            output = data.get("output", 0)
-            if isinstance(output, int) and not isinstance(output, bool):
-                data.setdefault("total", input_total + output)
-        return data
+    def _derive_and_check(
+        cls, data: Any, handler: ModelWrapValidatorHandler[UsageRecorded]
+    ) -> UsageRecorded:
+        """Fill what a source may leave out (event id, totals), then check the token parts add up.
 
-    @model_validator(mode="after")
-    def _check_totals(self) -> UsageRecorded:
-        if self.reasoning > self.output:
-            raise ValueError("reasoning: must not exceed output (output includes reasoning)")
-        if self.input_total != self.input_uncached + self.cache_read + self.cache_write:
-            raise ValueError("input_total: must equal input_uncached + cache_read + cache_write")
-        if self.total != self.input_total + self.output:
-            raise ValueError("total: must equal input_total + output")
-        return self
+        One wrap step instead of a "before" and an "after" one, and no copy of the payload
+        unless something is filled in: every usage event of the pipeline passes here.
+        """
+        if isinstance(data, dict):
+            data = _with_derived(data)
+        event = handler(data)
+        problem = _totals_problem(
+            event.input_uncached, event.cache_read, event.cache_write, event.output,
+            event.reasoning, event.input_total, event.total,
+        )  # fmt: skip
+        if problem is not None:
+            raise ValueError(problem)
+        return event
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _with_derived(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with a missing event id and missing totals derived; `data` itself if none is.
+
+    Totals are derived only from parts that are already integers (a part sent as "12" is
+    validated first, so a missing total then reads 0 and the totals check names it).
+    """
+    get = data.get
+    derived: dict[str, Any] = {}
+    if not get("event_id"):
+        source, request_id, tenant = get("source"), get("source_request_id"), get("tenant")
+        if source and request_id and tenant:
+            derived["event_id"] = scoped_event_id(str(source), str(tenant), str(request_id))
+    if "input_total" not in data or "total" not in data:
+        parts = get("input_uncached", 0), get("cache_read", 0), get("cache_write", 0)
+        if _whole(parts[0]) and _whole(parts[1]) and _whole(parts[2]):
+            input_total = parts[0] + parts[1] + parts[2]
+            if "input_total" not in data:
+                derived["input_total"] = input_total
+            output = get("output", 0)
+            if "total" not in data and _whole(output):
+                derived["total"] = input_total + output
+    return {**data, **derived} if derived else data
+
+
+def _totals_problem(
+    input_uncached: int,
+    cache_read: int,
+    cache_write: int,
+    output: int,
+    reasoning: int,
+    input_total: int,
+    total: int,
+) -> str | None:
+    """The first broken token rule, as "field: rule", or None when the parts add up."""
+    if reasoning > output:
+        return "reasoning: must not exceed output (output includes reasoning)"
+    if input_total != input_uncached + cache_read + cache_write:
+        return "input_total: must equal input_uncached + cache_read + cache_write"
+    if total != input_total + output:
+        return "total: must equal input_total + output"
+    return None
+
+
+def _field_steps_only() -> SchemaValidator | None:
+    """UsageRecorded's own field schema (types, bounds, patterns, extra=forbid) without its
+    Python steps: the derivation, the UTC normalisation and the totals check.
+
+    None when the model has any other step than those `usage_fields` redoes (a validator
+    added later): then every payload goes to the model rather than past an unchecked rule.
+    """
+    schema = UsageRecorded.__pydantic_core_schema__
+    definitions = schema.get("definitions", []) if schema["type"] == "definitions" else []
+    node: Any = schema["schema"] if schema["type"] == "definitions" else schema
+    known = {UsageRecorded._derive_and_check, require_utc}
+    config = None
+    while node["type"] != "model-fields":
+        if node["type"] == "model":
+            config = node.get("config")
+        elif node.get("function", {}).get("function") not in known:
+            return None
+        node = node["schema"]
+    stripped = 0
+
+    def strip(value: Any) -> Any:
+        nonlocal stripped
+        if isinstance(value, dict):
+            function = value.get("function")
+            if isinstance(function, dict) and value.get("type", "").startswith("function"):
+                if function.get("function") is not require_utc or value["type"] != "function-after":
+                    raise LookupError(function)
+                stripped += 1
+                return strip(value["schema"])
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    try:
+        fields = strip(node)
+    except LookupError:
+        return None
+    if stripped != 2:  # occurred_at, received_at
+        return None
+    if definitions:
+        fields = core_schema.definitions_schema(fields, definitions)
+    return SchemaValidator(fields, config)
+
+
+_FIELD_STEPS = _field_steps_only()
+
+
+def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The field values `UsageRecorded` would hold for `payload`, or None: then ask the model.
+
+    The resolve stage validates every usage event but needs only a few of its fields; building
+    the model costs about twice this. Whenever this returns fields, the model accepts the
+    same payload with the same values (its field schema is the model's own, and the Python
+    steps are redone here), except that timestamps keep the offset they were written with
+    (same instant; the model normalises them to UTC). None covers everything rarer: an event id
+    to derive, totals to derive from parts that are not integers yet, and every invalid
+    payload, for which the model raises the contract's reasons. (A missing or empty event id
+    fails the field schema, so the derivation of one is always the model's.)
+    """
+    if _FIELD_STEPS is None:
+        return None
+    try:
+        fields: dict[str, Any] = _FIELD_STEPS.validate_python(payload)[0]
+    except ValidationError:
+        return None
+    if (
+        fields["occurred_at"].tzinfo.__class__ is not TzInfo
+        or fields["received_at"].tzinfo.__class__ is not TzInfo
+    ):
+        return None  # naive (the model says why), or a tzinfo object passed in from Python
+    input_total = fields["input_uncached"] + fields["cache_read"] + fields["cache_write"]
+    output = fields["output"]
+    if "input_total" not in payload or "total" not in payload:
+        # Derived as the model derives, from parts sent as integers (exactly int here: any
+        # other kind goes to the model, which knows the rule for it).
+        get = payload.get
+        raw = get("input_uncached", 0), get("cache_read", 0), get("cache_write", 0)
+        if type(raw[0]) is not int or type(raw[1]) is not int or type(raw[2]) is not int:
+            return None
+        if "input_total" not in payload:
+            fields["input_total"] = input_total
+        if "total" not in payload:
+            if type(get("output", 0)) is not int:
+                return None
+            fields["total"] = input_total + output
+    if (
+        fields["reasoning"] > output
+        or fields["total"] > MAX_TOKENS  # a derived total is bounded like a sent one
+        or fields["input_total"] != input_total
+        or fields["total"] != input_total + output
+    ):
+        return None  # the model names the broken rule (_totals_problem)
+    return fields
 
 
 class UsageBatch(Event):

@@ -48,8 +48,18 @@ class ChargeLine:
 
     @classmethod
     def from_wire(cls, row: Sequence[int]) -> ChargeLine:
-        """From the compact `[offset, index, occurred_at_ms, input, output]` of BudgetCharged."""
-        return cls((row[0], row[1]), row[2], row[3], row[4])
+        """From the compact `[offset, index, occurred_at_ms, input, output]` of BudgetCharged.
+
+        Every charged usage event passes here once per budget. The frozen dataclass `__init__`
+        goes through `object.__setattr__` per field; the slots' own setters cost half that. The
+        row was validated with its message (schemas.charges), so nothing is checked again.
+        """
+        line = _NEW(cls)
+        _SET_POSITION(line, (row[0], row[1]))
+        _SET_OCCURRED_AT(line, row[2])
+        _SET_INPUT(line, row[3])
+        _SET_OUTPUT(line, row[4])
+        return line
 
     def to_wire(self) -> list[int]:
         return [self.position[0], self.position[1], self.occurred_at_ms, self.input, self.output]
@@ -74,6 +84,13 @@ class ChargeLine:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise _invalid("ChargeLine", exc) from None
+
+
+_NEW = object.__new__
+_SET_POSITION = ChargeLine.__dict__["position"].__set__
+_SET_OCCURRED_AT = ChargeLine.__dict__["occurred_at_ms"].__set__
+_SET_INPUT = ChargeLine.__dict__["input"].__set__
+_SET_OUTPUT = ChargeLine.__dict__["output"].__set__
 
 
 @dataclass(frozen=True, slots=True)
