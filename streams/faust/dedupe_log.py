@@ -92,10 +92,11 @@ class DedupeIndex:
         index = self._partitions.get(partition)
         if index is None:
             index = self._partitions[partition] = _PartitionIndex()
-        kind = classify(index.first_seen.get(event_id), position)
-        if kind == "new":
+        known = index.first_seen.get(event_id)
+        if known is None:  # the domain's "new", without the call: most events are
             index.first_seen[event_id] = position
-        return kind
+            return "new"
+        return classify(known, position)
 
     def add(self, record: BatchRecord) -> None:
         """Remember a batch record written for this batch (its ids are already indexed)."""

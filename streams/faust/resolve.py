@@ -195,6 +195,7 @@ class Resolver:
         targets_of: dict[tuple[Any, ...], list[list[list[int]]]] = {}  # dims -> charge lines
         ids: list[str] = []
         positions: list[Position] = []
+        events_in = 0
         for position_index, payload in payloads:
             try:
                 event = _parse_event(payload)
@@ -207,7 +208,7 @@ class Resolver:
                 where = position_index if envelope else None
                 self._reject(out, record, exc, orjson.dumps(payload), where)
                 continue
-            out.events_in += 1
+            events_in += 1
             position = (offset, position_index)
             kind = classify(partition, event_id, position)
             if kind == "duplicate":
@@ -243,6 +244,7 @@ class Resolver:
             ]
             for found in targets:
                 found.append(line)
+        out.events_in += events_in
         if ids:
             dedupe = batch.get(partition)
             if dedupe is None:
