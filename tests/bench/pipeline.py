@@ -161,9 +161,10 @@ async def all_charged(bootstrap: str, prefix: str, n: int) -> bool:
 
 async def pipeline_throughput(
     bootstrap: str, prefix: str, n: int, start: datetime, worker: WorkerProcess
-) -> float:
+) -> tuple[float, bool]:
     """Events/s of one worker working off a backlog of n events: from the moment its streams
-    resume ("Worker ready") to the moment every charge line is applied."""
+    resume ("Worker ready") to the moment every charge line is applied; and whether the worker
+    had to restart on the way (its restart time counts, so such a run reads low)."""
     async with UsageProducer(bootstrap, prefix, envelope_size=500) as producer:
         for events in chunks(n, start):
             await producer.send_wire(events)
@@ -194,7 +195,7 @@ async def pipeline_throughput(
             continue
         await asyncio.sleep(0.05 if not restarted else 1.0)
     first_ready = ready_times(worker)[0]
-    return n / (done - first_ready)
+    return n / (done - first_ready), restarted
 
 
 async def loop_latency(bootstrap: str, prefix: str, samples: int) -> list[float]:
@@ -272,7 +273,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
         worker = WorkerProcess(prefix, Path(tmp) / "store", Path(tmp) / "worker.log", bootstrap)
         try:
-            pipeline_eps = await pipeline_throughput(bootstrap, prefix, n, start, worker)
+            pipeline_eps, restarted = await pipeline_throughput(bootstrap, prefix, n, start, worker)
             print(f"pipeline (one worker, {charge_lines(n) / n:.2f} budgets"
                   f" per event): {pipeline_eps:,.0f} events/s")  # fmt: skip
             latencies = await loop_latency(bootstrap, prefix, args.latency_samples)
@@ -295,6 +296,7 @@ async def main() -> None:
             "latency_samples": len(latencies),
             "load_avg_1m_before": round(load_before[0], 2),
             "median_latency_ms": round(statistics.median(latencies), 1),
+            "worker_restarted": restarted,
         }).decode()
     )  # fmt: skip
 
