@@ -1,7 +1,9 @@
 """The resolve stage: read usage records, dedupe by event_id, fan out one charge per budget.
 
 One consumed batch (any mix of envelopes and single-event messages, from any partitions) gives:
-- one `BudgetCharged` per (budget, source partition), listing its lines in position order;
+- per (budget, source partition), one `BudgetCharged` listing its lines in position order, or
+  several in a row when there are more than `MAX_CHARGE_LINES` (a message over the producer's
+  1 MB limit is refused: the charge would be lost);
 - one dedupe `BatchRecord` per source partition (the ids seen first, or again at the same
   position, in this batch);
 - a dead letter per unreadable record or unreadable event inside an envelope.
@@ -57,6 +59,11 @@ class ResolvedBatch:
     unmatched: int = 0
     reread: int = 0
 
+
+MAX_CHARGE_LINES = 10_000
+"""Lines per charge message: about 35 bytes each, so well under the 1 MB a message may have.
+Successive charges of one (budget, source partition) continue in position order, which is
+all the ledger's watermark needs."""
 
 _VALIDATE = UsageRecorded.__pydantic_validator__.validate_python
 _DIMENSIONS = itemgetter(
@@ -144,15 +151,16 @@ class Resolver:
             high[record.partition] = record.offset
             self._resolve_record(record, index, out, lines, tenants, batch, matched)
         for (budget_id, partition), budget_lines in lines.items():
-            charge = {
-                "type": "BudgetCharged",
-                "version": 1,
-                "budget_id": budget_id,
-                "tenant": tenants[budget_id],
-                "source_partition": partition,
-                "lines": budget_lines,
-            }
-            out.charges.append((budget_id, orjson.dumps(charge)))
+            for first in range(0, len(budget_lines), MAX_CHARGE_LINES):
+                charge = {
+                    "type": "BudgetCharged",
+                    "version": 1,
+                    "budget_id": budget_id,
+                    "tenant": tenants[budget_id],
+                    "source_partition": partition,
+                    "lines": budget_lines[first : first + MAX_CHARGE_LINES],
+                }
+                out.charges.append((budget_id, orjson.dumps(charge)))
         for partition, batch_record in batch.items():
             out.records.append(batch_record)
             self.dedupe.add(batch_record)
