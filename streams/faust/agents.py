@@ -12,14 +12,14 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import TP, EventT
 from pydantic import ValidationError
 
 from schemas.charges import BudgetCharged
@@ -95,10 +95,16 @@ class SkippedRecords(AllotmentError):
 
 
 class OffsetGuard:
-    """Per partition, the offset the agent must see next; reset at every (re)assignment."""
+    """Per partition, the offset the agent must see next; reset at every (re)assignment.
 
-    def __init__(self) -> None:
+    The first record after an assignment is checked against the group's committed offset
+    (`committed(topic, partition)`, the next offset to read, None for a new group): records
+    fetched while the partitions were paused for recovery are the ones Faust drops.
+    """
+
+    def __init__(self, committed: Callable[[str, int], int | None] = lambda t, p: None) -> None:
         self.expected: dict[tuple[str, int], int] = {}
+        self.committed = committed
 
     def reset(self) -> None:
         self.expected.clear()
@@ -108,6 +114,8 @@ class OffsetGuard:
             message = event.message
             tp = (message.topic, message.partition)
             expected = self.expected.get(tp)
+            if expected is None:
+                expected = self.committed(message.topic, message.partition)
             if expected is not None and message.offset > expected:
                 raise SkippedRecords(message.topic, message.partition, expected, message.offset)
             self.expected[tp] = message.offset + 1
@@ -138,12 +146,28 @@ class Pipeline:
             self.tables.current_policy,
             self.allocations.limits,
         )
-        self.offsets = OffsetGuard()
+        self._earliest: dict[Any, int] = {}
+        self.offsets = OffsetGuard(self._committed_offset)
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
         self._wire()
 
+    def _committed_offset(self, topic: str, partition: int) -> int | None:
+        """Where the agent must start reading a partition: the group's committed offset as
+        Faust holds it (next to read), or for a group that never committed, the partition's
+        earliest offset (read at assignment)."""
+        committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+        tp = TP(topic, partition)
+        found = committed.get(tp)
+        return found if found is not None else self._earliest.get(tp)
+
+    async def _remember_earliest(self) -> None:
+        names = {self.topics.usage.get_topic_name(), self.topics.charges.get_topic_name()}
+        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in names]
+        self._earliest = dict(await self.app.consumer.earliest_offsets(*assigned))
+
     async def _rebuild_dedupe_index(self) -> None:
         self.offsets.reset()
+        await self._remember_earliest()
         records = [BatchRecord.from_dict(orjson.loads(v)) for v in self.tables.dedupe.values()]
         self.dedupe.reset(records)
         log.info("dedupe index rebuilt", extra={"batches": len(records), "ids": self.dedupe.size()})
