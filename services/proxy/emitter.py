@@ -226,12 +226,7 @@ class UsageSink:
         if self._producer is None:
             await _probe(self.bootstrap)
             producer = UsageProducer(self.bootstrap, self.topic_prefix)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise
+            await producer.start()  # stops its own client when it fails
             self._producer = producer
         await self._producer.send_wire([orjson.loads(event) for _, _, event in rows])
 
@@ -245,8 +240,8 @@ class UsageSink:
 async def _probe(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Fail fast, without building a producer, when no bootstrap broker accepts connections.
 
-    A producer whose start fails leaves a half-built client behind; during an outage the sender
-    would leak one per retry.
+    A producer's start waits far longer than this before it gives up; during an outage the
+    sender retries with backoff, and each try should cost seconds at most.
     """
     errors = []
     for server in bootstrap.split(","):
