@@ -37,7 +37,9 @@ def consumed_of(totals: Totals, metric: Metric) -> int:
     return totals.total
 
 
-def _percent(consumed: int, limit: int) -> float:
+def percent_of(consumed: int, limit: int) -> float:
+    """Consumption as a percentage of a limit; a limit of 0 reads as 100 percent while
+    nothing is consumed and as infinity once anything is."""
     if limit > 0:
         return consumed * 100 / limit
     return float("inf") if consumed > 0 else 100.0
@@ -56,7 +58,7 @@ def usage_percent(totals: Totals, limits: Mapping[Metric, int]) -> tuple[float, 
         limit = limits.get(metric)
         if limit is None:
             continue
-        percent = _percent(consumed_of(totals, metric), limit)
+        percent = percent_of(consumed_of(totals, metric), limit)
         if first or percent > best[0]:
             best = (percent, metric)
             first = False

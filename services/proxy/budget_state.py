@@ -9,9 +9,10 @@ forwarded itself since the last one, and what requests in flight have reserved.
 from __future__ import annotations
 
 from collections import deque
-from datetime import UTC, datetime
+from datetime import datetime
 
 from schemas.signals import PolicyChanged, ThresholdCrossed
+from streams.periods import to_ms
 from streams.policy import PolicyDecision
 
 _BUCKET_MS = 1000
@@ -85,7 +86,7 @@ class BudgetState:
         )
         self.at_limit = event.at_limit
         self.guarded = event.at_limit == "hard_stop"  # reservations bound its overshoot
-        effective_ms = _ms(event.effective_at)
+        effective_ms = to_ms(event.effective_at)
         if event.period_key != self.period_key or effective_ms >= self.effective_ms:
             self.period_key = event.period_key
             self.metric = event.metric or "total"
@@ -96,7 +97,7 @@ class BudgetState:
         """A threshold crossing carries the consumption at that moment. The pipeline announces
         no policy while a budget is below its line (`allow`), so without crossings the proxy
         would know nothing of a hard-stop budget at 99 percent and could not bound overshoot."""
-        crossed_ms = _ms(event.crossed_at)
+        crossed_ms = to_ms(event.crossed_at)
         if crossed_ms <= self.effective_ms:
             return
         if self.decision is None or event.period_key != self.period_key:
@@ -131,7 +132,7 @@ class BudgetState:
     def _reset(self, reset_at: datetime | None) -> None:
         self.reset_at = reset_at
         self.reset_iso = reset_at.isoformat().replace("+00:00", "Z") if reset_at else ""
-        self.reset_ms = _ms(reset_at) if reset_at else 1 << 62
+        self.reset_ms = to_ms(reset_at) if reset_at else 1 << 62
 
     def record(self, occurred_ms: int, tokens: int) -> None:
         """Count tokens the proxy forwarded after the last signal.
@@ -154,7 +155,3 @@ class BudgetState:
             first_start, _, first = forwarded.popleft()
             _, second_latest, second = forwarded[0]
             forwarded[0] = (first_start, second_latest, first + second)
-
-
-def _ms(at: datetime) -> int:
-    return int(at.astimezone(UTC).timestamp() * 1000)

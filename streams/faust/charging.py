@@ -32,7 +32,7 @@ from streams.errors import OutOfOrderCharge
 from streams.ledger import ChargeLine, ChargeResult, LedgerState, apply_charge, totals_at
 from streams.periods import from_ms, next_reset, period_of, period_of_ms, window_of_key
 from streams.policy import RESTRICTIVENESS, PolicyDecision, decide, policy_changed
-from streams.thresholds import Crossing, consumed_of, usage_percent
+from streams.thresholds import Crossing, consumed_of, percent_of, usage_percent
 
 
 def crossing_key(budget_id: str, period_key: str, threshold: int) -> tuple[str, str, int]:
@@ -126,7 +126,7 @@ def policy_at_crossing(
     period = budget.spec.period
     decision = decide(
         budget,
-        crossing.consumed * 100 / crossing.limit if crossing.limit else float("inf"),
+        percent_of(crossing.consumed, crossing.limit),
         window_of_key(period, crossing.period_key),
         next_reset(period, at),
         projected_overrun,
