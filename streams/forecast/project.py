@@ -5,7 +5,8 @@ The tier follows the budget's own history (complete local days before today):
   (`cold_start_pooled`; `cold_start_flat` when the tenant has none; `no_history`);
 - 7 to 13 days: weekday averages (`weekday_average`);
 - 14 days and more: ETS with weekly seasonality (`ets_fast`, or `ets_statsmodels`).
-A detected level shift appends `+shift`. History from before the current period is used: the
+A detected level shift appends `+shift`, and growth that stands clear of the noise (from four
+weeks of history) `+trend`. History from before the current period is used: the
 model does not care where the period started, only where it ends.
 
 Every tier produces simulated daily paths for the days left; each path is summed to the
@@ -30,6 +31,7 @@ from streams.forecast.profile import WeekdayProfile
 from streams.forecast.shifts import align_to_last_level, deseasonalise, detect_shift
 from streams.forecast.statespace import fast_paths, statsmodels_paths
 from streams.forecast.tiers import EPS, TierPaths, cold_start, weekday_average
+from streams.forecast.trend import detect_trend
 from streams.periods import PeriodWindow, period_of
 
 Engine = Literal["fast", "statsmodels"]
@@ -55,12 +57,19 @@ def _statespace(
     logs = np.log(values + EPS)
     shift = detect_shift(deseasonalise(logs, weekdays, None))
     logs = align_to_last_level(logs, shift)
+    trend = detect_trend(deseasonalise(logs, weekdays, None))
+    if trend is not None:
+        logs = trend.detrend(logs)
     if engine == "statsmodels":
         log_paths = statsmodels_paths(logs, len(ahead_weekdays), n_paths, seed)
         method = "ets_statsmodels"
     else:
         log_paths, _ = fast_paths(logs, weekdays, ahead_weekdays, n_paths, rng)
         method = "ets_fast"
+    if trend is not None:
+        slopes = trend.slope + trend.stderr * rng.standard_normal(n_paths)
+        log_paths = log_paths + trend.offsets(len(ahead_weekdays), slopes)
+        method += "+trend"
     paths = np.maximum(np.exp(np.minimum(log_paths, 60.0)) - EPS, 0.0)
     return TierPaths(paths, method + ("+shift" if shift else ""), shift.index if shift else None)
 
