@@ -164,7 +164,7 @@ def backtest(
             window_end = window_start + timedelta(days=length)
             as_of = window_start + timedelta(days=d)
             pooled = None
-            if keep is not None and keep < 7 and series.tenant:
+            if keep is not None and keep < 14 and series.tenant:
                 pooled = {"total": _pooled(series, tenants[series.tenant], as_of.date())}
             (proj,) = project_period(
                 window_start,
@@ -274,7 +274,7 @@ def main() -> None:
     # A budget created on the 1st: at day d of its first month it has d days of history.
     for keep, label in (
         (3, "new budget at day 3: cold start with the tenant's pooled profile"),
-        (10, "new budget at day 10: weekday averages"),
+        (10, "new budget at day 10: weekday averages shrunk towards the pooled profile"),
     ):
         short = backtest(synth, "fast", (keep,), keep=keep)
         summarise(short, f"synthetic, {label}", (keep,))
