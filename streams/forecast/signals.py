@@ -50,14 +50,21 @@ def forecast_budget(
     pooled: Mapping[Metric, WeekdayProfile | None] | None = None,
     engine: Engine = "fast",
     n_paths: int = N_PATHS,
+    limits: Mapping[Metric, int] | None = None,
 ) -> BudgetForecast:
-    """The forecast signals of one budget at `as_of` (at most one overrun per period)."""
+    """The forecast signals of one budget at `as_of` (at most one overrun per period).
+
+    `limits` are the budget's effective limits in this period (its spec's plus what the
+    allocation events gave or took, `streams.allocation.effective_limits`): a child that drew
+    from its parent's pool overruns only beyond what it drew. Default: the spec's limits.
+    """
+    limits = dict(budget.limits if limits is None else limits)
     period = budget.spec.period
     zone = period.timezone
     window = period_of(period, as_of)
     today = local_date(as_of, zone)
     first, last = _consumed_days(budget, as_of, today)
-    metrics = list(budget.limits)
+    metrics = list(limits)
     histories = {m: usage.series(m, today - timedelta(days=1)) for m in metrics}
     consumed = {m: float(usage.consumed(m, first, last)) for m in metrics}
     today_so_far = {m: float(usage.consumed(m, today, today)) for m in metrics}
@@ -73,9 +80,7 @@ def forecast_budget(
         n_paths,
         today_so_far=today_so_far,
     )
-    advice = {
-        p.metric: advise(histories[p.metric], p, budget.limits[p.metric]) for p in projections
-    }
+    advice = {p.metric: advise(histories[p.metric], p, limits[p.metric]) for p in projections}
     days = max((len(h) for h in histories.values()), default=0)
     updated = ForecastUpdated(
         tenant=budget.tenant,
@@ -89,7 +94,7 @@ def forecast_budget(
     overrun = None
     if window.key not in usage.announced:
         for p in projections:
-            limit = budget.limits[p.metric]
+            limit = limits[p.metric]
             if projects_overrun(p, limit):
                 overrun = ProjectedOverrun(
                     tenant=budget.tenant,
@@ -160,7 +165,8 @@ def forecast_job(job: dict[str, Any]) -> dict[str, Any]:
     """One budget's forecast from and to plain data, for a worker process of the agent.
 
     `job`: budget (`Budget.to_dict`), usage (`UsageDays.to_dict`), as_of (ISO 8601 with
-    offset), pooled ({metric: 7 factors} or absent), engine, n_paths. Returns the wire forms
+    offset), pooled ({metric: 7 factors} or absent), limits ({metric: effective limit} or
+    absent for the spec's), engine, n_paths. Returns the wire forms
     of the `ForecastUpdated` and of the `ProjectedOverrun` (or None).
     """
     pooled = {
@@ -174,6 +180,9 @@ def forecast_job(job: dict[str, Any]) -> dict[str, Any]:
         pooled or None,
         job.get("engine", "fast"),
         int(job.get("n_paths", N_PATHS)),
+        {metric: int(limit) for metric, limit in job["limits"].items()}
+        if job.get("limits")
+        else None,
     )
     return {
         "updated": result.updated.to_wire(),

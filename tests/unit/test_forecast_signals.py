@@ -88,6 +88,24 @@ def test_forecast_budget_projects_the_period_and_announces_an_overrun_once() -> 
     assert forecast_budget(_budget(400_000), state, as_of).overrun is None
 
 
+def test_an_overrun_is_judged_against_the_effective_limit() -> None:
+    """A child that drew 100k from its parent's pool has 350k this period, not its spec's 250k."""
+    state = _daily_usage(date(2026, 10, 1), 45, 10_000)
+    as_of = datetime(2026, 11, 15, 0, 0, tzinfo=TZ)
+    drawn = forecast_budget(_budget(250_000), state, as_of, limits={"total": 350_000})
+    assert drawn.overrun is None
+    assert drawn.advice["total"].recommended_action.startswith("on track")
+    lent = forecast_budget(_budget(400_000), state, as_of, limits={"total": 280_000})
+    assert lent.overrun is not None and lent.overrun.limit == 280_000
+    job = {
+        "budget": _budget(250_000).to_dict(),
+        "usage": state.to_dict(),
+        "as_of": as_of.isoformat(),
+        "limits": {"total": 350_000},
+    }
+    assert forecast_job(job)["overrun"] is None
+
+
 def test_rolling_budget_projects_to_the_next_reset() -> None:
     state = _daily_usage(date(2026, 10, 1), 45, 10_000)
     as_of = datetime(2026, 11, 15, 12, 0, tzinfo=TZ)
