@@ -274,6 +274,7 @@ class Pipeline:
             await self.dead_letter(rejected)
             return
         self.tables.ledger[key] = outcome.stored.to_bytes()
+        self.charger.forecasts.track(budget, charge.source_partition, outcome.lines)
         for wire in outcome.thresholds:
             value = orjson.dumps(wire)
             self.tables.crossings[key] = value

@@ -60,6 +60,7 @@ class StoredLedger:
 @dataclass
 class ChargeOutcome:
     stored: StoredLedger
+    lines: Sequence[ChargeLine] = ()
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     policies: list[dict[str, Any]] = field(default_factory=list)
     applied: int = 0
@@ -197,6 +198,10 @@ def _no_fields(budget_id: str, period_key: str, metric: Metric, limit: int) -> d
     return {}
 
 
+def _no_tracking(budget: Budget, source_partition: int, lines: Sequence[ChargeLine]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ForecastHooks:
     """What the forecast agent (`forecasting.py`) contributes to a charge.
@@ -206,10 +211,14 @@ class ForecastHooks:
     in stays demoted on later charges. `crossing_fields(budget_id, period_key, metric,
     effective_limit)`: what a new crossing takes from the latest forecast of its period; added
     before the crossing is stored, so a re-emission after a crash is byte-identical.
+    `track(budget, source_partition, lines)`: every applied charge's lines, as the ledger
+    decoded them (in position order), for the forecast's daily history; called by the ledger
+    agent inside the charge's event, so they are tracked before its offset is committed.
     """
 
     projected_overrun: Callable[[str, str], bool] = _no_overrun
     crossing_fields: Callable[[str, str, Metric, int], dict[str, Any]] = _no_fields
+    track: Callable[[Budget, int, Sequence[ChargeLine]], None] = _no_tracking
 
 
 Limits = Callable[[Budget, datetime], Mapping[Metric, int] | None]
@@ -298,8 +307,8 @@ class Charger:
             try:
                 result = self.fold(stored.state, budget, charge.source_partition, lines)
             except OutOfOrderCharge:
-                ordered = in_position_order(lines)
-                result = self.fold(stored.state, budget, charge.source_partition, ordered)
+                lines = in_position_order(lines)
+                result = self.fold(stored.state, budget, charge.source_partition, lines)
         crossings = dict(stored.crossings)
         for crossing in result.crossings:
             wire = threshold_event(budget, crossing, policy_hint(budget, crossing))
@@ -313,6 +322,7 @@ class Charger:
         crossings = {k: v for k, v in crossings.items() if k.split("|", 1)[0] in live}
         outcome = ChargeOutcome(
             StoredLedger(result.state, crossings),
+            lines,
             applied=result.applied,
             skipped=result.skipped,
             late=len(result.late),

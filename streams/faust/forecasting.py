@@ -1,9 +1,11 @@
 """The forecast agent: daily usage per budget, projections on a timer and after crossings.
 
-- `track_usage_days` reads the charges topic (its own subscription beside the ledger's) and
-  folds every charge into the budget's `UsageDays` (local days, watermarks per source
-  partition, so redelivery never double-counts). When a charge crosses one of the budget's
-  thresholds, the budget is queued for a prompt recompute.
+- `track_lines` folds every charge the ledger agent applies into the budget's `UsageDays`
+  (local days, watermarks per source partition, so redelivery never double-counts). The
+  ledger hands it the lines it already decoded (`ForecastHooks.track`), inside the same
+  event, before its offset is acknowledged: a second subscription to the charges topic would
+  decode every charge twice. When a charge crosses one of the budget's thresholds, the budget
+  is queued for a prompt recompute.
 - `forecast_budgets` (every `interval` seconds, default one hour) and
   `forecast_after_crossings` (every few seconds, only when something is queued) project the
   budgets this worker owns. The fitting runs in a worker process (`ProcessPoolExecutor`), so
@@ -24,7 +26,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,15 +34,14 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import EventT, TopicT
+from faust.types import TopicT
 from pydantic import ValidationError
 
-from schemas.charges import BudgetCharged
 from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated
 from schemas.topics import CHARGES, FORECASTS
 from services.common.kafka import partition_for
-from streams.budgets import BudgetIndex
+from streams.budgets import Budget, BudgetIndex
 from streams.faust.charging import ForecastHooks
 from streams.forecast import signals
 from streams.forecast.errors import ForecastInputError
@@ -104,14 +105,13 @@ class Forecaster:
         # Keyed by budget id like the charges topic, so writes from a timer find their
         # changelog partition through the partitioner (no current stream event needed).
         self.days = app.Table("forecast_days", partitions=self.partitions, use_partitioner=True)
+        # The decoded value of each table entry, beside the bytes it was decoded from: a hit
+        # needs the table to hold that very object (see `stored`).
+        self._decoded: dict[bytes, tuple[bytes, UsageDays]] = {}
         self.latest: dict[str, ForecastUpdated] = {}
         self.pending: set[str] = set()
         self._lock = asyncio.Lock()
         self._executor: ProcessPoolExecutor | None = None
-
-        async def track_usage_days(stream: Any) -> None:
-            async for event in stream.events():
-                self.track(event)
 
         async def forecast_budgets() -> None:
             await self.forecast(self.owned_budgets())
@@ -121,42 +121,63 @@ class Forecaster:
                 queued, self.pending = self.pending, set()
                 await self.forecast(sorted(queued))
 
-        app.agent(charges, name="track_usage_days", concurrency=1)(track_usage_days)
         app.timer(config.interval, name="forecast_budgets")(forecast_budgets)
         app.timer(config.crossing_delay, name="forecast_after_crossings")(forecast_after_crossings)
 
     def stored(self, budget_id: str) -> UsageDays:
-        raw = self.days.get(budget_id.encode())
-        return UsageDays(budget_id) if raw is None else UsageDays.from_dict(orjson.loads(raw))
+        """The budget's days as the table holds them.
 
-    def track(self, event: EventT) -> None:
-        """Fold one charge message into the budget's days; queue it if it crossed a line.
+        The table (restored from its changelog after every start and rebalance) is the only
+        copy; the decoded value is reused only while the table still holds the very bytes
+        object it was decoded from. A recovery or another write stores a new object, so a
+        stale decode is never returned.
+        """
+        key = budget_id.encode()
+        raw = self.days.get(key)
+        if raw is None:
+            return UsageDays(budget_id)
+        hit = self._decoded.get(key)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        state = UsageDays.from_dict(orjson.loads(raw))
+        self._decoded[key] = (raw, state)
+        return state
 
-        A failure here is logged and the charge skipped: the days feed a forecast, not the
-        accounting, and must never stop the ledger that reads the same topic.
+    def _store(self, state: UsageDays) -> None:
+        key = state.budget_id.encode()
+        raw = orjson.dumps(state.to_dict())
+        self.days[key] = raw
+        self._decoded[key] = (raw, state)
+
+    def track(self, budget: Budget, source_partition: int, lines: Sequence[ChargeLine]) -> None:
+        """Fold one charge's lines (decoded by the ledger agent, in position order) into the
+        budget's days; queue the budget if the charge crossed one of its thresholds.
+
+        Any failure here is logged and the charge skipped: the days feed a forecast, not the
+        accounting. This runs inside the ledger agent, which ends the process on an error it
+        does not expect (`agents.crash_on_error`); a bug in the forecast's history must not
+        stop the ledger, nor make it read the same charge again and again.
         """
         try:
-            self._track(event)
-        except (AllotmentError, ValidationError, ValueError, KeyError) as exc:
-            log.error("charge not tracked for forecasting", extra={"error": str(exc)})
+            self._track(budget, source_partition, lines)
+        except Exception as exc:  # any: see the docstring
+            log.error(
+                "charge not tracked for forecasting",
+                exc_info=not isinstance(exc, AllotmentError | ValidationError | ValueError),
+                extra={"budget_id": budget.budget_id, "error": str(exc)},
+            )
 
-    def _track(self, event: EventT) -> None:
-        try:
-            charge = BudgetCharged.model_validate_json(event.message.value or b"")
-        except ValidationError:
-            return  # the ledger's agent dead-letters it; nothing to count here
-        budget = self.budgets().get(charge.budget_id)
-        if budget is None or not charge.lines:
+    def _track(self, budget: Budget, source_partition: int, lines: Sequence[ChargeLine]) -> None:
+        if not lines:
             return
-        lines = [ChargeLine.from_wire(row) for row in charge.lines]
-        before = self.stored(charge.budget_id)
-        after = add_lines(before, budget.spec.period.timezone, charge.source_partition, lines)
+        before = self.stored(budget.budget_id)
+        after = add_lines(before, budget.spec.period.timezone, source_partition, lines)
         if after is before:
             return
-        self.days[charge.budget_id.encode()] = orjson.dumps(after.to_dict())
+        self._store(after)
         at = from_ms(max(line.occurred_at_ms for line in lines))
         if signals.crossed_thresholds(budget, before, after, at):
-            self.pending.add(charge.budget_id)
+            self.pending.add(budget.budget_id)
 
     def owned_budgets(self) -> list[str]:
         name = self.charges.get_topic_name()
@@ -220,8 +241,7 @@ class Forecaster:
         self.latest[updated.budget_id] = updated
         if out["overrun"] is not None:
             await self.forecasts.send(key=key, value=orjson.dumps(out["overrun"]))
-            state = announce(self.stored(updated.budget_id), updated.period_key)
-            self.days[key] = orjson.dumps(state.to_dict())
+            self._store(announce(self.stored(updated.budget_id), updated.period_key))
             await self.degrade_early(updated)
 
     async def degrade_early(self, updated: ForecastUpdated) -> None:
@@ -279,7 +299,7 @@ def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Fo
         on_overrun=pipeline.on_projected_overrun,
     )
     pipeline.charger.forecasts = ForecastHooks(
-        forecaster.overrun_announced, forecaster.threshold_fields
+        forecaster.overrun_announced, forecaster.threshold_fields, forecaster.track
     )
     pipeline.forecaster = forecaster
     return forecaster

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any
 
 from schemas.budgets import Metric, Period
@@ -85,17 +86,33 @@ def _metric(row: tuple[int, int], metric: Metric) -> int:
 def add_lines(
     state: UsageDays, zone: str, source_partition: int, lines: Sequence[ChargeLine]
 ) -> UsageDays:
-    """Fold charge lines of one source partition (in position order) into the days."""
-    day_period = Period(kind="day", timezone=zone)
+    """Fold charge lines of one source partition (in position order) into the days.
+
+    Every charged event passes here: the local day is looked up once per run of lines that
+    fall in it (a charge lists lines in time order, nearly always within one or two days),
+    and each run is summed before it is added to its day.
+    """
+    day_period = _day_period(zone)
     mark = state.watermarks.get(source_partition)
     days = dict(state.days)
+    start_ms = end_ms = 0
+    key = ""
+    run_in = run_out = 0
     for line in lines:
         if mark is not None and line.position <= mark:
             continue
-        key = period_of_ms(day_period, line.occurred_at_ms).key
-        old = days.get(key, (0, 0))
-        days[key] = (old[0] + line.input, old[1] + line.output)
         mark = line.position
+        at = line.occurred_at_ms
+        if not start_ms <= at < end_ms:
+            if key:
+                _add(days, key, run_in, run_out)
+            window = period_of_ms(day_period, at)
+            start_ms, end_ms, key = window.start_ms, window.end_ms, window.key
+            run_in = run_out = 0
+        run_in += line.input
+        run_out += line.output
+    if key:
+        _add(days, key, run_in, run_out)
     if mark is None:
         return state
     if len(days) > KEEP_DAYS:
@@ -104,6 +121,17 @@ def add_lines(
         days = {k: v for k, v in days.items() if k >= oldest}
     watermarks = {**state.watermarks, source_partition: mark}
     return replace(state, days=days, watermarks=watermarks)
+
+
+def _add(days: dict[str, tuple[int, int]], key: str, tokens_in: int, tokens_out: int) -> None:
+    old = days.get(key, (0, 0))
+    days[key] = (old[0] + tokens_in, old[1] + tokens_out)
+
+
+@lru_cache(maxsize=1024)
+def _day_period(zone: str) -> Period:
+    """The local-day period of a zone (a model, built once per zone rather than per charge)."""
+    return Period(kind="day", timezone=zone)
 
 
 def announce(state: UsageDays, period_key: str) -> UsageDays:

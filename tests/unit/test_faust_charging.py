@@ -143,3 +143,14 @@ def test_a_change_the_proxy_sees_is_published_by_the_domain_rule() -> None:
     # An amended at-limit action is a change, not a replay passing an earlier point.
     stop = degrade(policy="hard_stop", at_limit="hard_stop")
     assert should_publish(stop, degrade(effective_at="2026-11-20T11:00:00Z"))
+
+
+def test_the_outcome_hands_on_the_lines_as_folded_in_position_order() -> None:
+    """What the ledger agent passes to the forecast's history (`ForecastHooks.track`)."""
+    budget = _budget({"limits": {"total_tokens": 1000}})
+    charge = _charge(budget, [(3, AT, 10), (1, AT, 20), (2, AT, 30)])
+    outcome = _charger().charge(StoredLedger.from_bytes(None, budget.budget_id), budget, charge)
+    assert [(line.position, line.input) for line in outcome.lines] == [
+        ((1, 0), 20), ((2, 0), 30), ((3, 0), 10),
+    ]  # fmt: skip
+    assert outcome.applied == 3
