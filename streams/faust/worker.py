@@ -8,12 +8,22 @@ needs no parser of its own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
 from typing import Any
 
 from streams.faust.app import WorkerConfig, build_app
+
+GC_THRESHOLDS = (50_000, 20, 10)
+"""Allocations between young-generation collections (Python's default is 700), then as usual.
+
+The stages allocate a few short-lived containers per usage event (decoded events, charge
+lines) while the dedupe index and the tables keep growing. With the default, the collector
+ran about 4,000 times in a 400,000-event backlog and walked the whole long-lived heap 31
+times: about 2.2 of 8.9 seconds (tests/bench/pipeline.py). With these, 0.2 seconds.
+"""
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -57,6 +67,18 @@ def logging_config(level: str) -> dict[str, Any]:
     }
 
 
+def tune_gc() -> None:
+    """Collect once, move what start-up built (modules, schemas, the wired app) out of the
+    collector's sight for good (`gc.freeze`), and collect the young generation less often.
+
+    Reference counting still frees everything at once; only cycles wait longer for the
+    collector, a bounded amount of memory (`GC_THRESHOLDS`).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_worker(config: WorkerConfig) -> None:
     """Build and run one worker until it is stopped (SIGTERM/SIGINT) or killed."""
     import faust
@@ -95,6 +117,7 @@ def run_worker(config: WorkerConfig) -> None:
         )
 
     app.task(announce)
+    tune_gc()
     worker = faust.Worker(
         pipeline.app,
         loglevel=config.log_level,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 
 import orjson
@@ -13,6 +14,7 @@ from streams.budgets import Budget, BudgetIndex
 from streams.faust.charging import in_position_order, should_publish
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
+from streams.faust.worker import GC_THRESHOLDS, tune_gc
 from streams.ledger import ChargeLine
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -149,3 +151,15 @@ def test_a_policy_is_published_only_when_it_changes_forward() -> None:
 def test_charge_lines_are_sorted_and_each_position_kept_once() -> None:
     lines = [ChargeLine((5, 1), 0, 1, 0), ChargeLine((5, 0), 0, 2, 0), ChargeLine((5, 1), 0, 1, 0)]
     assert [line.position for line in in_position_order(lines)] == [(5, 0), (5, 1)]
+
+
+def test_the_worker_collects_less_often_and_freezes_what_start_up_built() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
