@@ -1,48 +1,26 @@
 """Token counts from provider responses, JSON or SSE, mapped onto the usage contract's parts.
 
-Conventions differ by provider and must not be double counted:
-- OpenAI: `prompt_tokens` includes `cached_tokens`; `completion_tokens` includes
-  `reasoning_tokens`. So input_uncached = prompt - cached, output = completion.
-- Anthropic: `input_tokens` excludes `cache_creation_input_tokens` and
-  `cache_read_input_tokens`; the three are disjoint. In a stream, `message_delta` usage is
-  cumulative: the last one wins, they are never added up.
-A stream that ends before its usage block gives an estimate, recorded as `estimated`.
+Which count includes which is each provider's convention, kept once in
+`services.common.token_conventions` and shared with ingest. The proxy reads it with the `clamp`
+policy: the upstream has already answered the client, so an impossible count (cached above the
+prompt total, reasoning above output, a negative or non-integer count) is repaired rather than
+refused, and the usage is still recorded. What is the proxy's own: which family a route speaks,
+and in an Anthropic stream `message_delta` usage is cumulative: the last one wins, they are
+never added up. A stream that ends before its usage block gives an estimate, recorded as
+`estimated`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from services.common import token_conventions as conventions
+from services.common.token_conventions import ZERO, TokenParts, clamp
 
-@dataclass(slots=True)
-class Tokens:
-    """Disjoint token parts, as `UsageRecorded` wants them."""
-
-    input_uncached: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    output: int = 0
-    reasoning: int = 0
-
-    @property
-    def input_total(self) -> int:
-        return self.input_uncached + self.cache_read + self.cache_write
-
-    @property
-    def total(self) -> int:
-        return self.input_total + self.output
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _details(usage: dict[str, Any], name: str, field: str) -> int:
-    details = usage.get(name)
-    return _int(details.get(field)) if isinstance(details, dict) else 0
+Tokens = TokenParts
+"""Disjoint token parts, as `UsageRecorded` wants them (the shared type, under the proxy's name)."""
 
 
 def openai_tokens(usage: Any) -> Tokens | None:
@@ -50,33 +28,17 @@ def openai_tokens(usage: Any) -> Tokens | None:
     if not isinstance(usage, dict):
         return None
     if "prompt_tokens" in usage:
-        prompt, output = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
-        cached = _details(usage, "prompt_tokens_details", "cached_tokens")
-        reasoning = _details(usage, "completion_tokens_details", "reasoning_tokens")
-    elif "input_tokens" in usage:
-        prompt, output = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-        cached = _details(usage, "input_tokens_details", "cached_tokens")
-        reasoning = _details(usage, "output_tokens_details", "reasoning_tokens")
-    else:
-        return None
-    cached = min(cached, prompt)
-    return Tokens(prompt - cached, cached, 0, output, min(reasoning, output))
+        return conventions.openai_chat(usage, policy=clamp)
+    if "input_tokens" in usage:
+        return conventions.openai_responses(usage, policy=clamp)
+    return None
 
 
 def anthropic_tokens(usage: Any, into: Tokens | None = None) -> Tokens | None:
     """Anthropic's disjoint parts; fields absent from `usage` keep their value in `into`."""
     if not isinstance(usage, dict):
         return into
-    tokens = into if into is not None else Tokens()
-    if "input_tokens" in usage and usage["input_tokens"] is not None:
-        tokens.input_uncached = _int(usage["input_tokens"])
-    if usage.get("cache_creation_input_tokens") is not None:
-        tokens.cache_write = _int(usage["cache_creation_input_tokens"])
-    if usage.get("cache_read_input_tokens") is not None:
-        tokens.cache_read = _int(usage["cache_read_input_tokens"])
-    if usage.get("output_tokens") is not None:
-        tokens.output = _int(usage["output_tokens"])
-    return tokens
+    return conventions.anthropic(usage, base=ZERO if into is None else into, policy=clamp)
 
 
 def json_usage(family: str, body: bytes) -> tuple[Tokens | None, str | None]:
@@ -152,10 +114,10 @@ class StreamTracker:
         if name == b"message_start":
             message = _loads(data).get("message")
             if isinstance(message, dict):
-                self.tokens = anthropic_tokens(message.get("usage"), Tokens())
+                self.tokens = anthropic_tokens(message.get("usage"), ZERO)
                 self.model = message.get("model") or self.model
         elif name == b"message_delta":
-            self.tokens = anthropic_tokens(_loads(data).get("usage"), self.tokens or Tokens())
+            self.tokens = anthropic_tokens(_loads(data).get("usage"), self.tokens or ZERO)
         elif name == b"message_stop":
             self.complete = True
         elif name == b"content_block_delta":
@@ -163,11 +125,10 @@ class StreamTracker:
 
     def estimate(self, input_estimate: int) -> Tokens:
         """Best guess for a stream that broke off: what was seen, plus one token per chunk."""
-        tokens = self.tokens or Tokens(input_uncached=input_estimate)
+        tokens = self.tokens or ZERO
         if tokens.input_total == 0:
-            tokens.input_uncached = input_estimate
-        tokens.output = max(tokens.output, self.content_events)
-        return tokens
+            tokens = tokens._replace(input_uncached=input_estimate)
+        return tokens._replace(output=max(tokens.output, self.content_events))
 
 
 def _loads(data: bytes) -> dict[str, Any]:
