@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from schemas.alerts import AlertAbandoned, AlertDelivered
 from schemas.allocation import (
     AllocationMoved,
     OverflowDrawn,
@@ -53,6 +54,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReservationReleased,
         RebalanceRuleSet,
         BudgetCharged,
+        AlertDelivered,
+        AlertAbandoned,
     )
 }
 

@@ -44,6 +44,13 @@ BUDGET_EVENTS = TopicSpec("budget-events", key="tenant", partitions=3, config=di
 """Every config event (budget lifecycle and allocation), never compacted or expired: the source
 of truth for budgets and the audit log. `budgets` is its compacted mirror (latest per budget).
 """
+ALERT_DELIVERIES = TopicSpec(
+    "alert-deliveries", key="budget_id", partitions=3, config=dict(FOREVER)
+)
+"""The final outcome of every alert delivery (`schemas.alerts`). Keyed by budget id: a budget's
+whole alert history is one ordered partition, so every outcome of one alert (it belongs to one
+budget) stays in order, and readers that join deliveries with `thresholds` or `policies` use the
+same key. Readers dedupe by `alert_id`."""
 
 ALL: list[TopicSpec] = [
     USAGE,
@@ -54,6 +61,7 @@ ALL: list[TopicSpec] = [
     FORECASTS,
     DEAD_LETTER,
     BUDGET_EVENTS,
+    ALERT_DELIVERIES,
 ]
 
 
