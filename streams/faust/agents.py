@@ -8,11 +8,12 @@ event (charges, dead letters, changelog writes) is durable before its offset is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +73,20 @@ def crash_on_error(agent: str) -> Iterator[None]:
         )
         logging.shutdown()
         os._exit(70)
+
+
+async def delivered(deliveries: list[Awaitable[Any]]) -> None:
+    """Wait until the broker acknowledged every send; raise the first failure.
+
+    Faust's `topic.send` only queues the record: a delivery that fails later (a broker that
+    refuses the record, a batch that expires while the broker is away) is logged by Faust and
+    nothing else, and the producer flush before an offset commit does not fail for it either.
+    The offset of the record that caused the send would then be committed without its output.
+    An agent awaits its sends before it finishes an event, inside `crash_on_error`, so such a
+    failure ends the process and the record is read again after the restart.
+    """
+    if deliveries:
+        await asyncio.gather(*deliveries)
 
 
 class SkippedRecords(AllotmentError):
@@ -216,10 +231,9 @@ class Pipeline:
             for e in events
         ]
         out = self.resolver.resolve(records)
-        for rejected in out.rejected:
-            await self.dead_letter(rejected)
+        sent = [await self.send_dead_letter(rejected) for rejected in out.rejected]
         for budget_id, value in out.charges:
-            await self.topics.charges.send(key=budget_id.encode(), value=value)
+            sent.append(await self.topics.charges.send(key=budget_id.encode(), value=value))
         by_partition = {e.message.partition: e for e in events}
         for record in out.records:
             with current(by_partition[record.partition]):
@@ -228,11 +242,17 @@ class Pipeline:
             with current(by_partition[partition]):
                 for key in keys:
                     self.tables.dedupe.pop(key.encode(), None)
+        await delivered(sent)
         self.metrics.events_in.inc(out.events_in)
         self.metrics.duplicates.inc(out.duplicates)
 
     async def dead_letter(self, rejected: Rejected) -> None:
-        await self.topics.dead_letter.send(
+        """Dead-letter one record and wait until the broker has it."""
+        await delivered([await self.send_dead_letter(rejected)])
+
+    async def send_dead_letter(self, rejected: Rejected) -> Awaitable[Any]:
+        """Queue a dead letter; returns its delivery, which the caller must await."""
+        delivery = await self.topics.dead_letter.send(
             key=dead_letter_key(rejected), value=to_dead_letter(rejected)
         )
         self.metrics.dead_letters.inc()
@@ -246,6 +266,7 @@ class Pipeline:
                 "reason": rejected.reason,
             },
         )
+        return delivery
 
     async def charge(self, event: EventT) -> None:
         message = event.message
