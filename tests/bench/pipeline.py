@@ -295,6 +295,7 @@ async def main() -> None:
             "cores": os.cpu_count(),
             "latency_samples": len(latencies),
             "load_avg_1m_before": round(load_before[0], 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "median_latency_ms": round(statistics.median(latencies), 1),
             "worker_restarted": restarted,
         }).decode()
