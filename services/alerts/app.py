@@ -1,7 +1,8 @@
 """Composition root of the alerts service: builds the engine, telemetry and loops at start.
 
-`run` starts the topic consumer, the delivery loop, a small outbox gauge refresher and the
-Prometheus `/metrics` endpoint, and stops them all on SIGTERM/SIGINT or when `stop` is set.
+`run` starts the topic consumer, the delivery loop (with the producer of its outcome events),
+a small outbox gauge refresher and the Prometheus `/metrics` endpoint, and stops them all on
+SIGTERM/SIGINT or when `stop` is set.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.alerts.consumer import BatchResult, consume
 from services.alerts.delivery import DeliveryLoop
 from services.alerts.errors import AlertConfigError
 from services.alerts.payload import BudgetView
+from services.alerts.publisher import OutcomePublisher
 from services.alerts.telemetry import Telemetry
 from services.common.settings import StackSettings, env_int
 
@@ -75,6 +77,9 @@ async def run(
             loop.add_signal_handler(sig, stop.set)
     prefix = settings.stack.topic_prefix
     await ensure_topics(settings.stack.kafka_bootstrap, prefix)  # a fresh stack has none yet
+    # One publish may take a third of a lease: the loop renews the lease between tries.
+    publish_timeout = min(10.0, config.delivery.lease_seconds / 3)
+    publisher = OutcomePublisher(settings.stack.kafka_bootstrap, prefix, publish_timeout)
     engine = make_engine(settings.stack.database_url)
     telemetry = Telemetry(settings.otlp_endpoint, settings.otlp_interval_ms)
     server, _ = start_http_server(
@@ -86,10 +91,11 @@ async def run(
         flush=True,
     )
     try:
+        await publisher.start()
         views = await asyncio.to_thread(_views, engine, prefix)
         for budget_id, (tenant, view) in views.items():
             telemetry.set_budget(tenant, budget_id, view)
-        delivery = DeliveryLoop(engine, config, prefix, telemetry.delivery_outcome)
+        delivery = DeliveryLoop(engine, config, prefix, publisher, telemetry.delivery_outcome)
         tasks = [
             asyncio.create_task(
                 consume(
@@ -122,6 +128,7 @@ async def run(
         server.shutdown()
         await asyncio.to_thread(telemetry.shutdown)
         engine.dispose()
+        await publisher.stop()
 
 
 def _report(telemetry: Telemetry, result: BatchResult) -> None:

@@ -34,6 +34,12 @@ class Delivery:
     attempt: int
 
 
+def receipt(response: httpx.Response) -> str:
+    """The receiver's reply as the `AlertDelivered` event reports it: status and body start."""
+    text = response.text.strip()[:200]
+    return f"HTTP {response.status_code}: {text}" if text else f"HTTP {response.status_code}"
+
+
 def retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -71,16 +77,16 @@ async def post_json(
     )
 
 
-async def deliver(delivery: Delivery, client: httpx.AsyncClient, timeout: float = 10.0) -> None:
-    """Send one delivery through its channel's adapter; returns when the receiver took it."""
+async def deliver(delivery: Delivery, client: httpx.AsyncClient, timeout: float = 10.0) -> str:
+    """Send one delivery through its channel's adapter; returns the receiver's reply once it
+    took the alert."""
     from services.alerts import email, pagerduty, slack, webhook
 
     channel = delivery.channel
     if isinstance(channel, SlackChannel):
-        await slack.send(client, channel, delivery)
-    elif isinstance(channel, PagerDutyChannel):
-        await pagerduty.send(client, channel, delivery)
-    elif isinstance(channel, WebhookChannel):
-        await webhook.send(client, channel, delivery)
-    else:
-        await email.send(channel, delivery, timeout)
+        return await slack.send(client, channel, delivery)
+    if isinstance(channel, PagerDutyChannel):
+        return await pagerduty.send(client, channel, delivery)
+    if isinstance(channel, WebhookChannel):
+        return await webhook.send(client, channel, delivery)
+    return await email.send(channel, delivery, timeout)

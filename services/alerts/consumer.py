@@ -51,8 +51,17 @@ class BatchResult:
     skipped: int = 0
 
 
+Origin = tuple[str, int, int]
+"""(topic, partition, offset) of the record a signal was read from; its outcome events name it."""
+
+
 def apply_signal(
-    conn: Connection, config: AlertsConfig, source: str, event: Event, read_at: datetime
+    conn: Connection,
+    config: AlertsConfig,
+    source: str,
+    event: Event,
+    read_at: datetime,
+    origin: Origin | None = None,
 ) -> tuple[BudgetView, int]:
     """Fold one signal into the budget's state and enqueue its deliveries; returns the view
     and how many rows were added (0 on a replay)."""
@@ -73,14 +82,26 @@ def apply_signal(
     if signal.pages and view.reset_since(signal.at):
         routes = [_too_late(r) if r.channel_type == "pagerduty" else r for r in routes]
     payload = build_payload(event, signal, path, view, config.api_base)
+    topic, partition, offset = origin or (None, None, None)
+    cause = SignalCause(event.TYPE, topic, partition, offset)
     added = 0
     for r in routes:
         if r.channel_type == "pagerduty" and signal.kind == "period_reset":
-            added += _enqueue_resolves(conn, source, signal, r, payload)
+            added += _enqueue_resolves(conn, source, signal, r, payload, cause)
             continue
         action = "trigger" if r.channel_type == "pagerduty" else "notify"
-        added += _enqueue(conn, source, signal, r, payload, action)
+        added += _enqueue(conn, source, signal, r, payload, action, cause)
     return view, added
+
+
+@dataclass(frozen=True)
+class SignalCause:
+    """The signal an alert comes from, stored on its outbox row for its outcome event."""
+
+    type: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
 
 
 def _too_late(r: Route) -> Route:
@@ -95,6 +116,7 @@ def _enqueue(
     r: Route,
     payload: dict[str, object],
     action: str,
+    cause: SignalCause,
     discriminator: str | None = None,
 ) -> int:
     period_end = payload.get("period_end")
@@ -115,12 +137,21 @@ def _enqueue(
         next_attempt_at=r.not_before,
         source=source,
         last_error=r.reason or None,
+        source_type=cause.type,
+        source_topic=cause.topic,
+        source_partition=cause.partition,
+        source_offset=cause.offset,
     )
     return 1 if outbox.enqueue(conn, row) else 0
 
 
 def _enqueue_resolves(
-    conn: Connection, source: str, signal: AlertSignal, r: Route, payload: dict[str, object]
+    conn: Connection,
+    source: str,
+    signal: AlertSignal,
+    r: Route,
+    payload: dict[str, object],
+    cause: SignalCause,
 ) -> int:
     """One `resolve` per earlier period whose page is still open, on that period's dedup_key."""
     added = 0
@@ -129,7 +160,7 @@ def _enqueue_resolves(
     )
     for period_key, _ in pages:
         paged = AlertSignal(**{**signal.__dict__, "period_key": period_key})
-        added += _enqueue(conn, source, paged, r, payload, "resolve", "resolve")
+        added += _enqueue(conn, source, paged, r, payload, "resolve", cause, "resolve")
     return added
 
 
@@ -152,7 +183,8 @@ def apply_batch(
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
                 facts.apply_budget_event(conn, source, event)
             elif isinstance(event, SIGNAL_TYPES):
-                view, added = apply_signal(conn, config, source, event, read_at)
+                origin = (record.topic, record.partition, record.offset)
+                view, added = apply_signal(conn, config, source, event, read_at, origin)
                 result.events.append((event, view))
                 result.enqueued += added
             else:

@@ -1,5 +1,12 @@
 """The delivery loop: claim due outbox rows, send each through its channel, record the outcome.
 
+A final outcome (delivered, or abandoned) is first published as an event on
+`alert-deliveries` (acks=all) and only then recorded in the outbox, so the topic never misses
+an outcome the outbox holds. While the broker does not acknowledge, the row stays `sending`
+and its lease is renewed; the publish is retried, and the receiver is not asked again. A crash
+after the publish and before the outbox commit repeats the delivery and its event, with the
+same alert id.
+
 Between the receiver's answer and the commit of `delivered` there is a window in which a
 crash leaves the row `sending`; when its lease runs out another attempt is made. So delivery is
 at least once, and each channel carries a stable key that makes a repeat harmless where the
@@ -13,6 +20,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import Engine
@@ -22,7 +30,9 @@ from services.alerts import outbox
 from services.alerts.channels import Delivery, deliver
 from services.alerts.config import AlertsConfig, DeliveryTuning
 from services.alerts.errors import AlertConfigError, DeliveryFailed
+from services.alerts.outcomes import Final, outcome_event
 from services.alerts.payload import with_id
+from services.alerts.publisher import OutcomeNotPublished, Publishes
 
 log = logging.getLogger(__name__)
 Outcome = Callable[[str, str], None]
@@ -47,10 +57,12 @@ class DeliveryLoop:
         engine: Engine,
         config: AlertsConfig,
         source: str,
+        publisher: Publishes,
         on_outcome: Outcome = lambda _t, _o: None,
         rng: random.Random | None = None,
     ) -> None:
         self.engine = engine
+        self.publisher = publisher
         self.config = config
         self.tuning = config.delivery
         self.source = source
@@ -71,7 +83,7 @@ class DeliveryLoop:
                     free = self.tuning.batch_size - len(inflight)
                     rows = await self._claim_safely(free) if free > 0 else []
                     for row in rows:
-                        task = asyncio.create_task(self._deliver_one(client, row))
+                        task = asyncio.create_task(self._deliver_one(client, row, stop))
                         inflight.add(task)
                         task.add_done_callback(inflight.discard)
                     if rows and len(rows) == free:
@@ -94,7 +106,9 @@ class DeliveryLoop:
         with self.engine.begin() as conn:
             return outbox.claim_due(conn, self.source, limit, self.tuning.lease_seconds)
 
-    async def _deliver_one(self, client: httpx.AsyncClient, row: outbox.ClaimedRow) -> None:
+    async def _deliver_one(
+        self, client: httpx.AsyncClient, row: outbox.ClaimedRow, stop: asyncio.Event
+    ) -> None:
         try:
             channel = self.config.channel(row.channel)
             delivery = Delivery(
@@ -108,34 +122,81 @@ class DeliveryLoop:
                 payload=with_id(row.payload, row.delivery_id),
                 attempt=row.attempts,
             )
-            await deliver(delivery, client, self.tuning.request_timeout_seconds)
+            receipt = await deliver(delivery, client, self.tuning.request_timeout_seconds)
         except AlertConfigError as exc:
-            await asyncio.to_thread(self._finish, row, "failed", 0.0, str(exc))
+            await self._settle(row, Final("misconfigured", str(exc)), stop)
         except DeliveryFailed as exc:
             if exc.retryable and row.attempts < self.tuning.max_attempts:
                 delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
                 delay = max(delay, min(exc.retry_after or 0.0, self.tuning.max_delay_seconds))
                 await asyncio.to_thread(self._finish, row, "retry", delay, str(exc))
             else:
-                await asyncio.to_thread(self._finish, row, "failed", 0.0, str(exc))
+                given_up = Final("attempts_exhausted" if exc.retryable else "rejected", str(exc))
+                await self._settle(row, given_up, stop)
         except Exception as exc:  # an adapter bug must not kill the loop; the row is kept
             log.exception("delivery of alert %d crashed", row.id)
             delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
             await asyncio.to_thread(self._finish, row, "retry", delay, repr(exc))
         else:
-            await asyncio.to_thread(self._finish, row, "delivered", 0.0, "")
+            await self._settle(row, Final(None, receipt), stop)
 
-    def _finish(self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str) -> None:
+    async def _settle(self, row: outbox.ClaimedRow, final: Final, stop: asyncio.Event) -> None:
+        """Publish the final outcome, then record it; while the broker refuses, hold the row.
+
+        Each try first renews the row's lease (fenced by the attempt), so no other worker takes
+        the row over and sends it again while this one waits for Kafka. If the lease was lost
+        anyway, the new holder owns the outcome and this one gives up. On stop the row is left
+        `sending`: its lease runs out and a later attempt delivers and publishes it again.
+        """
+        at = datetime.now(UTC)
+        event = outcome_event(row, final, at)
+        delay = self.tuning.poll_seconds
+        while True:
+            if not await asyncio.to_thread(self._renew, row):
+                log.warning("alert %d: lease lost before publishing its outcome", row.id)
+                return
+            try:
+                await self.publisher.publish(event)
+                break
+            except OutcomeNotPublished as exc:
+                log.warning("alert %d: %s; the row is held and the publish retried", row.id, exc)
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, self.tuning.lease_seconds / 3)
+        await asyncio.to_thread(self._finish, row, final.state, 0.0, final.detail, at)
+
+    def _renew(self, row: outbox.ClaimedRow) -> bool:
+        """False only when the fence says another worker holds the row now; if PostgreSQL is
+        away the publish goes ahead (recording it will fail and the row is delivered again)."""
         try:
-            self._record(row, outcome, delay, error)
+            with self.engine.begin() as conn:
+                return outbox.renew_lease(conn, row.id, row.attempts, self.tuning.lease_seconds)
+        except DBAPIError as exc:
+            log.warning("alerts: renewing the lease of alert %d failed: %s", row.id, exc)
+            return True
+
+    def _finish(
+        self,
+        row: outbox.ClaimedRow,
+        outcome: str,
+        delay: float,
+        error: str,
+        at: datetime | None = None,
+    ) -> None:
+        try:
+            self._record(row, outcome, delay, error, at)
         except DBAPIError as exc:  # the row stays `sending`; its lease runs out, it is retried
             log.warning("alerts: recording %s for alert %d failed: %s", outcome, row.id, exc)
         self.on_outcome(row.channel_type, outcome)
 
-    def _record(self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str) -> None:
+    def _record(
+        self, row: outbox.ClaimedRow, outcome: str, delay: float, error: str, at: datetime | None
+    ) -> None:
         with self.engine.begin() as conn:
             if outcome == "delivered":
-                ok = outbox.mark_delivered(conn, row.id, row.attempts)
+                ok = outbox.mark_delivered(conn, row.id, row.attempts, at or datetime.now(UTC))
             elif outcome == "retry":
                 ok = outbox.mark_retry(conn, row.id, row.attempts, delay, error)
             else:

@@ -62,19 +62,21 @@ def render(channel: EmailChannel, delivery: Delivery) -> EmailMessage:
     return message
 
 
-def _send_blocking(channel: EmailChannel, message: EmailMessage, timeout: float) -> None:
+def _send_blocking(channel: EmailChannel, message: EmailMessage, timeout: float) -> str:
     with smtplib.SMTP(channel.host, channel.port, timeout=timeout) as smtp:
         if channel.starttls:
             smtp.starttls()
         if channel.username and channel.password:
             smtp.login(channel.username, channel.password)
-        smtp.send_message(message)
+        refused = smtp.send_message(message)
+    taken = len(channel.recipients) - len(refused)
+    return f"SMTP {channel.host}:{channel.port} accepted it for {taken} recipient(s)"
 
 
-async def send(channel: EmailChannel, delivery: Delivery, timeout: float = 10.0) -> None:
+async def send(channel: EmailChannel, delivery: Delivery, timeout: float = 10.0) -> str:
     message = render(channel, delivery)
     try:
-        await asyncio.to_thread(_send_blocking, channel, message, timeout)
+        return await asyncio.to_thread(_send_blocking, channel, message, timeout)
     except smtplib.SMTPResponseException as exc:
         reason = f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"
         raise DeliveryFailed(channel.name, reason, retryable=exc.smtp_code < 500) from None

@@ -40,21 +40,35 @@ class NewRow:
     next_attempt_at: datetime
     source: str
     last_error: str | None = None
+    source_type: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
 
 
 @dataclass(frozen=True)
 class ClaimedRow:
+    """A row taken for one attempt, with what its outcome event (`schemas.alerts`) reports."""
+
     id: int
     delivery_id: str
     tenant: str
     budget_id: str
     period_key: str
     kind: str
+    discriminator: str
     channel: str
     channel_type: str
     action: str
     payload: dict[str, Any]
     attempts: int
+    event_at: datetime
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    source_type: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
 
 
 def enqueue(conn: Connection, row: NewRow) -> bool:
@@ -63,10 +77,12 @@ def enqueue(conn: Connection, row: NewRow) -> bool:
         text(
             "INSERT INTO alert_outbox (delivery_id, tenant, budget_id, period_key, kind, "
             "discriminator, channel, channel_type, action, state, payload, event_at, period_end, "
-            "next_attempt_at, source, last_error) VALUES (:delivery_id, :tenant, :budget_id, "
+            "next_attempt_at, source, last_error, source_type, source_topic, source_partition, "
+            "source_offset) VALUES (:delivery_id, :tenant, :budget_id, "
             ":period_key, :kind, :discriminator, :channel, :channel_type, :action, :state, "
             "CAST(:payload AS jsonb), :event_at, :period_end, :next_attempt_at, :source, "
-            ":last_error) ON CONFLICT DO NOTHING"
+            ":last_error, :source_type, :source_topic, :source_partition, :source_offset) "
+            "ON CONFLICT DO NOTHING"
         ),
         {**row.__dict__, "payload": orjson.dumps(row.payload).decode()},
     )
@@ -110,14 +126,16 @@ def open_pages(
 
 def claim_due(conn: Connection, source: str, limit: int, lease_seconds: float) -> list[ClaimedRow]:
     """Take up to `limit` due rows: pending ones whose time has come, and `sending` ones whose
-    worker's lease ran out (it died or hung mid-delivery). Each claim counts as one attempt.
+    worker's lease ran out (it died or hung mid-delivery). Each claim counts as one attempt
+    and is timed (`first_attempt_at` once per round, `last_attempt_at` every time).
 
     A resolve waits while a trigger of the same incident is still queued, so a page that was
     held back by an outage can never arrive after its own resolve."""
     rows = conn.execute(
         text(
             "UPDATE alert_outbox o SET state = 'sending', attempts = o.attempts + 1, "
-            "lease_until = now() + make_interval(secs => :lease), updated_at = now() "
+            "lease_until = now() + make_interval(secs => :lease), updated_at = now(), "
+            "first_attempt_at = coalesce(o.first_attempt_at, now()), last_attempt_at = now() "
             "WHERE o.id IN (SELECT id FROM alert_outbox WHERE source = :s AND ("
             "(state = 'pending' AND next_attempt_at <= now()) OR "
             "(state = 'sending' AND lease_until < now())) "
@@ -127,16 +145,38 @@ def claim_due(conn: Connection, source: str, limit: int, lease_seconds: float) -
             "AND t.action = 'trigger' AND t.state IN ('pending', 'sending'))) "
             "ORDER BY next_attempt_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
             "RETURNING o.id, o.delivery_id, o.tenant, o.budget_id, o.period_key, o.kind, "
-            "o.channel, o.channel_type, o.action, o.payload, o.attempts"
+            "o.discriminator, o.channel, o.channel_type, o.action, o.payload, o.attempts, "
+            "o.event_at, o.first_attempt_at, o.last_attempt_at, o.source_type, o.source_topic, "
+            "o.source_partition, o.source_offset"
         ),
         {"s": source, "n": limit, "lease": lease_seconds},
     )
     return [ClaimedRow(**r._asdict()) for r in rows]
 
 
-def mark_delivered(conn: Connection, row_id: int, attempt: int) -> bool:
+def renew_lease(conn: Connection, row_id: int, attempt: int, lease_seconds: float) -> bool:
+    """Extend the lease of a row still held by `attempt`; False when another worker took it.
+
+    The delivery loop holds a row this way while the broker does not take its outcome event.
+    """
+    result = conn.execute(
+        text(
+            "UPDATE alert_outbox SET lease_until = now() + make_interval(secs => :lease), "
+            "updated_at = now() WHERE id = :id AND state = 'sending' AND attempts = :attempt"
+        ),
+        {"id": row_id, "attempt": attempt, "lease": lease_seconds},
+    )
+    return result.rowcount == 1
+
+
+def mark_delivered(conn: Connection, row_id: int, attempt: int, at: datetime) -> bool:
+    """`at` is the `delivered_at` of the published `AlertDelivered`, so both say the same."""
     return _transition(
-        conn, row_id, attempt, "state = 'delivered', delivered_at = now(), last_error = NULL", {}
+        conn,
+        row_id,
+        attempt,
+        "state = 'delivered', delivered_at = :at, last_error = NULL",
+        {"at": at},
     )
 
 
@@ -177,6 +217,7 @@ def resend(conn: Connection, row_id: int, force: bool = False) -> str:
     conn.execute(
         text(
             "UPDATE alert_outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), "
+            "first_attempt_at = NULL, last_attempt_at = NULL, "
             "lease_until = NULL, last_error = :note, updated_at = now() WHERE id = :id"
         ),
         {"id": row_id, "note": f"resent by hand from {row.state}"},

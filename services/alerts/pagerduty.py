@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from services.alerts.channels import Delivery, post_json
+from services.alerts.channels import Delivery, post_json, receipt
 from services.alerts.config import PagerDutyChannel
 
 MAX_DEDUP_KEY = 255
@@ -52,5 +52,6 @@ def render(routing_key: str, delivery: Delivery) -> dict[str, Any]:
     }
 
 
-async def send(client: httpx.AsyncClient, channel: PagerDutyChannel, delivery: Delivery) -> None:
-    await post_json(client, channel.name, channel.url, render(channel.routing_key, delivery))
+async def send(client: httpx.AsyncClient, channel: PagerDutyChannel, delivery: Delivery) -> str:
+    body = render(channel.routing_key, delivery)
+    return receipt(await post_json(client, channel.name, channel.url, body))

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from services.alerts.channels import Delivery, post_json
+from services.alerts.channels import Delivery, post_json, receipt
 from services.alerts.config import SlackChannel
 
 _EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
@@ -82,5 +82,6 @@ def render(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def send(client: httpx.AsyncClient, channel: SlackChannel, delivery: Delivery) -> None:
-    await post_json(client, channel.name, channel.url, render(delivery.payload))
+async def send(client: httpx.AsyncClient, channel: SlackChannel, delivery: Delivery) -> str:
+    response = await post_json(client, channel.name, channel.url, render(delivery.payload))
+    return receipt(response)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from services.alerts.channels import Delivery, post_json
+from services.alerts.channels import Delivery, post_json, receipt
 from services.alerts.config import WebhookChannel
 
 
@@ -52,8 +52,8 @@ def headers(secret: str, msg_id: str, timestamp: int, content: bytes) -> dict[st
     }
 
 
-async def send(client: httpx.AsyncClient, channel: WebhookChannel, delivery: Delivery) -> None:
+async def send(client: httpx.AsyncClient, channel: WebhookChannel, delivery: Delivery) -> str:
     content = body(delivery)
     msg_id = message_id(delivery.delivery_id)
     signed = headers(channel.secret, msg_id, int(time.time()), content)
-    await post_json(client, channel.name, channel.url, content, signed)
+    return receipt(await post_json(client, channel.name, channel.url, content, signed))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -89,6 +90,24 @@ async def ensure_topics(
         return [s.name(prefix) for s in wanted]
     finally:
         await admin.close()
+
+
+async def start_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
+    """A started producer for facts: acks=all, and idempotent, so its own retries never write a
+    record twice. `options` go to `AIOKafkaProducer` (timeouts, linger).
+
+    A producer whose `start()` failed (broker down) is stopped here: aiokafka leaves it
+    half-open, and its connections and tasks would outlive the caller's error.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options
+    )
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
 
 
 class TopicReadStalled(AllotmentError, TimeoutError):

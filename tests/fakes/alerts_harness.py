@@ -13,9 +13,12 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from fakes.kafka_io import send_events
+from schemas.alerts import AlertAbandoned, AlertDelivered, AlertOutcome
 from schemas.base import Event
-from schemas.topics import TopicSpec
+from schemas.codec import decode
+from schemas.topics import ALERT_DELIVERIES, TopicSpec
 from services.alerts.app import AlertsSettings, run
+from services.common.kafka import read_from_start
 from services.common.settings import StackSettings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -138,18 +141,38 @@ async def until(
     return bool(await asyncio.to_thread(predicate))
 
 
-def outbox(database_url: str, prefix: str) -> list[tuple[str, str, int]]:
-    """(channel, state, attempts) of every outbox row the alerts service wrote for `prefix`."""
+def query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """The rows of one read-only statement, on an engine of its own (closed again)."""
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            result = conn.execute(
-                text(
-                    "SELECT channel, state, attempts FROM alert_outbox "
-                    "WHERE source = :s ORDER BY channel"
-                ),
-                {"s": prefix},
-            )
-            return [(r.channel, r.state, r.attempts) for r in result]
+            return list(conn.execute(text(sql), params))
     finally:
         engine.dispose()
+
+
+def outbox(database_url: str, prefix: str) -> list[tuple[str, str, int]]:
+    """(channel, state, attempts) of every outbox row the alerts service wrote for `prefix`."""
+    sql = "SELECT channel, state, attempts FROM alert_outbox WHERE source = :s ORDER BY channel"
+    return [(r.channel, r.state, r.attempts) for r in query(database_url, sql, s=prefix)]
+
+
+async def outcomes(bootstrap: str, prefix: str) -> list[AlertOutcome]:
+    """Every event on `alert-deliveries` from offset zero, in log order per partition."""
+    found: list[AlertOutcome] = []
+
+    def keep(value: bytes | None) -> None:
+        event = decode(value or b"")
+        if not isinstance(event, AlertDelivered | AlertAbandoned):
+            raise AssertionError(f"not an alert outcome on alert-deliveries: {event!r}")
+        found.append(event)
+
+    topic = ALERT_DELIVERIES.name(prefix)
+    await read_from_start(bootstrap, topic, ALERT_DELIVERIES.partitions, keep)
+    return found
+
+
+def finished_rows(database_url: str, prefix: str) -> dict[str, dict[str, Any]]:
+    """delivery_id -> the outbox row, for every row of `prefix` in a final state."""
+    sql = "SELECT * FROM alert_outbox WHERE source = :s AND state IN ('delivered', 'failed')"
+    return {r.delivery_id: dict(r._asdict()) for r in query(database_url, sql, s=prefix)}
