@@ -1,6 +1,6 @@
 """The forecast agent: daily usage per budget, projections on a timer and after crossings.
 
-- `track_lines` folds every charge the ledger agent applies into the budget's `UsageDays`
+- `track` folds every charge the ledger agent applies into the budget's `UsageDays`
   (local days, watermarks per source partition, so redelivery never double-counts). The
   ledger hands it the lines it already decoded (`ForecastHooks.track`), inside the same
   event, before its offset is acknowledged: a second subscription to the charges topic would
