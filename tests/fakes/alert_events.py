@@ -1,8 +1,9 @@
-"""Builders of the events the alerts service consumes, with realistic defaults."""
+"""Builders of the events the alerts service consumes (and of an outbox row it claimed), with
+realistic defaults."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.budgets import BudgetDefined, BudgetSpec, Limits
@@ -14,6 +15,7 @@ from schemas.signals import (
     Projection,
     ThresholdCrossed,
 )
+from services.alerts.outbox import ClaimedRow
 
 # A period wholly in the past, so "not before" times are due at once.
 OCT_START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -125,3 +127,30 @@ def forecast(tenant: str, budget_id: str, p50: float = 470e6) -> ForecastUpdated
         days_of_history=16,
         projections=[projection(p50)],
     )
+
+
+def claimed_row(**over: Any) -> ClaimedRow:
+    """An outbox row on its third attempt at paging for a 100% crossing."""
+    fields: dict[str, Any] = {
+        "id": 7,
+        "delivery_id": "3f0b5a52-6f7e-5d3a-9c1b-2a4e6f8d0b1c",
+        "tenant": "acme",
+        "budget_id": "acme-copilot",
+        "period_key": "2026-10",
+        "kind": "threshold",
+        "discriminator": "100:total",
+        "channel": "oncall",
+        "channel_type": "pagerduty",
+        "action": "trigger",
+        "payload": {},
+        "attempts": 3,
+        "event_at": AT,
+        "first_attempt_at": AT + timedelta(seconds=1),
+        "last_attempt_at": AT + timedelta(seconds=9),
+        "source_type": "ThresholdCrossed",
+        "source_topic": "allotment.thresholds",
+        "source_partition": 4,
+        "source_offset": 17,
+    }
+    fields.update(over)
+    return ClaimedRow(**fields)

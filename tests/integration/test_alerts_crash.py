@@ -3,7 +3,8 @@
 What is claimed, and tested here exactly: the alert is delivered at least once; the restarted
 worker sends each unfinished delivery once more with the same identity. So the Standard Webhooks
 receiver processes it once (same `webhook-id`), PagerDuty keeps one incident (same `dedup_key`),
-and Slack, which has no idempotency key, shows the same message twice (same alert id).
+and Slack, which has no idempotency key, shows the same message twice (same alert id). The
+`alert-deliveries` topic holds one outcome per alert: the killed worker had none to publish.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import uuid
 from pathlib import Path
 
 from fakes import alert_events as ev
-from fakes.alerts_harness import SECRET, outbox, produce, subprocess_env, until, write_config
+from fakes.alerts_harness import (
+    SECRET,
+    outbox,
+    outcomes,
+    produce,
+    subprocess_env,
+    until,
+    write_config,
+)
 from fakes.receivers import FakeReceivers
 
 from schemas.topics import BUDGETS, THRESHOLDS
@@ -88,3 +97,12 @@ async def test_worker_killed_mid_delivery_then_restarted(
 
         slack = [r.json() for r in rx.received("/slack")]
         assert len(slack) == 2 and slack[0] == slack[1]  # at least once: a visible repeat
+
+    # The killed worker never learned an outcome, so it published none: one per alert, from
+    # the second worker, each on its second attempt.
+    events = await outcomes(kafka_bootstrap, topic_prefix)
+    assert sorted((e.channel, type(e).__name__, e.attempts) for e in events) == [
+        ("hook", "AlertDelivered", 2),
+        ("pd", "AlertDelivered", 2),
+        ("slack", "AlertDelivered", 2),
+    ]

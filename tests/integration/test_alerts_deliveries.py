@@ -30,12 +30,12 @@ from sqlalchemy.exc import OperationalError
 from schemas.alerts import AlertAbandoned, AlertDelivered, AlertOutcome
 from schemas.topics import BUDGETS, THRESHOLDS
 from services.alerts import outbox as outbox_module
-from services.alerts.outcomes import fold, state_of
+from services.alerts.outcomes import Final, fold, outcome_event, state_of
 from services.alerts.publisher import OutcomePublisher
 from services.common.kafka import partition_for
 
 OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # the hook signs with SECRET: 401
-STEADY = {"lease_seconds": 15.0}  # no takeover unless a test wants one: exactly once on the topic
+STEADY = 15.0  # a lease no delivery outlives here: no takeover, so exactly once on the topic
 
 
 def _names() -> tuple[str, str]:
@@ -70,7 +70,11 @@ async def test_a_delivered_and_a_rejected_alert_each_appear_once_with_their_fact
     tenant, leaf = _names()
     with FakeReceivers(OTHER_SECRET) as rx:
         path = write_config(
-            tmp_path / "alerts.yaml", tenant, rx.url, channels=("slack", "hook"), **STEADY
+            tmp_path / "alerts.yaml",
+            tenant,
+            rx.url,
+            channels=("slack", "hook"),
+            lease_seconds=STEADY,
         )
         await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
@@ -114,7 +118,11 @@ async def test_replaying_the_topic_rebuilds_the_outbox_history_also_after_a_rese
     tenant, leaf = _names()
     with FakeReceivers(SECRET) as rx:
         path = write_config(
-            tmp_path / "alerts.yaml", tenant, rx.url, channels=("slack", "pd", "hook"), **STEADY
+            tmp_path / "alerts.yaml",
+            tenant,
+            rx.url,
+            channels=("slack", "pd", "hook"),
+            lease_seconds=STEADY,
         )
         rx.down("400")  # everything is rejected at first
         await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 75, 90, 100)
@@ -255,20 +263,5 @@ async def test_the_real_publisher_reports_an_unacknowledged_outcome(kafka_bootst
         await publisher.stop()
 
 
-def _an_outcome() -> AlertDelivered:
-    return AlertDelivered(
-        alert_id="3f0b5a52-6f7e-5d3a-9c1b-2a4e6f8d0b1c",
-        tenant="acme",
-        budget_id="acme-copilot",
-        period_key="2026-10",
-        kind="threshold",
-        discriminator="90:total",
-        action="notify",
-        channel="slack",
-        channel_type="slack",
-        source={"type": "ThresholdCrossed", "occurred_at": ev.AT},
-        attempts=1,
-        first_attempt_at=ev.AT,
-        last_attempt_at=ev.AT,
-        delivered_at=ev.AT,
-    )
+def _an_outcome() -> AlertOutcome:
+    return outcome_event(ev.claimed_row(), Final(None, "HTTP 202"), ev.AT)

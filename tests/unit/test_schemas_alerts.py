@@ -50,7 +50,7 @@ ABANDONED: dict[str, Any] = {
 @pytest.mark.parametrize("payload", [DELIVERED, ABANDONED])
 def test_outcomes_round_trip_through_the_codec(payload: dict[str, Any]) -> None:
     event = decode(orjson.dumps(payload))
-    assert event.TYPE == payload["type"]
+    assert payload["type"] == event.TYPE
     assert decode(encode(event)) == event
     assert event.to_wire()["source"]["occurred_at"] == "2026-10-17T10:30:00Z"  # now in UTC
 
