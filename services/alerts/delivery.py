@@ -81,9 +81,11 @@ class DeliveryLoop:
             try:
                 while not stop.is_set():
                     free = self.tuning.batch_size - len(inflight)
+                    claimed_at = asyncio.get_running_loop().time()  # no later than the lease
                     rows = await self._claim_safely(free) if free > 0 else []
                     for row in rows:
-                        task = asyncio.create_task(self._deliver_one(client, row, stop))
+                        work = self._deliver_one(client, row, stop, claimed_at)
+                        task = asyncio.create_task(work)
                         inflight.add(task)
                         task.add_done_callback(inflight.discard)
                     if rows and len(rows) == free:
@@ -107,7 +109,11 @@ class DeliveryLoop:
             return outbox.claim_due(conn, self.source, limit, self.tuning.lease_seconds)
 
     async def _deliver_one(
-        self, client: httpx.AsyncClient, row: outbox.ClaimedRow, stop: asyncio.Event
+        self,
+        client: httpx.AsyncClient,
+        row: outbox.ClaimedRow,
+        stop: asyncio.Event,
+        claimed_at: float,
     ) -> None:
         try:
             channel = self.config.channel(row.channel)
@@ -124,7 +130,7 @@ class DeliveryLoop:
             )
             receipt = await deliver(delivery, client, self.tuning.request_timeout_seconds)
         except AlertConfigError as exc:
-            await self._settle(row, Final("misconfigured", str(exc)), stop)
+            await self._settle(row, Final("misconfigured", str(exc)), stop, claimed_at)
         except DeliveryFailed as exc:
             if exc.retryable and row.attempts < self.tuning.max_attempts:
                 delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
@@ -132,29 +138,37 @@ class DeliveryLoop:
                 await asyncio.to_thread(self._finish, row, "retry", delay, str(exc))
             else:
                 given_up = Final("attempts_exhausted" if exc.retryable else "rejected", str(exc))
-                await self._settle(row, given_up, stop)
+                await self._settle(row, given_up, stop, claimed_at)
         except Exception as exc:  # an adapter bug must not kill the loop; the row is kept
             log.exception("delivery of alert %d crashed", row.id)
             delay = backoff_delay(row.attempts, self.tuning, self.rng.random())
             await asyncio.to_thread(self._finish, row, "retry", delay, repr(exc))
         else:
-            await self._settle(row, Final(None, receipt), stop)
+            await self._settle(row, Final(None, receipt), stop, claimed_at)
 
-    async def _settle(self, row: outbox.ClaimedRow, final: Final, stop: asyncio.Event) -> None:
+    async def _settle(
+        self, row: outbox.ClaimedRow, final: Final, stop: asyncio.Event, claimed_at: float
+    ) -> None:
         """Publish the final outcome, then record it; while the broker refuses, hold the row.
 
-        Each try first renews the row's lease (fenced by the attempt), so no other worker takes
-        the row over and sends it again while this one waits for Kafka. If the lease was lost
-        anyway, the new holder owns the outcome and this one gives up. On stop the row is left
-        `sending`: its lease runs out and a later attempt delivers and publishes it again.
+        The row's lease is renewed (fenced by the attempt) before a publish when a third of it
+        has passed, and after every failed publish. A publish and a pause each last at most a
+        third of the lease, so no other worker takes the row over and sends it again while this
+        one waits for Kafka. If the lease was lost anyway, the new holder owns the outcome and
+        this one gives up. On stop the row is left `sending`: its lease runs out, and a later
+        attempt delivers and publishes it again.
         """
+        loop = asyncio.get_running_loop()
+        third = self.tuning.lease_seconds / 3
         at = datetime.now(UTC)
         event = outcome_event(row, final, at)
-        delay = self.tuning.poll_seconds
+        delay = min(self.tuning.poll_seconds, third)
+        leased_at = claimed_at
         while True:
-            if not await asyncio.to_thread(self._renew, row):
-                log.warning("alert %d: lease lost before publishing its outcome", row.id)
-                return
+            if loop.time() - leased_at > third:
+                leased_at = loop.time()
+                if not await asyncio.to_thread(self._renew, row):
+                    return
             try:
                 await self.publisher.publish(event)
                 break
@@ -162,9 +176,12 @@ class DeliveryLoop:
                 log.warning("alert %d: %s; the row is held and the publish retried", row.id, exc)
             if stop.is_set():
                 return
+            leased_at = loop.time()
+            if not await asyncio.to_thread(self._renew, row):
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, self.tuning.lease_seconds / 3)
+            delay = min(delay * 2, third)
         await asyncio.to_thread(self._finish, row, final.state, 0.0, final.detail, at)
 
     def _renew(self, row: outbox.ClaimedRow) -> bool:
@@ -172,10 +189,13 @@ class DeliveryLoop:
         away the publish goes ahead (recording it will fail and the row is delivered again)."""
         try:
             with self.engine.begin() as conn:
-                return outbox.renew_lease(conn, row.id, row.attempts, self.tuning.lease_seconds)
+                held = outbox.renew_lease(conn, row.id, row.attempts, self.tuning.lease_seconds)
         except DBAPIError as exc:
             log.warning("alerts: renewing the lease of alert %d failed: %s", row.id, exc)
             return True
+        if not held:
+            log.warning("alert %d: lease lost before its outcome was published", row.id)
+        return held
 
     def _finish(
         self,
