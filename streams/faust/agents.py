@@ -2,16 +2,15 @@
 
 Both table-updating agents run with `concurrency=1` (faust-streaming #606: concurrent
 instances of one agent race on table keys). Offsets are committed by Faust only for events
-whose processing finished, and only after the producer flushed, so every output of a committed
-event (charges, dead letters, changelog writes) is durable before its offset is.
+whose processing finished, and only after the producer flushed; a send that failed ends the
+process before that commit (`delivery.py`), so every output of a committed event (charges,
+dead letters, changelog writes) is durable before its offset is.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.faust.delivery import SendFailures, crash_on_error, delivered
 from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.tables import PipelineTables, declare_tables
@@ -53,40 +53,6 @@ def current(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-@contextlib.contextmanager
-def crash_on_error(agent: str) -> Iterator[None]:
-    """End the process on an unexpected error instead of acking the event and moving on.
-
-    Faust acks an event whose processing raised, and its supervisor restarts the agent with
-    the next one: that would drop the event. Exiting leaves its offset uncommitted, so the
-    restarted worker reads it again (at-least-once), and the error is in the log.
-    """
-    try:
-        yield
-    except Exception:
-        log.critical(
-            "agent failed; exiting so the batch is redelivered",
-            exc_info=True,
-            extra={"agent": agent},
-        )
-        logging.shutdown()
-        os._exit(70)
-
-
-async def delivered(deliveries: list[Awaitable[Any]]) -> None:
-    """Wait until the broker acknowledged every send; raise the first failure.
-
-    Faust's `topic.send` only queues the record: a delivery that fails later (a broker that
-    refuses the record, a batch that expires while the broker is away) is logged by Faust and
-    nothing else, and the producer flush before an offset commit does not fail for it either.
-    The offset of the record that caused the send would then be committed without its output.
-    An agent awaits its sends before it finishes an event, inside `crash_on_error`, so such a
-    failure ends the process and the record is read again after the restart.
-    """
-    if deliveries:
-        await asyncio.gather(*deliveries)
 
 
 class SkippedRecords(AllotmentError):
@@ -164,6 +130,7 @@ class Pipeline:
         self._earliest: dict[Any, int] = {}
         self.offsets = OffsetGuard(self._committed_offset)
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
+        app.sensors.add(SendFailures())
         self._wire()
 
     def _committed_offset(self, topic: str, partition: int) -> int | None:
