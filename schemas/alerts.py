@@ -9,7 +9,7 @@ channel that no longer exists).
 `alert_id` is the outbox's stable idempotency key (the same on every attempt, and the id the
 receivers see), so a repeat after a crash carries the same id and readers dedupe by it. Of
 several outcomes for one alert (a repeat, or a manual resend), the one with the latest
-`last_attempt_at` is current; `services.alerts.history.fold` is that rule.
+`last_attempt_at` is current (`services.alerts.outcomes.fold` applies that rule).
 """
 
 from __future__ import annotations

@@ -51,8 +51,15 @@ class BatchResult:
     skipped: int = 0
 
 
-Origin = tuple[str, int, int]
-"""(topic, partition, offset) of the record a signal was read from; its outcome events name it."""
+@dataclass(frozen=True)
+class SignalCause:
+    """The record an alert comes from, stored on its outbox row so that the alert's outcome
+    event (`schemas.alerts`) can name it."""
+
+    type: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
 
 
 def apply_signal(
@@ -61,7 +68,7 @@ def apply_signal(
     source: str,
     event: Event,
     read_at: datetime,
-    origin: Origin | None = None,
+    cause: SignalCause | None = None,
 ) -> tuple[BudgetView, int]:
     """Fold one signal into the budget's state and enqueue its deliveries; returns the view
     and how many rows were added (0 on a replay)."""
@@ -82,8 +89,7 @@ def apply_signal(
     if signal.pages and view.reset_since(signal.at):
         routes = [_too_late(r) if r.channel_type == "pagerduty" else r for r in routes]
     payload = build_payload(event, signal, path, view, config.api_base)
-    topic, partition, offset = origin or (None, None, None)
-    cause = SignalCause(event.TYPE, topic, partition, offset)
+    cause = cause or SignalCause(event.TYPE)
     added = 0
     for r in routes:
         if r.channel_type == "pagerduty" and signal.kind == "period_reset":
@@ -92,16 +98,6 @@ def apply_signal(
         action = "trigger" if r.channel_type == "pagerduty" else "notify"
         added += _enqueue(conn, source, signal, r, payload, action, cause)
     return view, added
-
-
-@dataclass(frozen=True)
-class SignalCause:
-    """The signal an alert comes from, stored on its outbox row for its outcome event."""
-
-    type: str
-    topic: str | None
-    partition: int | None
-    offset: int | None
 
 
 def _too_late(r: Route) -> Route:
@@ -183,8 +179,8 @@ def apply_batch(
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
                 facts.apply_budget_event(conn, source, event)
             elif isinstance(event, SIGNAL_TYPES):
-                origin = (record.topic, record.partition, record.offset)
-                view, added = apply_signal(conn, config, source, event, read_at, origin)
+                cause = SignalCause(event.TYPE, record.topic, record.partition, record.offset)
+                view, added = apply_signal(conn, config, source, event, read_at, cause)
                 result.events.append((event, view))
                 result.enqueued += added
             else:
