@@ -24,7 +24,7 @@ from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.codec import decode, encode
 from schemas.errors import AllotmentError
 from schemas.topics import BUDGET_EVENTS, BUDGETS
-from services.common.kafka import read_from_start
+from services.common.kafka import read_from_start, start_producer
 
 LIFECYCLE = (BudgetDefined, BudgetAmended, BudgetRetired)
 
@@ -47,15 +47,7 @@ class Publisher:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
-        )
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()  # a failed start leaves a producer that warns when collected
-            raise
-        self._producer = producer
+        self._producer = await start_producer(self.bootstrap)
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -23,7 +23,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 from schemas.errors import AllotmentError
 from schemas.topics import USAGE
 from schemas.usage import UsageRecorded
-from services.common.kafka import partition_for
+from services.common.kafka import partition_for, start_producer
 
 DEFAULT_ENVELOPE_SIZE = 500
 MAX_ENVELOPE_SIZE = 10_000  # UsageBatch.events max_length
@@ -86,26 +86,22 @@ class UsageProducer:
         self._partitions = 0
 
     async def start(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            acks="all",
+        producer = await start_producer(
+            self._bootstrap,
             linger_ms=self._linger_ms,
             max_request_size=8 * 1024 * 1024,
             compression_type=None,
         )
         try:
-            await producer.start()
-            try:
-                partitions = await producer.partitions_for(self.topic)
-            except UnknownTopicOrPartitionError:
-                partitions = set()
-            if not partitions:
-                raise UsageNotAcknowledged(self.topic, -1, 0, "topic does not exist") from None
+            partitions = await producer.partitions_for(self.topic)
+        except UnknownTopicOrPartitionError:
+            partitions = set()
         except BaseException:
-            # aiokafka leaves a producer whose start() failed half-open (broker down):
-            # stop it here, or its connections and tasks outlive the caller's error.
             await producer.stop()
             raise
+        if not partitions:
+            await producer.stop()
+            raise UsageNotAcknowledged(self.topic, -1, 0, "topic does not exist")
         self._producer = producer
         self._partitions = len(partitions)
 
