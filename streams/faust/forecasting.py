@@ -26,7 +26,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,7 @@ import orjson
 from faust.types import TopicT
 from pydantic import ValidationError
 
+from schemas.budgets import Metric
 from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated
 from schemas.topics import CHARGES, FORECASTS
@@ -46,7 +47,7 @@ from streams.faust.charging import ForecastHooks
 from streams.forecast import signals
 from streams.forecast.errors import ForecastInputError
 from streams.forecast.profile import pool_profiles, weekday_profile
-from streams.forecast.project import COLD_START_DAYS
+from streams.forecast.project import STATESPACE_DAYS
 from streams.forecast.usage_days import UsageDays, add_lines, announce
 from streams.ledger import ChargeLine
 from streams.periods import from_ms
@@ -93,9 +94,11 @@ class Forecaster:
         config: ForecastConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_overrun: Callable[[str, datetime], None] | None = None,
+        limits: Callable[[Budget, datetime], Mapping[Metric, int] | None] = lambda _b, _at: None,
     ) -> None:
         self.app = app
         self.on_overrun = on_overrun
+        self.limits = limits
         self.charges = charges
         self.forecasts = forecasts
         self.budgets = budgets
@@ -189,7 +192,9 @@ class Forecaster:
         )
 
     def jobs(self, budget_ids: list[str], as_of: datetime) -> list[dict[str, Any]]:
-        """Plain-data jobs; newcomers get the weekday profile pooled over their tenant."""
+        """Plain-data jobs. Budgets with under two weeks of days get the weekday profile pooled
+        over their tenant (the cold-start tiers lean on it); every job carries the budget's
+        effective limits when its tenant's allocations moved any."""
         index = self.budgets()
         usage = {b: self.stored(b) for b in budget_ids}
         live = [(b, index.get(b)) for b in budget_ids]
@@ -211,7 +216,10 @@ class Forecaster:
                 "engine": self.config.engine,
                 "n_paths": self.config.n_paths,
             }
-            if len(usage[budget_id].days) <= COLD_START_DAYS:
+            effective = self.limits(budget, as_of)
+            if effective is not None:
+                job["limits"] = dict(effective)
+            if len(usage[budget_id].days) <= STATESPACE_DAYS:
                 pooled = pool_profiles(profiles.get(budget.tenant, []))
                 if pooled is not None:
                     job["pooled"] = {metric: list(pooled.factors) for metric in budget.limits}
@@ -297,6 +305,7 @@ def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Fo
         pipeline.tables.budget_view.index,
         config or ForecastConfig.from_env(),
         on_overrun=pipeline.on_projected_overrun,
+        limits=pipeline.allocations.limits,
     )
     pipeline.charger.forecasts = ForecastHooks(
         forecaster.overrun_announced, forecaster.threshold_fields, forecaster.track

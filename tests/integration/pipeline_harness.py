@@ -22,9 +22,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from schemas.allocation import AllocationEvent
 from schemas.budgets import BudgetDefined, BudgetSpec
 from schemas.codec import encode
-from schemas.topics import BUDGETS, POLICIES, THRESHOLDS
+from schemas.topics import BUDGET_EVENTS, BUDGETS, POLICIES, THRESHOLDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +110,18 @@ async def publish_budgets(bootstrap: str, prefix: str, events: Iterable[BudgetDe
             await producer.send_and_wait(
                 BUDGETS.name(prefix), encode(event), key=event.budget_id.encode()
             )
+    finally:
+        await producer.stop()
+
+
+async def publish_allocation(bootstrap: str, prefix: str, event: AllocationEvent) -> None:
+    """One allocation move (an overflow draw, a reservation, ...) on `budget-events`."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            BUDGET_EVENTS.name(prefix), encode(event), key=event.tenant.encode()
+        )
     finally:
         await producer.stop()
 

@@ -19,6 +19,7 @@ from pipeline_harness import (
     budget_event,
     delete_prefixed_topics,
     policies,
+    publish_allocation,
     publish_budgets,
     read_all,
     send_usage,
@@ -27,8 +28,11 @@ from pipeline_harness import (
     wait_for,
 )
 
+from schemas.allocation import OverflowDrawn
+from schemas.budgets import Period
 from schemas.signals import ForecastUpdated, ProjectedOverrun, ThresholdCrossed
 from schemas.topics import FORECASTS
+from streams.periods import period_of
 
 
 async def _signals(bootstrap: str, prefix: str, budget_id: str) -> list[dict]:
@@ -120,6 +124,74 @@ async def test_agent_publishes_forecasts_an_overrun_once_and_enriches_crossings(
         assert mine, "no policy published for the budget"
         assert mine[-1]["policy"] == "degrade_route", history
         assert mine[-1]["target_model"] == "gpt-4o-mini"
+    finally:
+        worker.stop()
+        await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
+
+
+async def test_a_projected_overrun_is_judged_against_the_effective_limit(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child drew 1.5M from its parent's pool: 1.2M used is over its spec's 1M but not over
+    the 2.5M it has. Judged against the spec, every forecast would announce an overrun (p50 is
+    never below what is used); judged against the effective limit, only a p50 above 2.5M does,
+    and then the event names 2.5M."""
+    monkeypatch.setenv("ALLOTMENT_FORECAST_INTERVAL", "2")
+    run = uuid.uuid4().hex[:8]
+    tenant = f"t{run}"
+    parent, child = f"{tenant}/org", f"{tenant}/copilot"
+    child_spec = {
+        "name": "copilot",
+        "limits": {"total_tokens": 1_000_000},
+        "parent": parent,
+        "overflow_cap_tokens": 2_000_000,
+    }
+    parent_spec = {"name": "org", "limits": {"total_tokens": 10_000_000}}
+    await publish_budgets(
+        kafka_bootstrap,
+        topic_prefix,
+        [budget_event(tenant, parent, parent_spec), budget_event(tenant, child, child_spec)],
+    )
+    now = datetime.now(UTC)
+    drawn = OverflowDrawn(
+        tenant=tenant,
+        occurred_at=now,
+        actor="test",
+        draw_id="d1",
+        budget_id=child,
+        parent_id=parent,
+        period_key=period_of(Period(), now).key,
+        tokens=1_500_000,
+    )
+    await publish_allocation(kafka_bootstrap, topic_prefix, drawn)
+    worker = WorkerProcess(
+        topic_prefix,
+        tmp_path / "store",
+        tmp_path / "worker.log",
+        kafka_bootstrap,
+        ["--store", "memory"],
+    ).start()
+    try:
+        await send_usage(
+            kafka_bootstrap,
+            topic_prefix,
+            [usage(f"{run}-a", tenant, now - timedelta(minutes=1), 600_000, 600_000)],
+        )
+
+        async def two_forecasts() -> list[dict]:
+            found = await _signals(kafka_bootstrap, topic_prefix, child)
+            updates = [s for s in found if s["type"] == "ForecastUpdated"]
+            return updates if len(updates) >= 2 else []
+
+        updates = await wait_for(two_forecasts, timeout=120, workers=[worker])
+        p50s = [ForecastUpdated.parse(u).projections[0].p50 for u in updates]
+        assert min(p50s) >= 1_200_000
+        found = await _signals(kafka_bootstrap, topic_prefix, child)
+        overruns = [ProjectedOverrun.parse(s) for s in found if s["type"] == "ProjectedOverrun"]
+        assert all(o.limit == 2_500_000 for o in overruns), [o.limit for o in overruns]
+        assert all(o.projection.p50 > 2_500_000 for o in overruns)
+        if max(p50s) <= 2_500_000:
+            assert overruns == []
     finally:
         worker.stop()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)

@@ -12,12 +12,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
 from pipeline_harness import (
     Workers,
     budget_event,
     delete_prefixed_topics,
     policies,
+    publish_allocation,
     publish_budgets,
     send_usage,
     thresholds,
@@ -27,20 +27,7 @@ from pipeline_harness import (
 
 from schemas.allocation import OverflowDrawn
 from schemas.budgets import Period
-from schemas.codec import encode
-from schemas.topics import BUDGET_EVENTS
 from streams.periods import period_of
-
-
-async def _draw(bootstrap: str, prefix: str, event: OverflowDrawn) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            BUDGET_EVENTS.name(prefix), encode(event), key=event.tenant.encode()
-        )
-    finally:
-        await producer.stop()
 
 
 def _drawn(tenant: str, child: str, parent: str, draw_id: str, tokens: int) -> OverflowDrawn:
@@ -82,7 +69,9 @@ async def test_an_overflow_draw_raises_the_line_the_ledger_and_policy_apply(
             ),
         ],
     )
-    await _draw(kafka_bootstrap, topic_prefix, _drawn(tenant, child, parent, "d1", 1_000))
+    await publish_allocation(
+        kafka_bootstrap, topic_prefix, _drawn(tenant, child, parent, "d1", 1_000)
+    )
     workers = Workers(kafka_bootstrap, topic_prefix, tmp_path)
     worker = workers.start("w1", "--store", "memory")
     try:
@@ -118,7 +107,9 @@ async def test_an_overflow_draw_raises_the_line_the_ledger_and_policy_apply(
         assert found[100]["consumed"] == 2_000 and found[100]["effective_limit"] == 2_000
 
         # A draw while stopped: no traffic arrives, yet the stop lifts at the new line.
-        await _draw(kafka_bootstrap, topic_prefix, _drawn(tenant, child, parent, "d2", 1_000))
+        await publish_allocation(
+            kafka_bootstrap, topic_prefix, _drawn(tenant, child, parent, "d2", 1_000)
+        )
 
         async def lifted() -> dict | None:
             found = await policies(kafka_bootstrap, topic_prefix)
