@@ -16,6 +16,7 @@ import orjson
 import pytest
 from pipeline_harness import (
     WorkerProcess,
+    Workers,
     budget_event,
     delete_prefixed_topics,
     policies,
@@ -164,13 +165,8 @@ async def test_a_projected_overrun_is_judged_against_the_effective_limit(
         tokens=1_500_000,
     )
     await publish_allocation(kafka_bootstrap, topic_prefix, drawn)
-    worker = WorkerProcess(
-        topic_prefix,
-        tmp_path / "store",
-        tmp_path / "worker.log",
-        kafka_bootstrap,
-        ["--store", "memory"],
-    ).start()
+    workers = Workers(kafka_bootstrap, topic_prefix, tmp_path)
+    worker = workers.start("w1", "--store", "memory")
     try:
         await send_usage(
             kafka_bootstrap,
@@ -193,7 +189,7 @@ async def test_a_projected_overrun_is_judged_against_the_effective_limit(
         if max(p50s) <= 2_500_000:
             assert overruns == []
     finally:
-        worker.stop()
+        workers.close()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
 
 
