@@ -96,6 +96,7 @@ async def run(
         for budget_id, (tenant, view) in views.items():
             telemetry.set_budget(tenant, budget_id, view)
         delivery = DeliveryLoop(engine, config, prefix, publisher, telemetry.delivery_outcome)
+        caught_up = asyncio.Event()  # outcomes on the topic are in the outbox: claims may start
         tasks = [
             asyncio.create_task(
                 consume(
@@ -105,9 +106,10 @@ async def run(
                     config,
                     stop,
                     lambda r: _report(telemetry, r),
+                    caught_up,
                 )
             ),
-            asyncio.create_task(delivery.run(stop)),
+            asyncio.create_task(delivery.run(stop, caught_up)),
             asyncio.create_task(_refresh_gauges(engine, telemetry, prefix, stop)),
         ]
         stopped = asyncio.create_task(stop.wait())

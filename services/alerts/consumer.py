@@ -1,4 +1,4 @@
-"""Fills the outbox from the budgets, thresholds, policies and forecasts topics.
+"""Fills the outbox from the budgets, thresholds, policies, forecasts and alert-deliveries topics.
 
 Offsets live in PostgreSQL (`consumer_offsets`, consumer "alerts") and are written in the
 same transaction as the outbox rows and budget facts they produced. After a crash the service
@@ -6,8 +6,11 @@ resumes at exactly the offsets of its last commit; a replay from offset zero fin
 key taken and enqueues nothing.
 
 Every partition is assigned by hand (no consumer group): alert topics carry few messages, and a
-second instance only repeats inserts that the dedupe key turns into no-ops. Budget facts are
-caught up to the end of `budgets` before any signal is read, so budget paths are complete.
+second instance only repeats inserts that the dedupe key turns into no-ops. Budget facts and
+delivery outcomes are caught up to the end of `budgets` and `alert-deliveries` before any signal
+is read: budget paths are complete, and a row rebuilt from a signal whose alert the topic records
+as delivered or abandoned is inserted final (`services.alerts.recorded`), so it is never sent
+again. Outcomes read afterwards (another worker's) settle their rows as they come.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from schemas.alerts import AlertAbandoned, AlertDelivered, AlertOutcome
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.codec import decode
 from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated, PolicyChanged, ProjectedOverrun, ThresholdCrossed
-from schemas.topics import BUDGETS, FORECASTS, POLICIES, THRESHOLDS, TopicSpec
-from services.alerts import facts, outbox
+from schemas.topics import ALERT_DELIVERIES, BUDGETS, FORECASTS, POLICIES, THRESHOLDS, TopicSpec
+from services.alerts import facts, outbox, recorded
 from services.alerts.config import AlertsConfig
 from services.alerts.payload import BudgetView, budget_path, build_payload, delivery_id, update_view
 from services.alerts.routing import AlertSignal, Route, route, signal_of
@@ -49,6 +53,8 @@ class BatchResult:
     events: list[tuple[Event, BudgetView]] = field(default_factory=list)
     enqueued: int = 0
     skipped: int = 0
+    settled: int = 0
+    """Outbox rows that outcomes read from `alert-deliveries` made final."""
 
 
 @dataclass(frozen=True)
@@ -166,16 +172,29 @@ def apply_batch(
     source: str,
     records: list[ConsumerRecord[bytes, bytes]],
 ) -> BatchResult:
-    """One transaction: budget facts, outbox rows and the next offsets, all or nothing."""
+    """One transaction: budget facts, delivery outcomes, outbox rows and the next offsets, all
+    or nothing.
+
+    The batch's outcomes are folded first, so a signal in the same batch finds its alert's
+    outcome; a row inserted before its outcome is read is settled when it is."""
     result = BatchResult()
     read_at = datetime.now(UTC)
     offsets: dict[tuple[str, int], int] = {}
+    decoded: list[tuple[ConsumerRecord[bytes, bytes], Event | None]] = []
+    for record in records:
+        offsets[(record.topic, record.partition)] = record.offset + 1
+        decoded.append((record, _decode(record)))
+    outcomes: list[AlertOutcome] = [
+        e for _, e in decoded if isinstance(e, AlertDelivered | AlertAbandoned)
+    ]
     with engine.begin() as conn:
-        for record in records:
-            offsets[(record.topic, record.partition)] = record.offset + 1
-            event = _decode(record)
+        changed = recorded.record(conn, source, outcomes)
+        result.settled = outbox.adopt_outcomes(conn, source, changed)
+        for record, event in decoded:
             if event is None:
                 result.skipped += 1
+            elif isinstance(event, AlertDelivered | AlertAbandoned):
+                pass  # folded above
             elif isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
                 facts.apply_budget_event(conn, source, event)
             elif isinstance(event, SIGNAL_TYPES):
@@ -206,9 +225,19 @@ async def consume(
     config: AlertsConfig,
     stop: asyncio.Event,
     on_batch: Callable[[BatchResult], None] = lambda _: None,
+    caught_up: asyncio.Event | None = None,
 ) -> None:
-    """Run until `stop` is set: read, apply in one transaction per batch, report."""
-    budgets = [TopicPartition(BUDGETS.name(prefix), p) for p in range(BUDGETS.partitions)]
+    """Run until `stop` is set: read, apply in one transaction per batch, report.
+
+    `caught_up` is set once budgets and delivery outcomes are read up to their end offsets
+    at start (and signals are read from then on); the delivery loop waits for it, so it never
+    claims a row whose outcome is already on the topic but not yet folded.
+    """
+    first = [  # read to their end before any signal
+        TopicPartition(spec.name(prefix), p)
+        for spec in (BUDGETS, ALERT_DELIVERIES)
+        for p in range(spec.partitions)
+    ]
     signals = [
         TopicPartition(spec.name(prefix), p)
         for spec in SIGNAL_SPECS
@@ -220,37 +249,43 @@ async def consume(
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
-    rank = {spec.name(prefix): i for i, spec in enumerate((BUDGETS, *SIGNAL_SPECS))}
+    rank = {
+        spec.name(prefix): i for i, spec in enumerate((BUDGETS, ALERT_DELIVERIES, *SIGNAL_SPECS))
+    }
 
     def order(tp: TopicPartition) -> tuple[int, int]:
         return rank.get(tp.topic, len(rank)), tp.partition
 
     try:
         await consumer.start()
-        consumer.assign(budgets + signals)
-        topics = {tp.topic for tp in budgets + signals}
+        consumer.assign(first + signals)
+        topics = {tp.topic for tp in first + signals}
         stored = await asyncio.to_thread(_load_offsets, engine, topics)
         fresh = []
-        for tp in budgets + signals:
+        for tp in first + signals:
             if (tp.topic, tp.partition) in stored:
                 consumer.seek(tp, stored[(tp.topic, tp.partition)])
             else:
                 fresh.append(tp)
         if fresh:  # one call: each call waits for its own offset lookup
             await consumer.seek_to_beginning(*fresh)
-        budget_end = await consumer.end_offsets(budgets)
+        first_end = await consumer.end_offsets(first)
         consumer.pause(*signals)
         paused = True
         while not stop.is_set():
-            if paused and await _caught_up(consumer, budget_end):
+            if paused and await _caught_up(consumer, first_end):
                 consumer.resume(*signals)
                 paused = False
+                if caught_up is not None:
+                    caught_up.set()
             batch = await consumer.getmany(timeout_ms=300, max_records=500)
             records = [r for tp in sorted(batch, key=order) for r in batch[tp]]
             if not records:
                 continue
             result = await _apply_until_stored(engine, config, prefix, records, stop)
             if result is not None:
+                if result.settled:
+                    log.info("alerts: %d rows settled from alert-deliveries", result.settled)
                 on_batch(result)
     finally:
         await consumer.stop()

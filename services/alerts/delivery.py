@@ -69,12 +69,17 @@ class DeliveryLoop:
         self.on_outcome = on_outcome
         self.rng = rng or random.Random()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Keep up to `batch_size` deliveries in flight; claim more as each one finishes.
 
         A slow receiver holds only its own slots, never the others' deliveries. On stop, the
-        deliveries in flight are finished and recorded before returning.
+        deliveries in flight are finished and recorded before returning. Nothing is claimed
+        before `ready` is set: the consumer sets it once the outcomes already on
+        `alert-deliveries` are folded into the outbox, so none of them is sent again.
         """
+        while ready is not None and not (ready.is_set() or stop.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), self.tuning.poll_seconds)
         timeout = httpx.Timeout(self.tuning.request_timeout_seconds)
         inflight: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(timeout=timeout) as client:
@@ -221,7 +226,7 @@ class DeliveryLoop:
                 ok = outbox.mark_retry(conn, row.id, row.attempts, delay, error)
             else:
                 ok = outbox.mark_failed(conn, row.id, row.attempts, error)
-        if not ok:
-            log.warning("alert %d: lease lost before recording %s", row.id, outcome)
+        if not ok:  # another claim holds it, or its outcome was already read from the topic
+            log.warning("alert %d: not recording %s: the row has moved on", row.id, outcome)
         if outcome != "delivered":
             log.warning("alert %d via %s: %s (%s)", row.id, row.channel, outcome, error)

@@ -8,7 +8,7 @@ out cannot overwrite what its successor recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,7 +72,10 @@ class ClaimedRow:
 
 
 def enqueue(conn: Connection, row: NewRow) -> bool:
-    """Insert unless the dedupe key is already there; True when a row was added."""
+    """Insert unless the dedupe key is already there; True when a row was added.
+
+    A row whose alert already has an outcome on `alert-deliveries` (a rebuild from the topics)
+    is settled to it at once, in the same transaction: it is never claimed."""
     result = conn.execute(
         text(
             "INSERT INTO alert_outbox (delivery_id, tenant, budget_id, period_key, kind, "
@@ -86,7 +89,39 @@ def enqueue(conn: Connection, row: NewRow) -> bool:
         ),
         {**row.__dict__, "payload": orjson.dumps(row.payload).decode()},
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    adopt_outcomes(conn, row.source, [row.delivery_id])
+    return True
+
+
+def adopt_outcomes(conn: Connection, source: str, alert_ids: Sequence[str]) -> int:
+    """Settle the rows of `alert_ids` to their outcome in `alert_outcomes` (the fold of
+    `alert-deliveries`, `services.alerts.recorded`); returns how many rows changed.
+
+    A row that is not final takes the outcome, whoever published it: it is not sent again,
+    and a delivery still in flight finds its fence gone. A final row takes only an outcome at
+    least as recent as its own (the fold's rule), so the outbox ends as the fold of the topic.
+    A resent row ignores the outcomes of the rounds before the resend (`resent_after`).
+    """
+    if not alert_ids:
+        return 0
+    result = conn.execute(
+        text(
+            "UPDATE alert_outbox o SET state = c.state, attempts = c.attempts, "
+            "first_attempt_at = c.first_attempt_at, last_attempt_at = c.last_attempt_at, "
+            "delivered_at = c.delivered_at, last_error = c.last_error, lease_until = NULL, "
+            "updated_at = now() FROM alert_outcomes c WHERE o.source = :s "
+            "AND o.delivery_id = ANY(:ids) AND c.source = o.source AND c.alert_id = o.delivery_id "
+            "AND c.last_attempt_at > coalesce(o.resent_after, '-infinity') "
+            "AND (o.state NOT IN ('delivered', 'failed') "
+            "OR c.last_attempt_at >= coalesce(o.last_attempt_at, '-infinity')) "
+            "AND (o.state, o.attempts, o.last_attempt_at, o.delivered_at) IS DISTINCT FROM "
+            "(c.state, c.attempts, c.last_attempt_at, c.delivered_at)"
+        ),
+        {"s": source, "ids": list(alert_ids)},
+    )
+    return result.rowcount
 
 
 def last_sent(
@@ -206,7 +241,10 @@ def _transition(
 
 
 def resend(conn: Connection, row_id: int, force: bool = False) -> str:
-    """Put a row back in the queue, due now, with a fresh retry budget; returns its old state."""
+    """Put a row back in the queue, due now, with a fresh retry budget; returns its old state.
+
+    The closed round's last attempt time becomes `resent_after`: an outcome of that round
+    read from `alert-deliveries` later (a lagging consumer) does not end the new round."""
     row = conn.execute(
         text("SELECT state FROM alert_outbox WHERE id = :id FOR UPDATE"), {"id": row_id}
     ).first()
@@ -217,6 +255,7 @@ def resend(conn: Connection, row_id: int, force: bool = False) -> str:
     conn.execute(
         text(
             "UPDATE alert_outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), "
+            "resent_after = coalesce(last_attempt_at, resent_after), "
             "first_attempt_at = NULL, last_attempt_at = NULL, "
             "lease_until = NULL, last_error = :note, updated_at = now() WHERE id = :id"
         ),

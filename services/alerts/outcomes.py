@@ -95,3 +95,20 @@ def fold(
 def state_of(event: AlertOutcome) -> str:
     """The outbox state an outcome event stands for."""
     return "delivered" if isinstance(event, AlertDelivered) else "failed"
+
+
+def row_facts(event: AlertOutcome) -> dict[str, Any]:
+    """The outbox columns an outcome settles: what the delivery loop records when it ends a
+    round (`delivery.py`), so a row rebuilt from the topic reads as the original did."""
+    ended: dict[str, Any] = (
+        {"delivered_at": event.delivered_at, "last_error": None}
+        if isinstance(event, AlertDelivered)
+        else {"delivered_at": None, "last_error": event.error}
+    )
+    return {
+        "state": state_of(event),
+        "attempts": event.attempts,
+        "first_attempt_at": event.first_attempt_at,
+        "last_attempt_at": event.last_attempt_at,
+        **ended,
+    }

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.alerts import MAX_DETAIL, AlertAbandoned, AlertDelivered
 from schemas.signals import DeadLettered
-from services.alerts.outcomes import Final, fold, outcome_event, state_of
+from services.alerts.outcomes import Final, fold, outcome_event, row_facts, state_of
 
 ROW = ev.claimed_row()
 T0 = ROW.event_at
@@ -85,3 +85,23 @@ def test_folding_is_idempotent_and_incremental(
     for alert_id, event in whole.items():
         latest = max(e.last_attempt_at for e in events if e.alert_id == alert_id)
         assert event.last_attempt_at == latest
+
+
+def test_an_outcome_settles_the_outbox_columns_the_delivery_loop_would() -> None:
+    delivered, rejected = _outcome(1, True, 5), _outcome(2, False, 7)
+    assert isinstance(delivered, AlertDelivered) and isinstance(rejected, AlertAbandoned)
+    times = {"first_attempt_at": ROW.first_attempt_at, "attempts": ROW.attempts}
+    assert row_facts(delivered) == {
+        "state": "delivered",
+        "last_attempt_at": delivered.last_attempt_at,
+        "delivered_at": delivered.delivered_at,
+        "last_error": None,  # as mark_delivered leaves it
+        **times,
+    }
+    assert row_facts(rejected) == {
+        "state": "failed",
+        "last_attempt_at": rejected.last_attempt_at,
+        "delivered_at": None,
+        "last_error": "HTTP 400",  # as mark_failed records it
+        **times,
+    }
