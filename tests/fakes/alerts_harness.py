@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,20 @@ from typing import Any
 import yaml
 from sqlalchemy import create_engine, text
 
+from fakes import alert_events as ev
 from fakes.kafka_io import send_events
 from schemas.alerts import AlertAbandoned, AlertDelivered, AlertOutcome
 from schemas.base import Event
 from schemas.codec import decode
-from schemas.topics import ALERT_DELIVERIES, TopicSpec
+from schemas.topics import ALERT_DELIVERIES, BUDGETS, THRESHOLDS, TopicSpec
 from services.alerts.app import AlertsSettings, run
 from services.common.kafka import read_from_start
 from services.common.settings import StackSettings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # the hook signs with SECRET: 401
+STEADY = 15.0
+"""A lease no delivery outlives in these tests: no takeover, so exactly once on the topic."""
 FAST = {
     "base_delay_seconds": 0.2,
     "max_delay_seconds": 1.0,
@@ -68,6 +73,18 @@ def write_config(
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def names() -> tuple[str, str]:
+    """A tenant of the calling test's own, and its budget."""
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    return tenant, f"{tenant}-copilot"
+
+
+async def crossings(bootstrap: str, prefix: str, tenant: str, leaf: str, *at: int) -> None:
+    """The budget, then one crossing of each threshold in `at`."""
+    events = [(THRESHOLDS, ev.crossed(tenant, leaf, t)) for t in at]
+    await produce(bootstrap, prefix, [(BUDGETS, ev.budget(tenant, leaf)), *events])
 
 
 async def produce(bootstrap: str, prefix: str, events: Iterable[tuple[TopicSpec, Event]]) -> None:

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 from fakes import alert_events as ev
 from fakes.alerts_harness import (
+    OTHER_SECRET,
     SECRET,
+    STEADY,
+    crossings,
     finished_rows,
+    names,
     outbox,
     outcomes,
-    produce,
     service,
     settings,
     until,
@@ -28,26 +31,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
 from schemas.alerts import AlertAbandoned, AlertDelivered, AlertOutcome
-from schemas.topics import BUDGETS, THRESHOLDS
+from schemas.topics import THRESHOLDS
 from services.alerts import outbox as outbox_module
 from services.alerts.outcomes import Final, fold, outcome_event, state_of
 from services.alerts.publisher import OutcomePublisher
 from services.common.kafka import partition_for
-
-OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # the hook signs with SECRET: 401
-STEADY = 15.0  # a lease no delivery outlives here: no takeover, so exactly once on the topic
-
-
-def _names() -> tuple[str, str]:
-    """A tenant of this test's own and its budget."""
-    tenant = f"acme-{uuid.uuid4().hex[:6]}"
-    return tenant, f"{tenant}-copilot"
-
-
-async def _crossings(bootstrap: str, prefix: str, tenant: str, leaf: str, *at: int) -> None:
-    """The budget, then one crossing of each threshold in `at`."""
-    crossings = [(THRESHOLDS, ev.crossed(tenant, leaf, t)) for t in at]
-    await produce(bootstrap, prefix, [(BUDGETS, ev.budget(tenant, leaf)), *crossings])
 
 
 def _history(events: list[AlertOutcome]) -> dict[str, tuple[Any, ...]]:
@@ -67,7 +55,7 @@ def _outbox_history(database_url: str, prefix: str) -> dict[str, tuple[Any, ...]
 async def test_a_delivered_and_a_rejected_alert_each_appear_once_with_their_facts(
     kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
 ) -> None:
-    tenant, leaf = _names()
+    tenant, leaf = names()
     with FakeReceivers(OTHER_SECRET) as rx:
         path = write_config(
             tmp_path / "alerts.yaml",
@@ -76,7 +64,7 @@ async def test_a_delivered_and_a_rejected_alert_each_appear_once_with_their_fact
             channels=("slack", "hook"),
             lease_seconds=STEADY,
         )
-        await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
             done = [("hook", "failed", 1), ("slack", "delivered", 1)]
             assert await until(lambda: outbox(database_url, topic_prefix) == done, alive=task)
@@ -115,7 +103,7 @@ async def test_a_delivered_and_a_rejected_alert_each_appear_once_with_their_fact
 async def test_replaying_the_topic_rebuilds_the_outbox_history_also_after_a_resend(
     kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
 ) -> None:
-    tenant, leaf = _names()
+    tenant, leaf = names()
     with FakeReceivers(SECRET) as rx:
         path = write_config(
             tmp_path / "alerts.yaml",
@@ -125,7 +113,7 @@ async def test_replaying_the_topic_rebuilds_the_outbox_history_also_after_a_rese
             lease_seconds=STEADY,
         )
         rx.down("400")  # everything is rejected at first
-        await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 75, 90, 100)
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 75, 90, 100)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
             # 75, 90, 100 to Slack and the hook; the 100 also pages
             assert await until(lambda: len(finished_rows(database_url, topic_prefix)) == 7)
@@ -161,7 +149,7 @@ async def test_an_outcome_published_but_not_recorded_is_recorded_from_the_topic(
     """PostgreSQL fails right after the outcome was published: as after a crash there, the row
     stays `sending`. The consumer reads the outcome back from `alert-deliveries` and settles
     the row before its lease runs out, so the receiver is not asked again."""
-    tenant, leaf = _names()
+    tenant, leaf = names()
     real_mark = outbox_module.mark_delivered
     failed: list[int] = []
 
@@ -176,7 +164,7 @@ async def test_an_outcome_published_but_not_recorded_is_recorded_from_the_topic(
         path = write_config(
             tmp_path / "alerts.yaml", tenant, rx.url, channels=("slack",), lease_seconds=STEADY
         )
-        await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
             done = [("slack", "delivered", 1)]
             assert await until(lambda: outbox(database_url, topic_prefix) == done, alive=task)
@@ -229,10 +217,10 @@ async def test_an_outcome_kafka_does_not_take_holds_the_row_until_it_does(
 
     monkeypatch.setattr(FlakyPublisher, "instances", [])
     monkeypatch.setattr(app, "OutcomePublisher", FlakyPublisher)
-    tenant, leaf = _names()
+    tenant, leaf = names()
     with FakeReceivers(SECRET) as rx:
         path = write_config(tmp_path / "alerts.yaml", tenant, rx.url, channels=("slack",))
-        await _crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
             assert await until(lambda: len(FlakyPublisher.instances) == 1, alive=task)
             flaky = FlakyPublisher.instances[0]

@@ -14,7 +14,11 @@ from typing import Any
 
 from fakes import alert_events as ev
 from fakes.alerts_harness import (
+    OTHER_SECRET,
     SECRET,
+    STEADY,
+    crossings,
+    names,
     outbox,
     outcomes,
     produce,
@@ -37,15 +41,8 @@ from services.alerts.payload import delivery_id
 from services.alerts.publisher import OutcomePublisher
 from services.alerts.routing import signal_of
 
-OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # the hook signs with SECRET: 401
-STEADY = 15.0  # a lease no delivery outlives here: no takeover
 VOLATILE = {"id", "created_at", "updated_at", "next_attempt_at"}
 """Outbox columns that say when a row was written or is next due, not what happened to it."""
-
-
-def _names() -> tuple[str, str]:
-    tenant = f"acme-{uuid.uuid4().hex[:6]}"
-    return tenant, f"{tenant}-copilot"
 
 
 def _rows(database_url: str, prefix: str) -> dict[str, dict[str, Any]]:
@@ -75,7 +72,7 @@ def _requests(rx: FakeReceivers) -> dict[str, int]:
 async def test_a_rebuilt_outbox_sends_only_what_has_no_outcome_and_equals_the_original(
     kafka_bootstrap: str, topic_prefix: str, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    tenant, leaf = _names()
+    tenant, leaf = names()
     with FakeReceivers(OTHER_SECRET) as rx:  # the hook's signature is refused: abandoned
         path = write_config(
             tmp_path / "alerts.yaml",
@@ -86,9 +83,7 @@ async def test_a_rebuilt_outbox_sends_only_what_has_no_outcome_and_equals_the_or
         )
         alerts = settings(kafka_bootstrap, database_url, topic_prefix, path)
         rx.down("503")  # every first attempt fails retryably: the originals need several
-        crossings = [(THRESHOLDS, ev.crossed(tenant, leaf, t)) for t in (75, 90, 100)]
-        await produce(kafka_bootstrap, topic_prefix, [(BUDGETS, ev.budget(tenant, leaf))])
-        await produce(kafka_bootstrap, topic_prefix, crossings)
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 75, 90, 100)
         async with service(alerts) as task:
             # 75, 90, 100 to Slack and the hook; the 100 also pages
             assert await until(lambda: len(rx.requests) >= 7, alive=task)
@@ -134,7 +129,7 @@ async def test_a_rebuilt_outbox_sends_only_what_has_no_outcome_and_equals_the_or
 async def test_an_outcome_another_worker_publishes_later_settles_a_waiting_row(
     kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
 ) -> None:
-    tenant, leaf = _names()
+    tenant, leaf = names()
     with FakeReceivers(SECRET) as rx:
         path = write_config(
             tmp_path / "alerts.yaml",
@@ -146,11 +141,7 @@ async def test_an_outcome_another_worker_publishes_later_settles_a_waiting_row(
             max_delay_seconds=120.0,
         )
         rx.down("503")
-        await produce(
-            kafka_bootstrap,
-            topic_prefix,
-            [(BUDGETS, ev.budget(tenant, leaf)), (THRESHOLDS, ev.crossed(tenant, leaf, 90))],
-        )
+        await crossings(kafka_bootstrap, topic_prefix, tenant, leaf, 90)
         async with service(settings(kafka_bootstrap, database_url, topic_prefix, path)) as task:
             waiting = [("slack", "pending", 1)]
             assert await until(lambda: outbox(database_url, topic_prefix) == waiting, alive=task)
@@ -294,7 +285,7 @@ async def test_a_long_delivery_history_is_read_before_any_signal(
 ) -> None:
     """More outcomes than one batch holds sit before the one that matters: the consumer reads
     them all before the signal, so the alert they record as delivered is not sent."""
-    tenant, leaf = _names()
+    tenant, leaf = names()
     crossing = ev.crossed(tenant, leaf, 90)
     signal = signal_of(crossing)
     assert signal is not None
