@@ -30,7 +30,7 @@ from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
-from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
 from streams.faust.delivery import SendFailures, crash_on_error, delivered
 from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
@@ -111,7 +111,7 @@ class Pipeline:
         self.metrics = metrics
         self.topics: PipelineTopics = declare_topics(app, config.topic_prefix)
         self.tables: PipelineTables = declare_tables(app, self.topics, config)
-        self.dedupe = DedupeIndex(int(config.dedupe_window.total_seconds() * 1000))
+        self.dedupe = open_dedupe_index(config)
         self.resolver = Resolver(
             self.topics.usage.get_topic_name(),
             config.partitions,
@@ -150,9 +150,11 @@ class Pipeline:
     async def _rebuild_dedupe_index(self) -> None:
         self.offsets.reset()
         await self._remember_earliest()
-        records = [BatchRecord.from_dict(orjson.loads(v)) for v in self.tables.dedupe.values()]
-        self.dedupe.reset(records)
-        log.info("dedupe index rebuilt", extra={"batches": len(records), "ids": self.dedupe.size()})
+        usage = self.topics.usage.get_topic_name()
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == usage}
+        restore_from_table(self.dedupe, self.tables.dedupe, owned)
+        log.info("dedupe index restored", extra={"partitions": sorted(owned),
+                                                 "ids": self.dedupe.size()})  # fmt: skip
 
     def _wire(self) -> None:
         app, config = self.app, self.config

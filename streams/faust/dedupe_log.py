@@ -1,11 +1,16 @@
-"""Dedupe state of the resolve stage: written per consumed batch, indexed in memory per event.
+"""Dedupe state of the resolve stage: written per consumed batch, indexed per event.
 
 One table write per usage event would cap the worker near 4,600 events/s (design.md), so the
 durable form is one table key per consumed batch of one usage partition, holding the event ids
-it saw first (or saw again at the same position) with their positions. The in-memory index
-(`event_id -> first position`) is rebuilt from those keys after every recovery, and both expire
-after the dedupe window, measured in Kafka record time so that a replay expires exactly as the
-first run did.
+it saw first (or saw again at the same position) with their positions. The lookup index
+(`event_id -> first position`, per usage partition) answers `classify` for every event; the
+table is its source of truth: after every recovery the index is made consistent with the
+restored table (`DedupeIndex.restore`). Both expire after the dedupe window, measured in Kafka
+record time so that a replay expires exactly as the first run did.
+
+Two indexes, one interface: `MemoryDedupeIndex` (a dict, rebuilt on every recovery; the
+memory store's tests and small deployments) and `RocksDedupeIndex` (`dedupe_index.py`, on disk
+beside the RocksDB tables, so the worker's memory does not grow with the window).
 
 The record lives in the changelog partition of the usage partition it describes, so whichever
 worker owns a usage partition restores exactly its dedupe history. Which position wins is the
@@ -15,10 +20,11 @@ domain's rule (`streams.dedupe.classify`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from streams.dedupe import classify
+from streams.dedupe import Sighting, classify
 from streams.ledger import Position
 
 
@@ -59,14 +65,65 @@ class BatchRecord:
         )
 
 
+def key_offsets(key: str) -> tuple[int, int, int]:
+    """(partition, first offset, last offset) of a batch record's table key."""
+    partition, _, span = key.partition(":")
+    first, _, last = span.partition("-")
+    return int(partition), int(first), int(last)
+
+
+def keys_by_partition(
+    keys: Iterable[bytes | str], partitions: Iterable[int]
+) -> dict[int, list[str]]:
+    """The table's batch keys grouped by usage partition; every partition in `partitions`
+    (the assigned ones) is present, also when it has no key yet."""
+    grouped: dict[int, list[str]] = {p: [] for p in partitions}
+    for raw in keys:
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        grouped.setdefault(key_offsets(key)[0], []).append(key)
+    return grouped
+
+
+LoadRecord = Callable[[str], BatchRecord]
+"""Reads one batch record of the restored table by its key."""
+
+
+class DedupeIndex(Protocol):
+    """event_id -> first position, per usage partition, with expiry by record time."""
+
+    window_ms: int
+
+    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
+        """ "new", "redelivery" or "duplicate"; a new event counts as seen at once, so a second
+        copy later in the same batch is already a duplicate."""
+        ...
+
+    def add(self, record: BatchRecord) -> None:
+        """Keep the batch record written for this batch (its ids were classified)."""
+        ...
+
+    def expire(self, partition: int, now_ms: int) -> list[str]: ...
+
+    def restore(self, stored: Mapping[int, Collection[str]], load: LoadRecord) -> None:
+        """Agree with the restored table: `stored` holds its batch keys per owned partition;
+        a partition not in it is no longer owned and is dropped."""
+        ...
+
+    def size(self) -> int:
+        """How many ids the index holds (an estimate for an index on disk)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class _PartitionIndex:
     first_seen: dict[str, Position] = field(default_factory=dict)
     records: deque[BatchRecord] = field(default_factory=deque)
 
 
-class DedupeIndex:
-    """event_id -> first position, per usage partition, with expiry by record time."""
+class MemoryDedupeIndex:
+    """`DedupeIndex` in a dict: about 250 bytes per id held, rebuilt on every recovery."""
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
@@ -78,6 +135,9 @@ class DedupeIndex:
         for record in sorted(records, key=lambda r: (r.partition, r.first_offset, r.last_offset)):
             self._load(record)
 
+    def restore(self, stored: Mapping[int, Collection[str]], load: LoadRecord) -> None:
+        self.reset([load(key) for keys in stored.values() for key in keys])
+
     def _load(self, record: BatchRecord) -> None:
         index = self._partitions.setdefault(record.partition, _PartitionIndex())
         index.records.append(record)
@@ -86,9 +146,7 @@ class DedupeIndex:
             if known is None or position < known:
                 index.first_seen[event_id] = position
 
-    def classify(self, partition: int, event_id: str, position: Position) -> str:
-        """ "new", "redelivery" or "duplicate"; records a new event's position at once, so a
-        second copy later in the same batch is already a duplicate."""
+    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
         index = self._partitions.get(partition)
         if index is None:
             index = self._partitions[partition] = _PartitionIndex()
@@ -99,11 +157,9 @@ class DedupeIndex:
         return classify(known, position)
 
     def add(self, record: BatchRecord) -> None:
-        """Remember a batch record written for this batch (its ids are already indexed)."""
         self._partitions.setdefault(record.partition, _PartitionIndex()).records.append(record)
 
     def expire(self, partition: int, now_ms: int) -> list[str]:
-        """Forget batches older than the window before `now_ms`; returns their table keys."""
         index = self._partitions.get(partition)
         if index is None:
             return []
@@ -119,3 +175,6 @@ class DedupeIndex:
 
     def size(self) -> int:
         return sum(len(p.first_seen) for p in self._partitions.values())
+
+    def close(self) -> None:
+        self._partitions = {}

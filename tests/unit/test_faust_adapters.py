@@ -12,7 +12,7 @@ from services.common.kafka import partition_for
 from services.common.usage_producer import pack_envelopes
 from streams.budgets import Budget, BudgetIndex
 from streams.faust.charging import in_position_order, should_publish
-from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.faust.dedupe_log import BatchRecord, MemoryDedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.worker import GC_THRESHOLDS, tune_gc
 from streams.ledger import ChargeLine
@@ -46,7 +46,7 @@ def _index() -> BudgetIndex:
 
 def _resolver() -> Resolver:
     index = _index()
-    return Resolver("p.usage", 6, DedupeIndex(7 * DAY_MS), lambda: index)
+    return Resolver("p.usage", 6, MemoryDedupeIndex(7 * DAY_MS), lambda: index)
 
 
 def _home(event_id: str) -> int:
@@ -120,11 +120,11 @@ def test_unreadable_records_become_dead_letters_with_their_origin() -> None:
 
 
 def test_dedupe_history_expires_after_the_window_and_survives_a_rebuild() -> None:
-    index = DedupeIndex(window_ms=1_000)
+    index = MemoryDedupeIndex(window_ms=1_000)
     assert index.classify(0, "x", (1, 0)) == "new"
     record = BatchRecord(0, 1, 1, 100, ["x"], [(1, 0)])
     index.add(record)
-    rebuilt = DedupeIndex(window_ms=1_000)
+    rebuilt = MemoryDedupeIndex(window_ms=1_000)
     rebuilt.reset([BatchRecord.from_dict(orjson.loads(orjson.dumps(record.to_dict())))])
     assert rebuilt.classify(0, "x", (2, 0)) == "duplicate"
     assert rebuilt.expire(0, 1_050) == []

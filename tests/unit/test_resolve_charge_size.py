@@ -11,7 +11,7 @@ import streams.faust.resolve as resolve
 from schemas.budgets import BudgetDefined, BudgetSpec
 from services.common.usage_producer import pack_envelopes
 from streams.budgets import Budget, BudgetIndex
-from streams.faust.dedupe_log import DedupeIndex
+from streams.faust.dedupe_log import MemoryDedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -37,7 +37,7 @@ def test_a_large_batch_is_charged_in_several_messages_in_position_order(
     packed = pack_envelopes([_event(i) for i in range(200)], 2, 10)
     partition = packed[0][0]
     mine = [value for p, _, value in packed if p == partition]
-    resolver = Resolver("p.usage", 2, DedupeIndex(10**9), lambda: index)
+    resolver = Resolver("p.usage", 2, MemoryDedupeIndex(10**9), lambda: index)
     out = resolver.resolve([UsageRecord(partition, o, 1, v) for o, v in enumerate(mine)])
     charges = [orjson.loads(raw) for _, raw in out.charges]
     expected = sum(len(orjson.loads(v)["events"]) for v in mine)

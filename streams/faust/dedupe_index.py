@@ -1,0 +1,262 @@
+"""The dedupe index on disk: one local RocksDB per owned usage partition.
+
+The in-memory index costs about 250 bytes per event id held, and it holds every id of the
+window: 50 events/s for 7 days is about 30M ids, 7.5 GB of heap, rebuilt on every recovery.
+This one keeps the same mapping in RocksDB (rocksdict, which the table stores use already)
+under the worker's store directory, so memory is bounded by RocksDB's write buffers and block
+cache, whatever the window holds.
+
+Layout of the database of usage partition p (`<store_dir>/<app id>-dedupe-index/usage-<p>`):
+- `e<event_id>` -> first position, packed (offset, index);
+- `r<first offset><last offset>` (big endian, so in offset order) -> record time, then the
+  batch record's bytes (the table's value): the batch keys the index reflects, the expiry
+  queue, and the ids to delete when a batch expires.
+A batch's ids and its record entry are written in one WriteBatch, and so is an expiry: after a
+kill -9 the database holds whole batches only.
+
+Recovery (`restore`) checks the index against the restored table instead of rebuilding it:
+- the index's batch keys equal the table's: nothing to do (a restart);
+- the table holds more (another worker consumed the partition meanwhile, or an expiry whose
+  table delete never happened): those records are merged in, first position wins;
+- the index holds a batch the table does not (written just before a crash that lost the table
+  write, or expired by another owner): the partition's index is rebuilt from the table.
+The table is the source of truth in every case, so the result is what the in-memory index
+would hold after its rebuild. A revoked partition's database is closed (its memory freed) and
+kept on disk, to be checked again if the partition comes back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import rocksdict
+
+from streams.dedupe import Sighting, classify
+from streams.faust.app import WorkerConfig
+from streams.faust.dedupe_log import (
+    BatchRecord,
+    DedupeIndex,
+    LoadRecord,
+    MemoryDedupeIndex,
+    key_offsets,
+    keys_by_partition,
+)
+from streams.ledger import Position
+
+_POSITION = struct.Struct(">QI")
+_SPAN = struct.Struct(">QQ")
+_TIME = struct.Struct(">q")
+_ID = b"e"
+_RECORD = b"r"
+_RECORD_END = b"s"
+_NONE_HELD = 2**63 - 1
+
+
+def _record_key(record: BatchRecord) -> bytes:
+    return _RECORD + _SPAN.pack(record.first_offset, record.last_offset)
+
+
+def _record_value(record: BatchRecord) -> bytes:
+    """Record time first (expiry reads only that), then the table's value."""
+    return _TIME.pack(record.record_time_ms) + orjson.dumps(record.to_dict())
+
+
+def _get_many(db: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
+    """One multi_get; rocksdict answers a list of keys with a list of values."""
+    return cast(list[bytes | None], db.get(cast(Any, keys))) if keys else []
+
+
+def _options(cache: rocksdict.Cache, write_buffer: int) -> rocksdict.Options:
+    """Bounded memory: small write buffers per partition, one block cache for all of them,
+    and bloom filters, because most lookups are for ids never seen (a miss)."""
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(write_buffer)
+    options.set_max_write_buffer_number(2)
+    options.set_max_open_files(256)
+    table = rocksdict.BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)
+    options.set_block_based_table_factory(table)
+    return options
+
+
+class RocksDedupeIndex:
+    """`DedupeIndex` in one RocksDB per usage partition; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        window_ms: int,
+        *,
+        block_cache: int = 32 << 20,
+        write_buffer: int = 8 << 20,
+    ) -> None:
+        self.path = path
+        self.window_ms = window_ms
+        self._options = _options(rocksdict.Cache(block_cache), write_buffer)
+        self._dbs: dict[int, rocksdict.Rdict] = {}
+        self._pending: dict[int, dict[str, Position]] = {}  # this batch's new ids
+        self._oldest: dict[int, int] = {}  # record time of the oldest batch, once known
+        # (_NONE_HELD when it holds none)
+        self._floor: dict[int, bytes] = {}  # the last expired record key: seek from there
+        self.rebuilds = 0  # partitions rebuilt by `restore`, for logs and tests
+
+    def _partition_path(self, partition: int) -> Path:
+        return self.path / f"usage-{partition}"
+
+    def _db(self, partition: int) -> rocksdict.Rdict:
+        db = self._dbs.get(partition)
+        if db is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            path = str(self._partition_path(partition))
+            db = self._dbs[partition] = rocksdict.Rdict(path, options=self._options)
+        return db
+
+    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
+        pending = self._pending.get(partition)
+        if pending is None:
+            pending = self._pending[partition] = {}
+        known = pending.get(event_id)
+        if known is None:
+            raw = self._db(partition).get(_ID + event_id.encode())
+            if raw is None:
+                pending[event_id] = position
+                return "new"
+            known = _POSITION.unpack(raw)
+        return classify(known, position)
+
+    def add(self, record: BatchRecord) -> None:
+        """Write the batch's ids and its record entry at once (one WriteBatch)."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        pack = _POSITION.pack
+        for event_id, (offset, index) in zip(record.ids, record.positions, strict=True):
+            batch.put(_ID + event_id.encode(), pack(offset, index))
+        batch.put(_record_key(record), _record_value(record))
+        self._db(record.partition).write(batch)
+        self._pending.pop(record.partition, None)
+        oldest = self._oldest.get(record.partition)
+        if oldest is not None and record.record_time_ms < oldest:
+            self._oldest[record.partition] = record.record_time_ms
+
+    def _records(self, partition: int, start: bytes = _RECORD) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db(partition).iter()
+        it.seek(start)
+        while it.valid():
+            key = it.key()
+            if key >= _RECORD_END:
+                return
+            yield key, it.value()
+            it.next()
+
+    def expire(self, partition: int, now_ms: int) -> list[str]:
+        horizon = now_ms - self.window_ms
+        oldest = self._oldest.get(partition)
+        if oldest is not None and oldest >= horizon:
+            return []  # the common case: no iterator, no read
+        db = self._db(partition)
+        expired: list[str] = []
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        self._oldest[partition] = _NONE_HELD
+        for key, value in self._records(partition, self._floor.get(partition, _RECORD)):
+            (record_time,) = _TIME.unpack_from(value)
+            if record_time >= horizon:
+                self._oldest[partition] = record_time
+                break
+            record = BatchRecord.from_dict(orjson.loads(value[_TIME.size :]))
+            self._delete_ids(db, record, batch)
+            batch.delete(key)
+            self._floor[partition] = key
+            expired.append(record.key)
+        if expired:
+            db.write(batch)
+        return expired
+
+    @staticmethod
+    def _delete_ids(db: rocksdict.Rdict, record: BatchRecord, batch: rocksdict.WriteBatch) -> None:
+        """Delete the record's ids still held at the record's own positions (an id first seen
+        in an older batch keeps that batch's position)."""
+        keys = [_ID + event_id.encode() for event_id in record.ids]
+        held = _get_many(db, keys)
+        for key, raw, (offset, index) in zip(keys, held, record.positions, strict=True):
+            if raw is not None and raw == _POSITION.pack(offset, index):
+                batch.delete(key)
+
+    def restore(self, stored: Mapping[int, Collection[str]], load: LoadRecord) -> None:
+        self._pending.clear()
+        self._oldest.clear()
+        self._floor.clear()
+        for partition in [p for p in self._dbs if p not in stored]:
+            self._close(partition)
+        for partition, keys in stored.items():
+            self._restore_partition(partition, keys, load)
+
+    def _restore_partition(self, partition: int, keys: Collection[str], load: LoadRecord) -> None:
+        table = set(keys)
+        held: set[str] = set()
+        for raw, _ in self._records(partition):
+            first, last = _SPAN.unpack(raw[len(_RECORD) :])
+            held.add(f"{partition}:{first}-{last}")
+        if not held <= table:
+            self._drop(partition)
+            self.rebuilds += 1
+            held = set()
+        for key in sorted(table - held, key=key_offsets):
+            self._merge(load(key))
+
+    def _merge(self, record: BatchRecord) -> None:
+        """Add a restored record: an id keeps the lower of its held and its new position."""
+        db = self._db(record.partition)
+        keys = [_ID + event_id.encode() for event_id in record.ids]
+        held = _get_many(db, keys)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, raw, position in zip(keys, held, record.positions, strict=True):
+            if raw is None or position < _POSITION.unpack(raw):
+                batch.put(key, _POSITION.pack(*position))
+        batch.put(_record_key(record), _record_value(record))
+        db.write(batch)
+
+    def _close(self, partition: int) -> None:
+        db = self._dbs.pop(partition, None)
+        if db is not None:
+            db.close()
+        for state in (self._pending, self._oldest, self._floor):
+            state.pop(partition, None)
+
+    def _drop(self, partition: int) -> None:
+        self._close(partition)
+        shutil.rmtree(self._partition_path(partition), ignore_errors=True)
+
+    def size(self) -> int:
+        return sum(
+            db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in self._dbs.values()
+        )
+
+    def close(self) -> None:
+        for partition in list(self._dbs):
+            self._close(partition)
+
+
+def open_dedupe_index(config: WorkerConfig) -> DedupeIndex:
+    """The index that goes with the worker's store: on disk beside the RocksDB tables, in a
+    dict with the memory store (whose tables are rebuilt from changelogs anyway)."""
+    window_ms = int(config.dedupe_window.total_seconds() * 1000)
+    if config.store == "rocksdb":
+        return RocksDedupeIndex(config.store_dir / f"{config.app_id}-dedupe-index", window_ms)
+    return MemoryDedupeIndex(window_ms)
+
+
+def restore_from_table(index: DedupeIndex, table: Any, partitions: Iterable[int]) -> None:
+    """Make `index` agree with the dedupe table just restored, for the owned `partitions`."""
+    stored = keys_by_partition(table.keys(), partitions)
+
+    def load(key: str) -> BatchRecord:
+        return BatchRecord.from_dict(orjson.loads(table[key.encode()]))
+
+    index.restore(stored, load)
