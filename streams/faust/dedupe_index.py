@@ -27,6 +27,7 @@ kept on disk, to be checked again if the partition comes back.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -47,6 +48,8 @@ from streams.faust.dedupe_log import (
     keys_by_partition,
 )
 from streams.ledger import Position
+
+log = logging.getLogger("allotment.worker")
 
 _POSITION = struct.Struct(">QI")
 _SPAN = struct.Struct(">QQ")
@@ -203,12 +206,19 @@ class RocksDedupeIndex:
         for raw, _ in self._records(partition):
             first, last = _SPAN.unpack(raw[len(_RECORD) :])
             held.add(f"{partition}:{first}-{last}")
-        if not held <= table:
+        rebuilt = not held <= table
+        if rebuilt:
             self._drop(partition)
             self.rebuilds += 1
             held = set()
-        for key in sorted(table - held, key=key_offsets):
+        missing = sorted(table - held, key=key_offsets)
+        for key in missing:
             self._merge(load(key))
+        log.info(
+            "dedupe index checked against the table",
+            extra={"partition": partition, "batches": len(table), "rebuilt": rebuilt,
+                   "merged": 0 if rebuilt else len(missing)},
+        )  # fmt: skip
 
     def _merge(self, record: BatchRecord) -> None:
         """Add a restored record: an id keeps the lower of its held and its new position."""
