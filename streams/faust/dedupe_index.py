@@ -75,8 +75,10 @@ def _get_many(db: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
 
 
 def _options(cache: rocksdict.Cache, write_buffer: int) -> rocksdict.Options:
-    """Bounded memory: small write buffers per partition, one block cache for all of them,
-    and bloom filters, because most lookups are for ids never seen (a miss)."""
+    """Bounded memory: small write buffers per partition and one block cache for all of them.
+    Bloom filters, because most lookups are for ids never seen (a miss). The filter and index
+    blocks stay outside the block cache (about 2 bytes per id held): measured with them in
+    the cache, a lookup went from about 2 µs to 30 µs once the index held a million ids."""
     options = rocksdict.Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_write_buffer_size(write_buffer)
@@ -85,7 +87,6 @@ def _options(cache: rocksdict.Cache, write_buffer: int) -> rocksdict.Options:
     table = rocksdict.BlockBasedOptions()
     table.set_bloom_filter(10, False)
     table.set_block_cache(cache)
-    table.set_cache_index_and_filter_blocks(True)
     options.set_block_based_table_factory(table)
     return options
 
