@@ -298,6 +298,9 @@ async def main() -> None:
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "median_latency_ms": round(statistics.median(latencies), 1),
             "worker_restarted": restarted,
+            # The worker's table store and dedupe index: the CLI's default unless the
+            # environment names another (production runs rocksdb).
+            "store": os.environ.get("ALLOTMENT_STORE", "rocksdb"),
         }).decode()
     )  # fmt: skip
 
