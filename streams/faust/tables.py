@@ -1,7 +1,9 @@
 """The pipeline's tables, and the views the agents read them through.
 
 - `dedupe` (store per config, RocksDB in production): one key per consumed batch of one usage
-  partition; its changelog partition is that usage partition (`dedupe_log.py`).
+  partition; its changelog partition is that usage partition (`dedupe_log.py`). It is the
+  source of truth of the dedupe index, which is checked against it after every recovery
+  (`dedupe_index.py`).
 - `ledger` (store per config): one key per budget, the `StoredLedger` of `charging.py`; written
   once per charge message, also when every line was skipped, so a local state that ran ahead of
   its changelog before a crash reaches the changelog before the next offset commit.
