@@ -113,8 +113,8 @@ def add_lines(
         run_out += line.output
     if key:
         _add(days, key, run_in, run_out)
-    if mark is None:
-        return state
+    if mark is None or mark == state.watermarks.get(source_partition):
+        return state  # nothing past the watermark: the caller stores nothing (`is` tells it)
     if len(days) > KEEP_DAYS:
         newest = max(date.fromisoformat(k) for k in days)
         oldest = (newest - timedelta(days=KEEP_DAYS - 1)).isoformat()
