@@ -207,7 +207,7 @@ class Pipeline:
         for record in out.records:
             with current(by_partition[record.partition]):
                 self.tables.dedupe[record.key.encode()] = orjson.dumps(record.to_dict())
-        for partition, keys in out.expired.items():
+        for partition, keys in self.resolver.keep(out).items():  # the index after the table
             with current(by_partition[partition]):
                 for key in keys:
                     self.tables.dedupe.pop(key.encode(), None)

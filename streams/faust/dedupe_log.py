@@ -2,7 +2,8 @@
 
 One table write per usage event would cap the worker near 4,600 events/s (design.md), so the
 durable form is one table key per consumed batch of one usage partition, holding the event ids
-it saw first (or saw again at the same position) with their positions. The lookup index
+it saw first (or saw again at the same position) with their positions; a batch with more ids
+than a message may carry is cut into several such records (`RecordCutter`). The lookup index
 (`event_id -> first position`, per usage partition) answers `classify` for every event; the
 table is its source of truth: after every recovery the index is made consistent with the
 restored table (`DedupeIndex.restore`). Both expire after the dedupe window, measured in Kafka
@@ -20,17 +21,46 @@ domain's rule (`streams.dedupe.classify`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from streams.dedupe import Sighting, classify
 from streams.ledger import Position
 
+MAX_RECORD_IDS = 10_000
+"""Ids per batch record: a take of 4,000 envelopes of 500 events is 2M ids, tens of MB in one
+record, and the broker refuses a changelog message over 1 MB (MessageSizeTooLargeError), which
+ended the worker and read the take again forever. A take's ids are cut into records of at most
+this many ids and `MAX_RECORD_BYTES`."""
+
+MAX_RECORD_BYTES = 600_000
+"""Bound of a batch record's estimated JSON size (`_id_bytes`, an upper bound), well under the
+1 MB a message may have, leaving room for the key and the batch framing."""
+
+LEGACY_LAST_INDEX = 2**32 - 1
+"""Last index of a record written before records were cut (key `p:first-last`): it covers
+every index of its last offset."""
+
+_POSITION_BYTES = 48  # '"",' around an id, '[offset,index],' for its position, with slack
+
+
+def _id_bytes(event_id: str) -> int:
+    """An upper bound of what one id and its position add to the record's JSON: printable
+    ASCII escapes to at most 2 bytes a character (quote, backslash), anything else to at most
+    6 (a control character as \\u00XX; UTF-8 needs at most 4)."""
+    per_char = 2 if event_id.isascii() and event_id.isprintable() else 6
+    return per_char * len(event_id) + _POSITION_BYTES
+
 
 @dataclass
 class BatchRecord:
-    """What one consumed batch of one usage partition contributed to the dedupe history."""
+    """What one consumed batch of one usage partition contributed to the dedupe history, or a
+    cut of it (`RecordCutter`): ids in position order, from `(first_offset, first_index)` to
+    `(last_offset, last_index)`. A record written before records were cut has no indexes;
+    it keeps its key `p:first-last`."""
 
     partition: int
     first_offset: int
@@ -38,13 +68,20 @@ class BatchRecord:
     record_time_ms: int
     ids: list[str] = field(default_factory=list)
     positions: list[Position] = field(default_factory=list)
+    first_index: int | None = None
+    last_index: int | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.partition}:{self.first_offset}-{self.last_offset}"
+        if self.first_index is None or self.last_index is None:
+            return f"{self.partition}:{self.first_offset}-{self.last_offset}"
+        return (
+            f"{self.partition}:{self.first_offset}.{self.first_index}"
+            f"-{self.last_offset}.{self.last_index}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "p": self.partition,
             "first": self.first_offset,
             "last": self.last_offset,
@@ -52,9 +89,14 @@ class BatchRecord:
             "ids": self.ids,
             "pos": self.positions,  # orjson writes tuples as arrays
         }
+        if self.first_index is not None:
+            data["fi"] = self.first_index
+            data["li"] = self.last_index
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRecord:
+        first_index, last_index = data.get("fi"), data.get("li")
         return cls(
             partition=int(data["p"]),
             first_offset=int(data["first"]),
@@ -62,30 +104,100 @@ class BatchRecord:
             record_time_ms=int(data["ts"]),
             ids=[str(i) for i in data["ids"]],
             positions=[(int(p[0]), int(p[1])) for p in data["pos"]],
+            first_index=None if first_index is None else int(first_index),
+            last_index=None if last_index is None else int(last_index),
         )
 
 
-def key_offsets(key: str) -> tuple[int, int, int]:
-    """(partition, first offset, last offset) of a batch record's table key."""
+Span = tuple[int, int, int, int]
+"""(first offset, first index, last offset, last index) of a batch record."""
+
+
+def key_span(key: str) -> tuple[int, Span]:
+    """(partition, span) of a batch record's table key, `p:o1.i1-o2.i2` or the older
+    `p:o1-o2` (indexes 0 and `LEGACY_LAST_INDEX`). Spans sort in position order."""
     partition, _, span = key.partition(":")
     first, _, last = span.partition("-")
-    return int(partition), int(first), int(last)
+    first_offset, _, first_index = first.partition(".")
+    last_offset, _, last_index = last.partition(".")
+    return int(partition), (
+        int(first_offset),
+        int(first_index) if first_index else 0,
+        int(last_offset),
+        int(last_index) if last_index else LEGACY_LAST_INDEX,
+    )
 
 
-def keys_by_partition(
-    keys: Iterable[bytes | str], partitions: Iterable[int]
-) -> dict[int, list[str]]:
-    """The table's batch keys grouped by usage partition; every partition in `partitions`
-    (the assigned ones) is present, also when it has no key yet."""
-    grouped: dict[int, list[str]] = {p: [] for p in partitions}
-    for raw in keys:
+class RecordCutter:
+    """Collects a take's kept ids per usage partition into batch records of at most
+    `MAX_RECORD_IDS` ids and `MAX_RECORD_BYTES` (estimated), each with its own key."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, list[BatchRecord]] = {}
+        self._bytes: dict[int, int] = {}  # estimated size of each partition's last record
+
+    def extend(
+        self, partition: int, ids: list[str], positions: list[Position], timestamp_ms: int
+    ) -> None:
+        """Add one usage record's kept ids (in position order, after the ones added before)."""
+        records = self._records.setdefault(partition, [])
+        size = sum(map(_id_bytes, ids))
+        current = records[-1] if records else None
+        if (
+            current is not None
+            and len(current.ids) + len(ids) <= MAX_RECORD_IDS
+            and self._bytes[partition] + size <= MAX_RECORD_BYTES
+        ):  # the common case: the whole usage record fits the partition's last record
+            self._append(current, ids, positions, timestamp_ms)
+            self._bytes[partition] += size
+            return
+        for event_id, position in zip(ids, positions, strict=True):
+            cost = _id_bytes(event_id)
+            if (
+                current is None
+                or len(current.ids) >= MAX_RECORD_IDS
+                or self._bytes[partition] + cost > MAX_RECORD_BYTES
+            ):
+                current = BatchRecord(partition, position[0], position[0], timestamp_ms,
+                                      first_index=position[1])  # fmt: skip
+                records.append(current)
+                self._bytes[partition] = 0
+            self._append(current, [event_id], [position], timestamp_ms)
+            self._bytes[partition] += cost
+
+    @staticmethod
+    def _append(
+        record: BatchRecord, ids: list[str], positions: list[Position], timestamp_ms: int
+    ) -> None:
+        record.ids.extend(ids)
+        record.positions.extend(positions)
+        record.last_offset, record.last_index = positions[-1]
+        record.record_time_ms = max(record.record_time_ms, timestamp_ms)
+
+    def records(self) -> dict[int, list[BatchRecord]]:
+        """Per usage partition, its records in position order."""
+        return self._records
+
+
+class DedupeTable(Protocol):
+    """The restored dedupe table as `restore` reads it: its keys (streamed) and values."""
+
+    def keys(self) -> Iterable[bytes | str]: ...
+
+    def __getitem__(self, key: bytes) -> bytes: ...
+
+
+def table_keys(table: DedupeTable, partitions: Collection[int]) -> Iterator[tuple[str, int, Span]]:
+    """(key, partition, span) of each table key of the `partitions`, one at a time."""
+    for raw in table.keys():  # noqa: SIM118 - a Faust table's keys() streams its store
         key = raw.decode() if isinstance(raw, bytes) else raw
-        grouped.setdefault(key_offsets(key)[0], []).append(key)
-    return grouped
+        partition, span = key_span(key)
+        if partition in partitions:
+            yield key, partition, span
 
 
-LoadRecord = Callable[[str], BatchRecord]
-"""Reads one batch record of the restored table by its key."""
+def load_record(table: DedupeTable, key: str) -> BatchRecord:
+    return BatchRecord.from_dict(orjson.loads(table[key.encode()]))
 
 
 class DedupeIndex(Protocol):
@@ -104,9 +216,9 @@ class DedupeIndex(Protocol):
 
     def expire(self, partition: int, now_ms: int) -> list[str]: ...
 
-    def restore(self, stored: Mapping[int, Collection[str]], load: LoadRecord) -> None:
-        """Agree with the restored table: `stored` holds its batch keys per owned partition;
-        a partition not in it is no longer owned and is dropped."""
+    def restore(self, table: DedupeTable, partitions: Collection[int]) -> None:
+        """Agree with the restored table for the owned `partitions`; a partition not in them
+        is no longer owned and is dropped."""
         ...
 
     def size(self) -> int:
@@ -132,11 +244,11 @@ class MemoryDedupeIndex:
     def reset(self, records: list[BatchRecord]) -> None:
         """Rebuild from the stored batch records (after a recovery or a rebalance)."""
         self._partitions = {}
-        for record in sorted(records, key=lambda r: (r.partition, r.first_offset, r.last_offset)):
+        for record in sorted(records, key=lambda r: key_span(r.key)):
             self._load(record)
 
-    def restore(self, stored: Mapping[int, Collection[str]], load: LoadRecord) -> None:
-        self.reset([load(key) for keys in stored.values() for key in keys])
+    def restore(self, table: DedupeTable, partitions: Collection[int]) -> None:
+        self.reset([load_record(table, key) for key, _, _ in table_keys(table, partitions)])
 
     def _load(self, record: BatchRecord) -> None:
         index = self._partitions.setdefault(record.partition, _PartitionIndex())

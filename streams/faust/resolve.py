@@ -4,8 +4,10 @@ One consumed batch (any mix of envelopes and single-event messages, from any par
 - per (budget, source partition), one `BudgetCharged` listing its lines in position order, or
   several in a row when there are more than `MAX_CHARGE_LINES` (a message over the producer's
   1 MB limit is refused: the charge would be lost);
-- one dedupe `BatchRecord` per source partition (the ids seen first, or again at the same
-  position, in this batch);
+- per source partition, the dedupe `BatchRecord`s of the batch (the ids seen first, or again at
+  the same position), cut to fit a message (`RecordCutter`); the agent writes them to the
+  dedupe table and then hands them to the index (`keep`), so a crash between the two leaves
+  the table ahead of the index (a cheap merge at recovery), never the index ahead;
 - a dead letter per unreadable record or unreadable event inside an envelope.
 
 Nothing here touches Faust: the agent feeds records in and writes what comes out, so the whole
@@ -31,7 +33,7 @@ from schemas.usage import UsageRecorded, usage_fields
 from services.common.kafka import partition_for
 from streams.budgets import Budget, BudgetIndex
 from streams.faust.deadletter import Rejected, reason_of
-from streams.faust.dedupe_log import BatchRecord, DedupeIndex
+from streams.faust.dedupe_log import BatchRecord, DedupeIndex, RecordCutter
 from streams.ledger import Position
 from streams.periods import to_ms
 from streams.selectors import match_budgets
@@ -139,7 +141,7 @@ class Resolver:
         index = self._budgets()
         lines: dict[tuple[str, int], list[list[int]]] = {}
         tenants: dict[str, str] = {}
-        batch: dict[int, BatchRecord] = {}
+        batch = RecordCutter()
         matched: dict[tuple[Any, ...], list[Budget]] = {}  # match_budgets per kind of event
         high: dict[int, int] = {}  # per partition, the highest offset handled in this batch
         for record in records:
@@ -161,13 +163,23 @@ class Resolver:
                     "lines": budget_lines[first : first + MAX_CHARGE_LINES],
                 }
                 out.charges.append((budget_id, orjson.dumps(charge)))
-        for partition, batch_record in batch.items():
-            out.records.append(batch_record)
-            self.dedupe.add(batch_record)
-            expired = self.dedupe.expire(partition, batch_record.record_time_ms)
+        for records_of in batch.records().values():
+            out.records.extend(records_of)
+        return out
+
+    def keep(self, out: ResolvedBatch) -> dict[int, list[str]]:
+        """Hand the batch's records to the index once they are in the table, and expire what
+        left the window; returns the expired table keys per partition (to delete from the
+        table). The take's latest record time is its "now"."""
+        now: dict[int, int] = {}
+        for record in out.records:
+            self.dedupe.add(record)
+            now[record.partition] = max(now.get(record.partition, 0), record.record_time_ms)
+        for partition, now_ms in now.items():
+            expired = self.dedupe.expire(partition, now_ms)
             if expired:
                 out.expired[partition] = expired
-        return out
+        return out.expired
 
     def _reject(
         self,
@@ -189,7 +201,7 @@ class Resolver:
         out: ResolvedBatch,
         lines: dict[tuple[str, int], list[list[int]]],
         tenants: dict[str, str],
-        batch: dict[int, BatchRecord],
+        batch: RecordCutter,
         matched: dict[tuple[Any, ...], list[Budget]],
     ) -> None:
         raw = record.value or b""
@@ -254,12 +266,4 @@ class Resolver:
                 found.append(line)
         out.events_in += events_in
         if ids:
-            dedupe = batch.get(partition)
-            if dedupe is None:
-                dedupe = batch[partition] = BatchRecord(
-                    partition, offset, offset, record.timestamp_ms
-                )
-            dedupe.last_offset = offset
-            dedupe.record_time_ms = max(dedupe.record_time_ms, record.timestamp_ms)
-            dedupe.ids.extend(ids)
-            dedupe.positions.extend(positions)
+            batch.extend(partition, ids, positions, record.timestamp_ms)

@@ -30,16 +30,25 @@ class Table(dict[bytes, bytes]):
 
 
 def _batch(
-    index: DedupeIndex, table: Table, partition: int, offset: int, ids: list[str], at: int
+    index: DedupeIndex,
+    table: Table,
+    partition: int,
+    offset: int,
+    ids: list[str],
+    at: int,
+    cut: bool = False,
 ) -> list[str]:
     """One consumed message of `ids` at `offset`, as resolve handles it; returns the
-    classification of each id."""
+    classification of each id. `cut`: keyed by position (`p:o.i-o.i`) as records are now,
+    else by offsets only, as records written before they were cut."""
     kinds = [index.classify(partition, event_id, (offset, i)) for i, event_id in enumerate(ids)]
     kept = [(e, (offset, i)) for i, (e, k) in enumerate(zip(ids, kinds, strict=True))
             if k != "duplicate"]  # fmt: skip
     if kept:
         record = BatchRecord(partition, offset, offset, at, [e for e, _ in kept],
                              [p for _, p in kept])  # fmt: skip
+        if cut:
+            record.first_index, record.last_index = kept[0][1][1], kept[-1][1][1]
         index.add(record)
         table.write(record)
         table.expire(index.expire(partition, at))
@@ -142,24 +151,25 @@ def test_a_merged_record_keeps_the_lower_position(tmp_path: Path) -> None:
             st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5),  # ids
             st.integers(-300, 400),  # record time step (producers' clocks are not in order)
             st.booleans(),  # restart after this batch
+            st.booleans(),  # a record keyed by position (else an older, offsets-only key)
         ),
         max_size=25,
     )
 )
 def test_the_rocksdb_index_answers_as_the_dict_does(
-    tmp_path_factory: object, steps: list[tuple[int, list[str], int, bool]]
+    tmp_path_factory: object, steps: list[tuple[int, list[str], int, bool, bool]]
 ) -> None:
     path = tmp_path_factory.mktemp("idx")  # type: ignore[attr-defined]
     memory, rocks = MemoryDedupeIndex(WINDOW), _open(path)
     memory_table, rocks_table = Table(), Table()
     offsets = {0: 0, 1: 0}
     at = 0
-    for partition, ids, step, restart in steps:
+    for partition, ids, step, restart, cut in steps:
         at += step
         offset = offsets[partition]
         offsets[partition] += 1
-        expected = _batch(memory, memory_table, partition, offset, ids, at)
-        assert _batch(rocks, rocks_table, partition, offset, ids, at) == expected
+        expected = _batch(memory, memory_table, partition, offset, ids, at, cut)
+        assert _batch(rocks, rocks_table, partition, offset, ids, at, cut) == expected
         assert rocks_table == memory_table
         if restart:
             rocks.close()
