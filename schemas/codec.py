@@ -106,4 +106,4 @@ def decode(raw: bytes) -> Event:
 
 
 def encode(event: Event) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json"))
+    return orjson.dumps(event.to_wire())

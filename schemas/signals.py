@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import BudgetId, Event, Name, NonNegativeTokens, TenantId, UtcDatetime
 from schemas.budgets import AtLimit, Metric
@@ -107,10 +107,24 @@ class ForecastUpdated(Event):
 
 
 class DeadLettered(Event):
-    """A record that could not be read, kept with its origin and the reason, never dropped."""
+    """A record that could not be read, kept with its origin and the reason, never dropped.
+
+    A dead letter must fit on the dead-letter topic (the broker refuses a record over 1 MB, and
+    a refused dead letter would stop the stream), so `payload_b64` may hold only the first bytes
+    of a large record. Then `payload_truncated` is true and `payload_size` and `payload_sha256`
+    describe the whole record, which is still on its source topic at (topic, partition,
+    offset). The three fields were added to version 1 and are written only for a truncated
+    payload: a whole-payload dead letter is exactly what version 1 always was, and a reader
+    built before them refuses a truncated one instead of taking a prefix for the record.
+    """
 
     TYPE: ClassVar[str] = "DeadLettered"
     VERSION: ClassVar[int] = 1
+    _CUT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "payload_truncated",
+        "payload_size",
+        "payload_sha256",
+    )
     type: Literal["DeadLettered"] = "DeadLettered"
     version: Literal[1] = 1
 
@@ -121,6 +135,24 @@ class DeadLettered(Event):
     errors: list[str] = Field(default_factory=list)
     payload_b64: str
     dead_lettered_at: UtcDatetime
+    payload_truncated: bool = False
+    payload_size: int | None = Field(default=None, ge=0)
+    payload_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _cut_payload_is_described(self) -> DeadLettered:
+        if self.payload_truncated and self.payload_size is None:
+            raise ValueError("payload_size: is required when payload_truncated is true")
+        if self.payload_truncated and self.payload_sha256 is None:
+            raise ValueError("payload_sha256: is required when payload_truncated is true")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        if not self.payload_truncated:
+            for name in self._CUT_FIELDS:
+                wire.pop(name)
+        return wire
 
 
 class ProjectedOverrun(Event):
