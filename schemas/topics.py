@@ -28,7 +28,22 @@ FOREVER = {"retention.ms": "-1"}
 """Facts: Kafka is their source of truth, so a projection rebuilt from offset zero finds them all
 (charges are derived from usage and may expire with the default retention)."""
 
-USAGE = TopicSpec("usage", key="event_id", partitions=6, config=dict(FOREVER))
+USAGE = TopicSpec(
+    "usage",
+    key="event_id",
+    partitions=6,
+    config={**FOREVER, "message.timestamp.type": "LogAppendTime"},
+)
+"""Usage records carry the broker's append time, not the producer's: the worker's dedupe window
+runs on record time, and history re-published with its original (old) timestamps would
+otherwise leave that window at once and be charged again. Event time is each event's
+`occurred_at`, never the record timestamp. Replays read the stored append time, so they stay
+deterministic."""
+
+ALIGNED_CONFIGS = ("message.timestamp.type",)
+"""Config keys that `ensure_topics` also sets on a topic that already exists (created before the
+key joined its spec). Every other key applies only when a topic is created: retention and the
+like stay as the topic was made or as an operator has since changed them."""
 BUDGETS = TopicSpec("budgets", key="budget_id", partitions=1, compacted=True)
 CHARGES = TopicSpec("charges", key="budget_id", partitions=6)
 # Thresholds and policies are co-partitioned with charges (same count, same key): each is the

@@ -8,16 +8,20 @@ or in a batch; `partition_for` is that rule.
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.errors import AllotmentError
-from schemas.topics import ALL, TopicSpec
+from schemas.topics import ALIGNED_CONFIGS, ALL, TopicSpec
+
+log = logging.getLogger("allotment.kafka")
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -68,11 +72,17 @@ def topic_configs(spec: TopicSpec) -> dict[str, str]:
 async def ensure_topics(
     bootstrap: str, prefix: str, specs: list[TopicSpec] | None = None
 ) -> list[str]:
-    """Create the project's topics that do not exist yet; returns the names it created."""
+    """Create the project's topics that do not exist yet; returns the names it created.
+
+    Topics that exist already get the `ALIGNED_CONFIGS` keys of their spec (see
+    `align_topic_configs`); nothing else about them changes.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        present = [s for s in (specs or ALL) if s.name(prefix) in existing]
+        await align_topic_configs(admin, prefix, present)
         wanted = [s for s in (specs or ALL) if s.name(prefix) not in existing]
         if not wanted:
             return []
@@ -90,6 +100,65 @@ async def ensure_topics(
         return [s.name(prefix) for s in wanted]
     finally:
         await admin.close()
+
+
+DYNAMIC_TOPIC_CONFIG = 1
+"""DescribeConfigs' `config_source` of a value set on the topic itself (not a broker default)."""
+
+
+async def align_topic_configs(
+    admin: AIOKafkaAdminClient, prefix: str, specs: list[TopicSpec]
+) -> list[str]:
+    """Set the spec's `ALIGNED_CONFIGS` keys on existing topics whose value differs; returns the
+    names it changed. Idempotent: a topic already aligned costs one DescribeConfigs round trip.
+
+    aiokafka has no IncrementalAlterConfigs, and AlterConfigs replaces a topic's whole set of
+    topic-level values, so the values the topic has now (retention.ms=-1, cleanup.policy...) are
+    read and sent back with the aligned keys: nothing else changes, unless an operator alters
+    the same topic in the same instant (then run `allotment create-topics` again).
+    """
+    targets = [s for s in specs if any(k in s.config for k in ALIGNED_CONFIGS)]
+    if not targets:
+        return []
+    names = [s.name(prefix) for s in targets]
+    described = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    )
+    current = {
+        resource[3]: (resource[0], resource[1], resource[4])
+        for response in described
+        for resource in response.resources
+    }
+    changes = []
+    for spec, name in zip(targets, names, strict=True):
+        error_code, error_message, entries = current[name]
+        if error_code:
+            raise TopicConfigFailed(name, f"describe: error {error_code} {error_message}")
+        own = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG}
+        wanted = {k: spec.config[k] for k in ALIGNED_CONFIGS if k in spec.config}
+        if all(own.get(k) == v for k, v in wanted.items()):
+            continue
+        if any(e[4] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG):
+            raise TopicConfigFailed(name, "has a sensitive topic config that cannot be read back")
+        changes.append(ConfigResource(ConfigResourceType.TOPIC, name, {**own, **wanted}))
+    if not changes:
+        return []
+    for response in await admin.alter_configs(changes):
+        for error_code, error_message, _, name in response.resources:
+            if error_code:
+                raise TopicConfigFailed(name, f"alter: error {error_code} {error_message}")
+    aligned = [c.name for c in changes]
+    log.info("topic configs aligned", extra={"topics": aligned, "keys": list(ALIGNED_CONFIGS)})
+    return aligned
+
+
+class TopicConfigFailed(AllotmentError):
+    """The broker would not describe or change a topic's config while aligning it."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"{topic}: aligning its config failed: {reason}")
 
 
 async def start_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:

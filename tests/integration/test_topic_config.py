@@ -1,0 +1,87 @@
+"""The usage topic stores the broker's append time, also when it was created before that rule.
+
+A record produced with a timestamp 30 days in the past must be read back with the time the
+broker appended it: the worker's dedupe window runs on record time (review 17, finding 6).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from schemas.topics import USAGE
+from services.common.kafka import align_topic_configs, ensure_topics, topic_configs
+
+LOG_APPEND_TIME = 1
+MONTH_AGO_MS = round((datetime.now(UTC) - timedelta(days=30)).timestamp() * 1000)
+
+
+async def _stored_timestamp(bootstrap: str, topic: str) -> tuple[int, int]:
+    """Produce one record stamped 30 days ago: (timestamp, timestamp_type) as a consumer reads."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, b"{}", partition=0, timestamp_ms=MONTH_AGO_MS)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, sent.offset)
+        record = await consumer.getone(tp)
+    finally:
+        await consumer.stop()
+    return record.timestamp, record.timestamp_type
+
+
+async def _configs(bootstrap: str, topic: str) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    return {e[0]: e[1] for e in response.resources[0][4]}
+
+
+async def test_a_month_old_record_is_stored_with_the_append_time(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    timestamp, kind = await _stored_timestamp(kafka_bootstrap, USAGE.name(topic_prefix))
+    assert kind == LOG_APPEND_TIME
+    assert timestamp > MONTH_AGO_MS + 29 * 86_400_000
+
+
+async def test_an_existing_usage_topic_is_aligned_once_and_keeps_its_other_config(
+    kafka_bootstrap: str,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    name = USAGE.name(prefix)
+    before = replace(USAGE, config={"retention.ms": "-1"})  # the spec as it was
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs=topic_configs(before))])
+        old_timestamp, old_kind = await _stored_timestamp(kafka_bootstrap, name)
+        assert (old_timestamp, old_kind) == (MONTH_AGO_MS, 0)  # CreateTime: the producer's
+
+        assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
+        configs = await _configs(kafka_bootstrap, name)
+        assert configs["message.timestamp.type"] == "LogAppendTime"
+        assert configs["retention.ms"] == "-1"
+        assert configs["cleanup.policy"] == "delete"
+        timestamp, kind = await _stored_timestamp(kafka_bootstrap, name)
+        assert kind == LOG_APPEND_TIME
+        assert timestamp > MONTH_AGO_MS + 29 * 86_400_000
+        assert await align_topic_configs(admin, prefix, [USAGE]) == []  # already aligned
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
