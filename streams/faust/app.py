@@ -9,6 +9,9 @@ Settings that matter for correctness, and why:
 - `consumer_auto_offset_reset="earliest"`: a fresh group replays the topics from offset zero.
 - `table_standby_replicas=0`: workers restore what they own from changelogs; a standby would
   double the changelog reads on a two-core machine.
+- `AllotmentApp`: Faust's producer flush before a commit can return while a table write is
+  still on its way; this app's producer waits for the broker's acknowledgement of each one
+  (`delivery.AcknowledgedBuffer`).
 - `consumer_group_instance_id`: static membership, so a worker restarted after a crash gets its
   partitions back without waiting for the session timeout.
 """
@@ -21,9 +24,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import faust
+from faust.types.transports import ProducerT
 
 from schemas.errors import AllotmentError
 from schemas.topics import CHARGES, USAGE
+from streams.faust.delivery import acknowledge_table_writes
 
 STORES = ("rocksdb", "memory")
 
@@ -84,12 +89,25 @@ class WorkerConfig:
         return self
 
 
+class AllotmentApp(faust.App):
+    """A Faust app whose producer flush covers every table write (see `AcknowledgedBuffer`).
+
+    The buffer is swapped where Faust builds the producer (`App._new_producer`, faust-streaming
+    0.15.3 app/base.py), before anything can queue a write or capture the buffer.
+    """
+
+    def _new_producer(self) -> ProducerT:
+        if self.conf.producer_threaded:
+            raise InvalidWorkerConfig("producer_threaded", "bypasses the acknowledged buffer")
+        return acknowledge_table_writes(self, super()._new_producer())
+
+
 def build_app(config: WorkerConfig) -> faust.App:
     """The Faust app for one worker process. Agents and tables are added by `agents.wire`."""
     config.validate()
     store_dir = config.store_dir
     os.makedirs(store_dir, exist_ok=True)
-    return faust.App(
+    return AllotmentApp(
         config.app_id,
         broker=f"kafka://{config.bootstrap}",
         store="rocksdb://" if config.store == "rocksdb" else "memory://",
