@@ -37,7 +37,7 @@ import shutil
 import struct
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import rocksdict
@@ -222,13 +222,17 @@ class RocksDedupeIndex:
         found = dict.fromkeys(owned, 0)
         merged = dict.fromkeys(owned, 0)
         tables = dict.fromkeys(owned, 0)
-        for key, partition, span in table_keys(table, owned):
-            tables[partition] += 1
-            if self._db(partition).get(_RECORD + _SPAN.pack(*span)) is not None:
-                found[partition] += 1
-            else:
-                self._merge(load_record(table, key))
-                merged[partition] += 1
+        for chunk in _chunks(table_keys(table, owned), _LOOKUPS):
+            for partition in {p for _, p, _ in chunk}:
+                keys = [key for key, p, _ in chunk if p == partition]
+                spans = [_RECORD + _SPAN.pack(*span) for _, p, span in chunk if p == partition]
+                values = _get_many(self._db(partition), spans)
+                missing = [key for key, value in zip(keys, values, strict=True) if value is None]
+                for key in missing:
+                    self._merge(load_record(table, key))
+                tables[partition] += len(keys)
+                found[partition] += len(keys) - len(missing)
+                merged[partition] += len(missing)
         ahead = {p for p in owned if found[p] < held[p]}  # the index holds a batch the table lacks
         if ahead:
             for partition in ahead:
@@ -276,6 +280,22 @@ class RocksDedupeIndex:
     def close(self) -> None:
         for partition in list(self._dbs):
             self._close(partition)
+
+
+_LOOKUPS = 1024  # table keys looked up in the index at once (one multi_get)
+
+T = TypeVar("T")
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _empty(db: rocksdict.Rdict) -> bool:
