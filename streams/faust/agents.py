@@ -2,9 +2,11 @@
 
 Both table-updating agents run with `concurrency=1` (faust-streaming #606: concurrent
 instances of one agent race on table keys). Offsets are committed by Faust only for events
-whose processing finished, and only after the producer flushed; a send that failed ends the
-process before that commit (`delivery.py`), so every output of a committed event (charges,
-dead letters, changelog writes) is durable before its offset is.
+whose processing finished, and only after the producer flushed: the app's producer buffer
+waits until the broker acknowledged every table write made before the flush
+(`delivery.AcknowledgedBuffer`), and a send that failed ends the process before that commit
+(`delivery.py`), so every output of a committed event (charges, dead letters, changelog
+writes) is durable before its offset is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
-from streams.faust.delivery import SendFailures, crash_on_error, delivered
+from streams.faust.delivery import SendFailures, crash_on_error, delivered, exit_to_reread
 from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.tables import PipelineTables, declare_tables
@@ -130,7 +132,9 @@ class Pipeline:
         self._earliest: dict[Any, int] = {}
         self.offsets = OffsetGuard(self._committed_offset)
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
-        app.sensors.add(SendFailures())
+        app.on_partitions_revoked.connect(self._close_dedupe_index)
+        self.send_failures = SendFailures()
+        app.sensors.add(self.send_failures)
         self._wire()
 
     def _committed_offset(self, topic: str, partition: int) -> int | None:
@@ -148,13 +152,30 @@ class Pipeline:
         self._earliest = dict(await self.app.consumer.earliest_offsets(*assigned))
 
     async def _rebuild_dedupe_index(self) -> None:
-        self.offsets.reset()
-        await self._remember_earliest()
-        usage = self.topics.usage.get_topic_name()
-        owned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == usage}
-        restore_from_table(self.dedupe, self.tables.dedupe, owned)
-        log.info("dedupe index restored", extra={"partitions": sorted(owned),
-                                                 "ids": self.dedupe.size()})  # fmt: skip
+        """The dedupe table's recovery callback: make the index agree with the table.
+
+        Faust runs recovery callbacks inside `asyncio.wait` (faust-streaming 0.15.3,
+        tables/recovery.py `on_recovery_completed`), which never raises what they raise: a
+        failed restore (the broker call, a RocksDB open or write) would let the streams resume
+        with an index never checked, or half rebuilt, and a duplicate would be charged again.
+        Any failure ends the process instead; nothing after the recovery was committed.
+        """
+        try:
+            self.offsets.reset()
+            await self._remember_earliest()
+            usage = self.topics.usage.get_topic_name()
+            assigned = self.app.assignor.assigned_actives()
+            owned = {tp.partition for tp in assigned if tp.topic == usage}
+            restore_from_table(self.dedupe, self.tables.dedupe, owned)
+            log.info("dedupe index restored", extra={"partitions": sorted(owned),
+                                                     "ids": self.dedupe.size()})  # fmt: skip
+        except Exception as exc:
+            exit_to_reread("dedupe index restore failed; exiting so recovery runs again", exc)
+
+    async def _close_dedupe_index(self, *_args: Any, **_kwargs: Any) -> None:
+        """On revoke: close every partition's index (file handles, RocksDB memory); the next
+        recovery opens again what this worker then owns (`restore`)."""
+        self.dedupe.close()
 
     def _wire(self) -> None:
         app, config = self.app, self.config
