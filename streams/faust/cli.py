@@ -64,7 +64,7 @@ def worker(
     """Run a stream-pipeline worker: dedupe and match usage, keep ledgers, publish policy."""
     from services.common.settings import StackSettings
     from streams.faust.app import WorkerConfig
-    from streams.faust.worker import run_worker
+    from streams.faust.worker import STORE_DIR_LOCKED, StoreDirLocked, run_worker
 
     stack = StackSettings.from_env()
     config = WorkerConfig(
@@ -86,7 +86,11 @@ def worker(
         reset_check_interval=reset_check_interval,
         log_level=log_level,
     )
-    run_worker(config.validate())
+    try:
+        run_worker(config.validate())
+    except StoreDirLocked as exc:
+        typer.echo(f"allotment worker: {exc}", err=True)
+        raise typer.Exit(STORE_DIR_LOCKED) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -8,13 +8,57 @@ needs no parser of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import gc
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from schemas.errors import AllotmentError
 from streams.faust.app import WorkerConfig, build_app
+
+LOCK_FILE = "worker.lock"
+STORE_DIR_LOCKED = 75
+"""Exit status when another worker holds the store directory (EX_TEMPFAIL). Not `REREAD` (70):
+a supervisor restarting this worker on the same directory would only be refused again."""
+
+
+class StoreDirLocked(AllotmentError):
+    """Another running worker uses this store directory (its tables and dedupe index)."""
+
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = store_dir
+        super().__init__(
+            f"store_dir: {store_dir} is in use by another running worker; give each worker "
+            "its own directory (--store-dir or ALLOTMENT_STORE_DIR)"
+        )
+
+
+@contextlib.contextmanager
+def store_dir_lock(store_dir: Path) -> Iterator[None]:
+    """Hold the store directory for this process, or raise `StoreDirLocked` at once.
+
+    Two workers on one directory would share RocksDB stores and the dedupe index; RocksDB
+    refuses the second opener, but only when it opens a partition (mid-stream: a restart loop,
+    or in a recovery callback). A `flock` on one file is taken up front instead, and the kernel
+    drops it when the process ends, kill -9 included: no stale lock after a crash.
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreDirLocked(store_dir) from None
+        yield
+    finally:
+        os.close(fd)
+
 
 GC_THRESHOLDS = (50_000, 20, 10)
 """Allocations between young-generation collections (Python's default is 700), then as usual.
@@ -81,14 +125,20 @@ def tune_gc() -> None:
 
 
 def run_worker(config: WorkerConfig) -> None:
-    """Build and run one worker until it is stopped (SIGTERM/SIGINT) or killed."""
+    """Build and run one worker until it is stopped (SIGTERM/SIGINT) or killed; refuse to
+    start (`StoreDirLocked`) while another worker holds the store directory."""
+    config.validate()
+    with store_dir_lock(config.store_dir):
+        _run(config)
+
+
+def _run(config: WorkerConfig) -> None:
     import faust
 
     from streams.faust.agents import Pipeline
     from streams.faust.forecasting import attach_forecaster
     from streams.faust.metrics import WorkerMetrics
 
-    config.validate()
     metrics = WorkerMetrics.build()
     app = build_app(config)
     pipeline = Pipeline(app, config, metrics)
@@ -126,4 +176,7 @@ def run_worker(config: WorkerConfig) -> None:
         redirect_stdouts=False,
         quiet=True,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()  # ends with SystemExit
+    finally:
+        pipeline.dedupe.close()  # the loop is done: no agent can use the index any more
