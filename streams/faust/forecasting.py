@@ -113,6 +113,7 @@ class Forecaster:
         self._decoded: dict[bytes, tuple[bytes, UsageDays]] = {}
         self.latest: dict[str, ForecastUpdated] = {}
         self.pending: set[str] = set()
+        self.refused = 0  # forecasts records refused before they were queued, or overruns
         self._lock = asyncio.Lock()
         self._executor: ProcessPoolExecutor | None = None
 
@@ -243,14 +244,45 @@ class Forecaster:
             log.info("forecasts published", extra={"budgets": len(outputs)})
 
     async def publish(self, out: dict[str, Any]) -> None:
+        """Publish a projection, and its period's `ProjectedOverrun` the first time.
+
+        A refused `ForecastUpdated` is logged and counted (the worker's `SendFailures` treats
+        the forecasts topic as derived): the next run publishes a newer one, and the ledger
+        does not stop for it. A `ProjectedOverrun` is said once per period, so its period is
+        marked announced only after the broker acknowledged it; if refused, it is not marked
+        and the next run announces it again (at-least-once, never lost).
+        """
         updated = ForecastUpdated.model_validate(out["updated"])
         key = updated.budget_id.encode()
-        await self.forecasts.send(key=key, value=orjson.dumps(out["updated"]))
+        if await self._send(key, out["updated"]) is None:
+            return
         self.latest[updated.budget_id] = updated
         if out["overrun"] is not None:
-            await self.forecasts.send(key=key, value=orjson.dumps(out["overrun"]))
+            sent = await self._send(key, out["overrun"])
+            if sent is None or not await self._acknowledged(sent, updated.budget_id):
+                return
             self._store(announce(self.stored(updated.budget_id), updated.period_key))
             await self.degrade_early(updated)
+
+    async def _send(self, key: bytes, value: dict[str, Any]) -> Any:
+        """Queue one record on the forecasts topic; its delivery, or None if it was refused
+        before it was queued (logged)."""
+        try:
+            return await self.forecasts.send(key=key, value=orjson.dumps(value))
+        except Exception as exc:  # any send error: a forecast is recomputed at the next run
+            self.refused += 1
+            log.error("forecast not published", extra={"key": key.decode(), "error": repr(exc)})
+            return None
+
+    async def _acknowledged(self, delivery: Any, budget_id: str) -> bool:
+        try:
+            await delivery
+        except Exception as exc:  # refused or expired: announced again at the next run
+            self.refused += 1
+            log.error("projected overrun not acknowledged; announced again at the next run",
+                      extra={"budget_id": budget_id, "error": repr(exc)})  # fmt: skip
+            return False
+        return True
 
     async def degrade_early(self, updated: ForecastUpdated) -> None:
         """Let the pipeline re-decide a budget that opts in, now that its overrun is
@@ -311,4 +343,6 @@ def attach_forecaster(pipeline: Any, config: ForecastConfig | None = None) -> Fo
         forecaster.overrun_announced, forecaster.threshold_fields, forecaster.track
     )
     pipeline.forecaster = forecaster
+    # A refused forecast is logged, not a reason to stop the ledger (see `publish`).
+    pipeline.send_failures.derived.add(forecasts.get_topic_name())
     return forecaster
