@@ -190,3 +190,41 @@ async def test_an_overrun_is_marked_announced_only_once_acknowledged(
     announced = forecaster.overrun_announced(budget.budget_id, "2026-11")
     assert announced is (not refuse)
     assert forecaster.refused == len(refuse)
+
+
+SEND_RAISES = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from faust.exceptions import ProducerSendError
+    from streams.faust.app import WorkerConfig, build_app
+
+    app = build_app(WorkerConfig("127.0.0.1:1", "unit-raise", Path(sys.argv[1])))
+    topic = app.topic("unit-raise.policies", key_serializer="raw", value_serializer="raw")
+
+    async def too_large(fut, wait=False):
+        raise ProducerSendError("MessageSizeTooLargeError: 9 MB")
+
+    topic.publish_message = too_large
+
+    async def main() -> None:
+        buffer = app.producer.buffer  # the buffer alone: nothing reaches a broker
+        await buffer.start()
+        topic.send_soon(key=b"k", value=b"v")
+        await buffer.flush()
+        print("flush returned")
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_table_write_that_cannot_be_sent_ends_the_worker(tmp_path: Path) -> None:
+    """Faust's buffer task would crash on it and its flush return: the offsets committed."""
+    run = subprocess.run(
+        [sys.executable, "-c", SEND_RAISES, str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == REREAD, run.stderr[-2000:]
+    assert "flush returned" not in run.stdout
+    assert "a table write could not be sent" in run.stderr
