@@ -1,7 +1,8 @@
 """The pipeline's tables, and the views the agents read them through.
 
 - `dedupe` (store per config, RocksDB in production): one key per consumed batch of one usage
-  partition; its changelog partition is that usage partition (`dedupe_log.py`). It is the
+  partition, or several when its ids would not fit a message (keys `p:o1.i1-o2.i2`, a position
+  span); its changelog partition is that usage partition (`dedupe_log.py`). It is the
   source of truth of the dedupe index, which is checked against it after every recovery
   (`dedupe_index.py`).
 - `ledger` (store per config): one key per budget, the `StoredLedger` of `charging.py`; written
