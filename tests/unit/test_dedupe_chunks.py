@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 import rocksdict
 
 from services.common.usage_producer import pack_envelopes
@@ -164,4 +165,34 @@ def test_an_index_in_the_older_layout_is_rebuilt_from_the_table(tmp_path: Path) 
     assert index.rebuilds == 1
     assert index.classify(0, "ghost", (5, 0)) == "new"
     assert index.classify(0, "a", (5, 1)) == "duplicate"
+    index.close()
+
+
+class _FailingTable(dict[bytes, bytes]):
+    """A table whose reads fail after `left` of them (a RocksDB read error mid-restore)."""
+
+    left = 3
+
+    def __getitem__(self, key: bytes) -> bytes:
+        self.left -= 1
+        if self.left < 0:
+            raise OSError("read failed")
+        return super().__getitem__(key)
+
+
+def test_a_restore_that_failed_half_way_is_completed_by_the_next_one(tmp_path: Path) -> None:
+    """The worker exits when a restore fails; what the failed one merged is a subset of the
+    table, so the next restore merges the rest instead of trusting a half-built index."""
+    table = _FailingTable()
+    for offset in range(10):
+        record = BatchRecord(0, offset, offset, 10, [f"id-{offset}"], [(offset, 0)], 0, 0)
+        table[record.key.encode()] = orjson.dumps(record.to_dict())
+    index = RocksDedupeIndex(tmp_path / "idx", 10**9)
+    with pytest.raises(OSError):
+        restore_from_table(index, table, [0])
+    index.close()
+    table.left = 10**6
+    index = RocksDedupeIndex(tmp_path / "idx", 10**9)
+    restore_from_table(index, table, [0])
+    assert [index.classify(0, f"id-{o}", (99, o)) for o in range(10)] == ["duplicate"] * 10
     index.close()
