@@ -9,7 +9,7 @@ cache, whatever the window holds.
 Layout of the database of usage partition p (`<store_dir>/<app id>-dedupe-index/usage-<p>`):
 - `v` -> the layout's version (`FORMAT`); a database without it (or with another) was written
   by an older worker and is rebuilt from the table at the next recovery;
-- `e<event_id>` -> first position, packed (offset, index);
+- `e<event_id>` -> first sighting, packed (offset, index, record time);
 - `r<span>` (first offset, first index, last offset, last index, big endian, so in position
   order) -> record time, then the batch record's table key: the batch keys the index reflects
   and the expiry queue, small enough to scan and look up cheaply;
@@ -42,24 +42,30 @@ from typing import Any, TypeVar, cast
 import orjson
 import rocksdict
 
-from streams.dedupe import Sighting, classify
+from streams.dedupe import Sighting
 from streams.faust.app import WorkerConfig
 from streams.faust.dedupe_log import (
+    EXPIRY_SLACK_MS,
+    UNTIMED,
     BatchRecord,
     DedupeIndex,
     DedupeTable,
     MemoryDedupeIndex,
+    Seen,
+    keeps,
     key_span,
     load_record,
+    sighting,
     table_keys,
 )
 from streams.ledger import Position
 
 log = logging.getLogger("allotment.worker")
 
-FORMAT = b"2"
+FORMAT = b"3"
 _VERSION = b"v"
 _POSITION = struct.Struct(">QI")
+_SEEN = struct.Struct(">QIq")
 _SPAN = struct.Struct(">QIQI")
 _TIME = struct.Struct(">q")
 _ID = b"e"
@@ -71,6 +77,11 @@ _NONE_HELD = 2**63 - 1
 
 def _span_of(record: BatchRecord) -> bytes:
     return _SPAN.pack(*key_span(record.key)[1])
+
+
+def _unpack(raw: bytes) -> Seen:
+    offset, index, time_ms = _SEEN.unpack(raw)
+    return (offset, index), time_ms
 
 
 def _get_many(db: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
@@ -105,12 +116,14 @@ class RocksDedupeIndex:
         *,
         block_cache: int = 32 << 20,
         write_buffer: int = 8 << 20,
+        slack_ms: int = EXPIRY_SLACK_MS,
     ) -> None:
         self.path = path
         self.window_ms = window_ms
+        self.slack_ms = slack_ms
         self._options = _options(rocksdict.Cache(block_cache), write_buffer)
         self._dbs: dict[int, rocksdict.Rdict] = {}
-        self._pending: dict[int, dict[str, Position]] = {}  # this batch's new ids
+        self._pending: dict[int, dict[str, Seen]] = {}  # this batch's new ids
         self._oldest: dict[int, int] = {}  # record time of the oldest batch, once known
         # (_NONE_HELD when it holds none)
         self._floor: dict[int, bytes] = {}  # the last expired record key: seek from there
@@ -129,7 +142,9 @@ class RocksDedupeIndex:
                 db.put(_VERSION, FORMAT)
         return db
 
-    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
+    def classify(
+        self, partition: int, event_id: str, position: Position, time_ms: int | None = None
+    ) -> Sighting:
         pending = self._pending.get(partition)
         if pending is None:
             pending = self._pending[partition] = {}
@@ -137,17 +152,20 @@ class RocksDedupeIndex:
         if known is None:
             raw = self._db(partition).get(_ID + event_id.encode())
             if raw is None:
-                pending[event_id] = position
+                pending[event_id] = (position, UNTIMED if time_ms is None else time_ms)
                 return "new"
-            known = _POSITION.unpack(raw)
-        return classify(known, position)
+            known = _unpack(raw)
+        kind = sighting(known, position, time_ms, self.window_ms)
+        if kind == "new":
+            pending[event_id] = (position, UNTIMED if time_ms is None else time_ms)
+        return kind
 
     def add(self, record: BatchRecord) -> None:
         """Write the batch's ids and its entries at once (one WriteBatch)."""
         batch = rocksdict.WriteBatch(raw_mode=True)
-        pack = _POSITION.pack
-        for event_id, (offset, index) in zip(record.ids, record.positions, strict=True):
-            batch.put(_ID + event_id.encode(), pack(offset, index))
+        pack = _SEEN.pack
+        for event_id, ((offset, index), time_ms) in record.sightings():
+            batch.put(_ID + event_id.encode(), pack(offset, index, time_ms))
         self._put_record(batch, record)
         self._db(record.partition).write(batch)
         self._pending.pop(record.partition, None)
@@ -172,7 +190,7 @@ class RocksDedupeIndex:
             it.next()
 
     def expire(self, partition: int, now_ms: int) -> list[str]:
-        horizon = now_ms - self.window_ms
+        horizon = now_ms - self.window_ms - self.slack_ms
         oldest = self._oldest.get(partition)
         if oldest is not None and oldest >= horizon:
             return []  # the common case: no iterator, no read
@@ -202,7 +220,7 @@ class RocksDedupeIndex:
         keys = [_ID + event_id.encode() for event_id in record.ids]
         held = _get_many(db, keys)
         for key, raw, (offset, index) in zip(keys, held, record.positions, strict=True):
-            if raw is not None and raw == _POSITION.pack(offset, index):
+            if raw is not None and raw[: _POSITION.size] == _POSITION.pack(offset, index):
                 batch.delete(key)
 
     def restore(self, table: DedupeTable, partitions: Collection[int]) -> None:
@@ -250,14 +268,14 @@ class RocksDedupeIndex:
             )  # fmt: skip
 
     def _merge(self, record: BatchRecord) -> None:
-        """Add a restored record: an id keeps the lower of its held and its new position."""
+        """Add a restored record: an id keeps its held or its new sighting (`keeps`)."""
         db = self._db(record.partition)
         keys = [_ID + event_id.encode() for event_id in record.ids]
         held = _get_many(db, keys)
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, raw, position in zip(keys, held, record.positions, strict=True):
-            if raw is None or position < _POSITION.unpack(raw):
-                batch.put(key, _POSITION.pack(*position))
+        for key, raw, (_, seen) in zip(keys, held, record.sightings(), strict=True):
+            if raw is None or keeps(_unpack(raw), seen, self.window_ms):
+                batch.put(key, _SEEN.pack(*seen[0], seen[1]))
         self._put_record(batch, record)
         db.write(batch)
 

@@ -6,8 +6,15 @@ it saw first (or saw again at the same position) with their positions; a batch w
 than a message may carry is cut into several such records (`RecordCutter`). The lookup index
 (`event_id -> first position`, per usage partition) answers `classify` for every event; the
 table is its source of truth: after every recovery the index is made consistent with the
-restored table (`DedupeIndex.restore`). Both expire after the dedupe window, measured in Kafka
-record time so that a replay expires exactly as the first run did.
+restored table (`DedupeIndex.restore`).
+
+The window is measured in Kafka record time, per id: each id is held with the record time of
+its first sighting, and a sighting more than the window after it is "new" again
+(`sighting`). The answer depends only on the two record times, never on where the worker cut
+its takes, so a replay answers exactly as the first run did. Expiry is clean-up: a batch
+leaves the index and the table once its latest record time is more than the window and
+`EXPIRY_SLACK_MS` behind the take's, when no sighting still to come can be within the window
+of its ids (record times of a partition only grow, up to the slack).
 
 Two indexes, one interface: `MemoryDedupeIndex` (a dict, rebuilt on every recovery; the
 memory store's tests and small deployments) and `RocksDedupeIndex` (`dedupe_index.py`, on disk
@@ -44,7 +51,41 @@ LEGACY_LAST_INDEX = 2**32 - 1
 """Last index of a record written before records were cut (key `p:first-last`): it covers
 every index of its last offset."""
 
-_POSITION_BYTES = 48  # '"",' around an id, '[offset,index],' for its position, with slack
+EXPIRY_SLACK_MS = 3_600_000
+"""How far behind the take's latest record time, beyond the window, a batch is kept: the
+broker refuses a record more than an hour in the future (CreateTime), and a usage topic with
+LogAppendTime is stamped in order."""
+
+Seen = tuple[Position, int]
+"""Where and when (record time, ms) an id was first seen."""
+
+
+UNTIMED = 2**62
+"""The time an id is held with when its sighting came without one (`classify(..., None)`, only
+callers outside the resolve stage): it is then never new again by time, only expired."""
+
+
+def sighting(
+    known: Seen | None, position: Position, time_ms: int | None, window_ms: int
+) -> Sighting:
+    """The domain's `classify`, with the window: a sighting more than `window_ms` after the
+    first one is "new" again (the id left the window). Without a time, positions only."""
+    if known is None or (time_ms is not None and time_ms - known[1] > window_ms):
+        return "new"
+    return classify(known[0], position)
+
+
+def keeps(held: Seen, new: Seen, window_ms: int) -> bool:
+    """Whether a restored sighting `new` replaces the `held` one: the later one when they are
+    more than the window apart (the id was new again), else the lower position."""
+    if new[1] - held[1] > window_ms:
+        return True
+    if held[1] - new[1] > window_ms:
+        return False
+    return new[0] < held[0]
+
+
+_POSITION_BYTES = 64  # '"",' around an id, '[offset,index],' for its position, its time
 
 
 def _id_bytes(event_id: str) -> int:
@@ -78,6 +119,14 @@ class BatchRecord:
     positions: list[Position] = field(default_factory=list)
     first_index: int | None = None
     last_index: int | None = None
+    times: list[int] = field(default_factory=list)
+    """Each id's record time; empty in records written before ids had one: then every id has
+    `record_time_ms`, the latest of the batch."""
+
+    def sightings(self) -> Iterator[tuple[str, Seen]]:
+        times = self.times or [self.record_time_ms] * len(self.ids)
+        for event_id, position, time_ms in zip(self.ids, self.positions, times, strict=True):
+            yield event_id, (position, time_ms)
 
     @property
     def key(self) -> str:
@@ -100,6 +149,8 @@ class BatchRecord:
         if self.first_index is not None:
             data["fi"] = self.first_index
             data["li"] = self.last_index
+        if self.times:
+            data["t"] = self.times
         return data
 
     @classmethod
@@ -114,6 +165,7 @@ class BatchRecord:
             positions=[(int(p[0]), int(p[1])) for p in data["pos"]],
             first_index=None if first_index is None else int(first_index),
             last_index=None if last_index is None else int(last_index),
+            times=[int(t) for t in data.get("t", ())],
         )
 
 
@@ -179,6 +231,7 @@ class RecordCutter:
     ) -> None:
         record.ids.extend(ids)
         record.positions.extend(positions)
+        record.times.extend([timestamp_ms] * len(ids))
         record.last_offset, record.last_index = positions[-1]
         record.record_time_ms = max(record.record_time_ms, timestamp_ms)
 
@@ -213,9 +266,12 @@ class DedupeIndex(Protocol):
 
     window_ms: int
 
-    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
-        """ "new", "redelivery" or "duplicate"; a new event counts as seen at once, so a second
-        copy later in the same batch is already a duplicate."""
+    def classify(
+        self, partition: int, event_id: str, position: Position, time_ms: int | None = None
+    ) -> Sighting:
+        """ "new", "redelivery" or "duplicate" (`sighting`) of an id seen at `position` in a
+        record of time `time_ms` (None: see `UNTIMED`); a new event counts as seen at once, so
+        a second copy later in the same batch is already a duplicate."""
         ...
 
     def add(self, record: BatchRecord) -> None:
@@ -238,15 +294,16 @@ class DedupeIndex(Protocol):
 
 @dataclass
 class _PartitionIndex:
-    first_seen: dict[str, Position] = field(default_factory=dict)
+    first_seen: dict[str, Seen] = field(default_factory=dict)
     records: deque[BatchRecord] = field(default_factory=deque)
 
 
 class MemoryDedupeIndex:
     """`DedupeIndex` in a dict: about 250 bytes per id held, rebuilt on every recovery."""
 
-    def __init__(self, window_ms: int) -> None:
+    def __init__(self, window_ms: int, slack_ms: int = EXPIRY_SLACK_MS) -> None:
         self.window_ms = window_ms
+        self.slack_ms = slack_ms
         self._partitions: dict[int, _PartitionIndex] = {}
 
     def reset(self, records: list[BatchRecord]) -> None:
@@ -261,20 +318,25 @@ class MemoryDedupeIndex:
     def _load(self, record: BatchRecord) -> None:
         index = self._partitions.setdefault(record.partition, _PartitionIndex())
         index.records.append(record)
-        for event_id, position in zip(record.ids, record.positions, strict=True):
+        for event_id, seen in record.sightings():
             known = index.first_seen.get(event_id)
-            if known is None or position < known:
-                index.first_seen[event_id] = position
+            if known is None or keeps(known, seen, self.window_ms):
+                index.first_seen[event_id] = seen
 
-    def classify(self, partition: int, event_id: str, position: Position) -> Sighting:
+    def classify(
+        self, partition: int, event_id: str, position: Position, time_ms: int | None = None
+    ) -> Sighting:
         index = self._partitions.get(partition)
         if index is None:
             index = self._partitions[partition] = _PartitionIndex()
         known = index.first_seen.get(event_id)
-        if known is None:  # the domain's "new", without the call: most events are
-            index.first_seen[event_id] = position
+        if known is None:  # "new", without the call: most events are
+            index.first_seen[event_id] = (position, UNTIMED if time_ms is None else time_ms)
             return "new"
-        return classify(known, position)
+        kind = sighting(known, position, time_ms, self.window_ms)
+        if kind == "new":
+            index.first_seen[event_id] = (position, UNTIMED if time_ms is None else time_ms)
+        return kind
 
     def add(self, record: BatchRecord) -> None:
         self._partitions.setdefault(record.partition, _PartitionIndex()).records.append(record)
@@ -284,12 +346,13 @@ class MemoryDedupeIndex:
         if index is None:
             return []
         expired = []
-        horizon = now_ms - self.window_ms
+        horizon = now_ms - self.window_ms - self.slack_ms
         while index.records and index.records[0].record_time_ms < horizon:
             record = index.records.popleft()
             expired.append(record.key)
             for event_id, position in zip(record.ids, record.positions, strict=True):
-                if index.first_seen.get(event_id) == position:
+                known = index.first_seen.get(event_id)
+                if known is not None and known[0] == position:
                     del index.first_seen[event_id]
         return expired
 

@@ -230,7 +230,7 @@ class Resolver:
                 continue
             events_in += 1
             position = (offset, position_index)
-            kind = classify(partition, event_id, position)
+            kind = classify(partition, event_id, position, record.timestamp_ms)
             if kind == "duplicate":
                 out.duplicates += 1
                 continue

@@ -77,7 +77,10 @@ def run_variant(variant: str, ids: int, workdir: Path) -> dict[str, float]:
         batch = _batch_ids(offset, min(BATCH, ids - first))
         sample.append(batch[0])
         started = time.perf_counter()
-        kinds = [index.classify(0, event_id, (offset, i)) for i, event_id in enumerate(batch)]
+        kinds = [
+            index.classify(0, event_id, (offset, i), 1_000 + offset)
+            for i, event_id in enumerate(batch)
+        ]
         record = _record(offset, batch)
         index.add(record)
         index.expire(0, record.record_time_ms)
@@ -87,7 +90,7 @@ def run_variant(variant: str, ids: int, workdir: Path) -> dict[str, float]:
     rss_held = _rss_mb()
     started = time.perf_counter()
     for n, event_id in enumerate(sample):
-        if index.classify(0, event_id, (10**9, n)) != "duplicate":
+        if index.classify(0, event_id, (10**9, n), 1_000 + ids) != "duplicate":
             raise SystemExit(f"{variant}: a held id was not found")
     lookup_us = (time.perf_counter() - started) / len(sample) * 1e6
     figures = {

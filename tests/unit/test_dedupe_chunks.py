@@ -119,10 +119,13 @@ def test_cut_records_expire_under_their_own_keys_and_old_single_key_records_stil
     table: dict[bytes, bytes] = {}
     legacy = BatchRecord(0, 0, 0, 100, ["old"], [(0, 0)])  # written before records were cut
     table[legacy.key.encode()] = orjson.dumps(legacy.to_dict())
-    for index in (MemoryDedupeIndex(1_000), RocksDedupeIndex(tmp_path / "idx", 1_000)):
+    for index in (
+        MemoryDedupeIndex(1_000, slack_ms=0),
+        RocksDedupeIndex(tmp_path / "idx", 1_000, slack_ms=0),
+    ):
         mine = dict(table)
         restore_from_table(index, mine, [0])
-        assert index.classify(0, "old", (1, 0)) == "duplicate"
+        assert index.classify(0, "old", (1, 0), 100) == "duplicate"
         resolver = _resolver(index)
         out = resolver.resolve(_take([f"n{i}" for i in range(MAX_RECORD_IDS + 1)], 1))
         _written(resolver, out, mine)
@@ -130,7 +133,7 @@ def test_cut_records_expire_under_their_own_keys_and_old_single_key_records_stil
         assert index.expire(0, 1_101) == [legacy.key]
         newest = max(r.record_time_ms for r in out.records)
         assert index.expire(0, newest + 1_001) == [r.key for r in out.records]
-        assert index.classify(0, "n5", (9, 0)) == "new"
+        assert index.classify(0, "n5", (9, 0), newest + 1_001) == "new"
         index.close()
 
 
@@ -149,7 +152,7 @@ def test_a_crash_after_the_table_write_and_before_the_index_write_is_a_merge(
     index = RocksDedupeIndex(tmp_path / "idx", 10**9)
     restore_from_table(index, table, [0])
     assert index.rebuilds == 0
-    assert index.classify(0, "a", (7, 0)) == "duplicate"
+    assert index.classify(0, "a", (7, 0), 1_000) == "duplicate"
     index.close()
 
 
@@ -163,8 +166,8 @@ def test_an_index_in_the_older_layout_is_rebuilt_from_the_table(tmp_path: Path) 
     index = RocksDedupeIndex(path, 10**9)
     restore_from_table(index, table, [0])
     assert index.rebuilds == 1
-    assert index.classify(0, "ghost", (5, 0)) == "new"
-    assert index.classify(0, "a", (5, 1)) == "duplicate"
+    assert index.classify(0, "ghost", (5, 0), 10) == "new"
+    assert index.classify(0, "a", (5, 1), 10) == "duplicate"
     index.close()
 
 
@@ -194,5 +197,5 @@ def test_a_restore_that_failed_half_way_is_completed_by_the_next_one(tmp_path: P
     table.left = 10**6
     index = RocksDedupeIndex(tmp_path / "idx", 10**9)
     restore_from_table(index, table, [0])
-    assert [index.classify(0, f"id-{o}", (99, o)) for o in range(10)] == ["duplicate"] * 10
+    assert [index.classify(0, f"id-{o}", (99, o), 10) for o in range(10)] == ["duplicate"] * 10
     index.close()

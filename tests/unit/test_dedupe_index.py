@@ -41,7 +41,7 @@ def _batch(
     """One consumed message of `ids` at `offset`, as resolve handles it; returns the
     classification of each id. `cut`: keyed by position (`p:o.i-o.i`) as records are now,
     else by offsets only, as records written before they were cut."""
-    kinds = [index.classify(partition, event_id, (offset, i)) for i, event_id in enumerate(ids)]
+    kinds = [index.classify(partition, event_id, (offset, i), at) for i, event_id in enumerate(ids)]
     kept = [(e, (offset, i)) for i, (e, k) in enumerate(zip(ids, kinds, strict=True))
             if k != "duplicate"]  # fmt: skip
     if kept:
@@ -56,7 +56,7 @@ def _batch(
 
 
 def _open(path: Path) -> RocksDedupeIndex:
-    return RocksDedupeIndex(path, WINDOW, block_cache=1 << 20, write_buffer=1 << 20)
+    return RocksDedupeIndex(path, WINDOW, block_cache=1 << 20, write_buffer=1 << 20, slack_ms=0)
 
 
 def test_duplicates_across_batches_and_a_restart_are_dropped(tmp_path: Path) -> None:
@@ -87,11 +87,11 @@ def test_expiry_removes_ids_and_their_batches_also_after_a_restart(tmp_path: Pat
     restore_from_table(index, table, [0])
     assert index.expire(0, 1_050) == []
     assert index.expire(0, 1_101) == ["0:0-0"]
-    assert index.classify(0, "old", (5, 0)) == "new"
-    assert index.classify(0, "kept", (5, 1)) == "duplicate"
+    assert index.classify(0, "old", (5, 0), 1_101) == "new"
+    assert index.classify(0, "kept", (5, 1), 1_101) == "duplicate"
     # An id seen first in a batch that has not expired keeps that batch's position.
     assert index.expire(0, 1_901) == ["0:1-1"]
-    assert index.classify(0, "kept", (6, 0)) == "new"
+    assert index.classify(0, "kept", (6, 0), 1_901) == "new"
     index.close()
 
 
@@ -119,15 +119,15 @@ def test_an_index_ahead_of_its_table_is_rebuilt_from_the_table(tmp_path: Path) -
     table = Table()
     index = _open(tmp_path / "idx")
     _batch(index, table, 0, 0, ["a"], 10)
-    index.classify(0, "lost", (1, 0))
+    index.classify(0, "lost", (1, 0), 20)
     index.add(BatchRecord(0, 1, 1, 20, ["lost"], [(1, 0)]))  # never reached the table
     index.close()
 
     index = _open(tmp_path / "idx")
     restore_from_table(index, table, [0])
     assert index.rebuilds == 1
-    assert index.classify(0, "a", (2, 0)) == "duplicate"
-    assert index.classify(0, "lost", (2, 1)) == "new"
+    assert index.classify(0, "a", (2, 0), 30) == "duplicate"
+    assert index.classify(0, "lost", (2, 1), 30) == "new"
     index.close()
 
 
@@ -138,8 +138,8 @@ def test_a_merged_record_keeps_the_lower_position(tmp_path: Path) -> None:
     table.write(BatchRecord(0, 1, 1, 10, ["x"], [(1, 0)]))  # another owner saw it first
     table.write(BatchRecord(0, 9, 9, 10, ["x"], [(9, 0)]))  # and a later copy (never kept)
     restore_from_table(index, table, [0])
-    assert index.classify(0, "x", (1, 0)) == "redelivery"
-    assert index.classify(0, "x", (5, 0)) == "duplicate"
+    assert index.classify(0, "x", (1, 0), 10) == "redelivery"
+    assert index.classify(0, "x", (5, 0), 10) == "duplicate"
     index.close()
 
 
@@ -160,7 +160,7 @@ def test_the_rocksdb_index_answers_as_the_dict_does(
     tmp_path_factory: object, steps: list[tuple[int, list[str], int, bool, bool]]
 ) -> None:
     path = tmp_path_factory.mktemp("idx")  # type: ignore[attr-defined]
-    memory, rocks = MemoryDedupeIndex(WINDOW), _open(path)
+    memory, rocks = MemoryDedupeIndex(WINDOW, slack_ms=0), _open(path)
     memory_table, rocks_table = Table(), Table()
     offsets = {0: 0, 1: 0}
     at = 0

@@ -120,16 +120,16 @@ def test_unreadable_records_become_dead_letters_with_their_origin() -> None:
 
 
 def test_dedupe_history_expires_after_the_window_and_survives_a_rebuild() -> None:
-    index = MemoryDedupeIndex(window_ms=1_000)
-    assert index.classify(0, "x", (1, 0)) == "new"
+    index = MemoryDedupeIndex(window_ms=1_000, slack_ms=0)
+    assert index.classify(0, "x", (1, 0), 100) == "new"
     record = BatchRecord(0, 1, 1, 100, ["x"], [(1, 0)])
     index.add(record)
-    rebuilt = MemoryDedupeIndex(window_ms=1_000)
+    rebuilt = MemoryDedupeIndex(window_ms=1_000, slack_ms=0)
     rebuilt.reset([BatchRecord.from_dict(orjson.loads(orjson.dumps(record.to_dict())))])
-    assert rebuilt.classify(0, "x", (2, 0)) == "duplicate"
+    assert rebuilt.classify(0, "x", (2, 0), 1_050) == "duplicate"
     assert rebuilt.expire(0, 1_050) == []
     assert rebuilt.expire(0, 1_101) == [record.key]
-    assert rebuilt.classify(0, "x", (3, 0)) == "new"
+    assert rebuilt.classify(0, "x", (3, 0), 1_101) == "new"
 
 
 def test_a_policy_is_published_only_when_it_changes_forward() -> None:
