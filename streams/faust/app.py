@@ -12,6 +12,9 @@ Settings that matter for correctness, and why:
 - `AllotmentApp`: Faust's producer flush before a commit can return while a table write is
   still on its way; this app's producer waits for the broker's acknowledgement of each one
   (`delivery.AcknowledgedBuffer`).
+- `AllotmentApp.on_stop`: the app's timers and tasks (policy resets, forecasts) stop before
+  its last producer flush, and the producer sends its buffer before it closes
+  (`delivery.AcknowledgingProducer`): a clean stop writes everything it accepted and exits 0.
 - `consumer_group_instance_id`: static membership, so a worker restarted after a crash gets its
   partitions back without waiting for the session timeout.
 """
@@ -28,7 +31,7 @@ from faust.types.transports import ProducerT
 
 from schemas.errors import AllotmentError
 from schemas.topics import CHARGES, USAGE
-from streams.faust.delivery import acknowledge_table_writes
+from streams.faust.delivery import AcknowledgingProducer, acknowledge_table_writes
 
 STORES = ("rocksdb", "memory")
 
@@ -92,14 +95,28 @@ class WorkerConfig:
 class AllotmentApp(faust.App):
     """A Faust app whose producer flush covers every table write (see `AcknowledgedBuffer`).
 
-    The buffer is swapped where Faust builds the producer (`App._new_producer`, faust-streaming
-    0.15.3 app/base.py), before anything can queue a write or capture the buffer.
+    The producer and its buffer are built where Faust builds the producer (`App._new_producer`,
+    faust-streaming 0.15.3 app/base.py), before anything can queue a write or capture the
+    buffer.
     """
 
     def _new_producer(self) -> ProducerT:
         if self.conf.producer_threaded:
             raise InvalidWorkerConfig("producer_threaded", "bypasses the acknowledged buffer")
-        return acknowledge_table_writes(self, super()._new_producer())
+        producer = AcknowledgingProducer(self.transport, loop=self.loop, beacon=self.beacon)
+        return acknowledge_table_writes(self, producer)
+
+    async def on_stop(self) -> None:
+        """Stop the app's timers and tasks first, then Faust's stop (consumer, last flush).
+
+        Faust cancels them only after it stopped every service, the producer included
+        (mode's `Service.stop`: `on_stop`, children, then futures): a table write a timer made
+        after the last flush met a closed producer and ended a clean stop with 70. A timer
+        cancelled here is cancelled at an `await`, as Faust would have cancelled it later, and
+        what it derives (policy resets, forecasts) is derived again at the next start.
+        """
+        await self._stop_futures()
+        await super().on_stop()
 
 
 def build_app(config: WorkerConfig) -> faust.App:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Producer as KafkaProducer
 from faust.transport.producer import ProducerBuffer
 from faust.types.transports import ProducerT
 from faust.types.tuples import FutureMessage
@@ -36,8 +37,13 @@ REREAD = 70
 
 
 def exit_to_reread(message: str, exc: BaseException, **context: Any) -> None:
-    """Log why and end the process now: no offset commit, no clean-up that could commit."""
-    log.critical(message, exc_info=exc, extra=context)
+    """Log why and end the process now: no offset commit, no clean-up that could commit.
+
+    The context is in the line's text as well as its fields: a write that fails again after
+    every restart is found by its topic and key whatever formats the log."""
+    named = " ".join(f"{key}={value}" for key, value in context.items())
+    log.critical("%s [%s]" if named else "%s", message, *([named] if named else []),
+                 exc_info=exc, extra=context)  # fmt: skip
     logging.shutdown()
     os._exit(REREAD)
 
@@ -117,8 +123,11 @@ class AcknowledgedBuffer(ProducerBuffer):
     were held when it started (records put later belong to events the commit does not cover:
     Faust picks the offsets before it flushes). A delivery that failed ends the process
     (`exit_to_reread`), as does a send that raised before it was queued (which would otherwise
-    crash the buffer's task and leave the flush waiting forever). `wait_until_ebb`, Faust's
-    back-pressure, is unchanged.
+    crash the buffer's task and leave the flush waiting forever), a send cancelled by anything
+    but this buffer's own stop, and a flush still waiting past the producer's request timeout
+    plus `flush_margin` (by then aiokafka expired what it held: a delivery still open is one
+    that nothing will resolve). Each exit logs the write's topic and key. `wait_until_ebb`,
+    Faust's back-pressure, is unchanged.
     """
 
     def __post_init__(self) -> None:
@@ -130,25 +139,50 @@ class AcknowledgedBuffer(ProducerBuffer):
         fut.add_done_callback(self.unacknowledged.discard)
         super().put(fut)
 
+    flush_margin = 30.0
+    """Seconds a flush waits beyond the producer's request timeout (after which aiokafka has
+    expired every batch it holds) before it gives up on a delivery that never resolved."""
+
     async def flush(self) -> None:
         held = list(self.unacknowledged)
         if not held:
             return
-        await asyncio.wait(held)
+        bound = float(self.app.conf.producer_request_timeout) + self.flush_margin  # type: ignore[union-attr]
+        _, unresolved = await asyncio.wait(held, timeout=bound)
+        if unresolved:
+            fut = next(iter(unresolved))
+            exit_to_reread(
+                "table writes were not acknowledged in time; exiting so they are made again",
+                TimeoutError(f"{len(unresolved)} deliveries unresolved after {bound:.1f} s"),
+                bound_s=bound,
+                unresolved=len(unresolved),
+                **_record(fut),
+            )
         for fut in held:
             exc = None if fut.cancelled() else fut.exception()
             if fut.cancelled() or exc is not None:
                 exit_to_reread(
                     "a table write was not acknowledged; exiting so it is made again",
                     exc or asyncio.CancelledError(),
-                    topic=fut.message.channel.get_topic_name(),
+                    **_record(fut),
                 )
 
     async def _send_pending(self, fut: FutureMessage) -> None:
         try:
             await super()._send_pending(fut)
+        except asyncio.CancelledError as exc:
+            # Only the cancellation of this task (the buffer stopping) is a stop. One raised
+            # inside the send (aiokafka's, while its producer closes) would end this task and
+            # leave every later flush waiting on records nobody sends.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            exit_to_reread("a table write's send was cancelled; exiting so it is made again",
+                           exc, **_record(fut))  # fmt: skip
         except Exception as exc:
-            exit_to_reread("a table write could not be sent; exiting so it is made again", exc)
+            exit_to_reread(
+                "a table write could not be sent; exiting so it is made again", exc, **_record(fut)
+            )
 
     @Service.task
     async def _handle_pending(self) -> None:
@@ -159,6 +193,27 @@ class AcknowledgedBuffer(ProducerBuffer):
             fut = await self.pending.get()
             await self._send_pending(fut)
             self.message_sent.set()
+
+
+class AcknowledgingProducer(KafkaProducer):
+    """Faust's aiokafka producer, which on stop sends and awaits its buffer's writes before it
+    closes the aiokafka producer.
+
+    Faust stops the aiokafka producer first and the buffer after it (the buffer is the
+    producer's child: mode stops children after `on_stop`), so a write queued after the app's
+    last flush (an agent stopping) met a closed producer: `NotReady`, exit 70 on a clean stop.
+    """
+
+    async def on_stop(self) -> None:
+        await self.buffer.flush()
+        await super().on_stop()
+
+
+def _record(fut: FutureMessage) -> dict[str, str]:
+    """The topic and key of a table write, for the log line of the exit it causes: a write that
+    keeps failing after every restart (a poison record) is found by them."""
+    message = fut.message
+    return {"topic": message.channel.get_topic_name(), "key": repr(message.key)[:200]}
 
 
 def acknowledge_table_writes(app: faust.App, producer: ProducerT) -> ProducerT:

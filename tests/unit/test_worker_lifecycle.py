@@ -228,3 +228,60 @@ def test_a_table_write_that_cannot_be_sent_ends_the_worker(tmp_path: Path) -> No
     assert run.returncode == REREAD, run.stderr[-2000:]
     assert "flush returned" not in run.stdout
     assert "a table write could not be sent" in run.stderr
+
+
+SEND_STALLS = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from streams.faust.app import WorkerConfig, build_app
+
+    app = build_app(WorkerConfig("127.0.0.1:1", "unit-stall", Path(sys.argv[1])))
+    app.conf.producer_request_timeout = 0.05
+    topic = app.topic("unit-stall.policies", key_serializer="raw", value_serializer="raw")
+
+    async def cancelled(fut, wait=False):
+        raise asyncio.CancelledError()  # aiokafka's send, cancelled while its producer closes
+
+    async def never_acknowledged(fut, wait=False):
+        return fut  # queued, but nothing ever resolves the delivery
+
+    topic.publish_message = cancelled if sys.argv[2] == "cancelled" else never_acknowledged
+
+    async def main() -> None:
+        buffer = app.producer.buffer  # the buffer alone: nothing reaches a broker
+        buffer.flush_margin = 0.05
+        await buffer.start()
+        topic.send_soon(key=b"tenant-7", value=b"v")
+        await buffer.flush()
+        print("flush returned")
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "logged"),
+    [
+        ("cancelled", "a table write's send was cancelled"),
+        ("unresolved", "table writes were not acknowledged in time"),
+    ],
+)
+def test_a_table_write_that_is_never_acknowledged_ends_the_worker(
+    tmp_path: Path, mode: str, logged: str
+) -> None:
+    """A send cancelled from inside ended the buffer's task, and a delivery nothing resolves
+    kept the flush (and so every offset commit) waiting forever; both now exit 70 and log the
+    write's topic and key."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", SEND_STALLS, str(tmp_path), mode],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the flush never returned nor ended the process")
+    assert run.returncode == REREAD, run.stderr[-2000:]
+    assert "flush returned" not in run.stdout
+    assert logged in run.stderr
+    assert "unit-stall.policies" in run.stderr and "tenant-7" in run.stderr
