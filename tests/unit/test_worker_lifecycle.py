@@ -285,3 +285,42 @@ def test_a_table_write_that_is_never_acknowledged_ends_the_worker(
     assert "flush returned" not in run.stdout
     assert logged in run.stderr
     assert "unit-stall.policies" in run.stderr and "tenant-7" in run.stderr
+
+
+BUFFER_STOPS = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from streams.faust.app import WorkerConfig, build_app
+
+    app = build_app(WorkerConfig("127.0.0.1:1", "unit-stop", Path(sys.argv[1])))
+    topic = app.topic("unit-stop.policies", key_serializer="raw", value_serializer="raw")
+
+    async def waits(fut, wait=False):
+        await asyncio.Event().wait()  # aiokafka's send waiting for room in its accumulator
+
+    topic.publish_message = waits
+
+    async def main() -> None:
+        buffer = app.producer.buffer
+        await buffer.start()
+        topic.send_soon(key=b"k", value=b"v")
+        await asyncio.sleep(0.01)  # the buffer's task is inside the send
+        await buffer._stop_futures()  # how mode cancels the task when the buffer stops
+        print("task cancelled")
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_buffer_task_cancelled_by_its_own_stop_does_not_end_the_worker(
+    tmp_path: Path,
+) -> None:
+    """The other side of the rule above: a stop cancels the task, and that is no failure."""
+    run = subprocess.run(
+        [sys.executable, "-c", BUFFER_STOPS, str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "task cancelled" in run.stdout
