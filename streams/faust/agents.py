@@ -114,11 +114,13 @@ class Pipeline:
         self.topics: PipelineTopics = declare_topics(app, config.topic_prefix)
         self.tables: PipelineTables = declare_tables(app, self.topics, config)
         self.dedupe = open_dedupe_index(config)
+        usage = self.topics.usage.get_topic_name()
         self.resolver = Resolver(
-            self.topics.usage.get_topic_name(),
+            usage,
             config.partitions,
             self.dedupe,
             self.tables.budget_view.index,
+            lambda partition: self._committed_offset(usage, partition),  # expiry lags commits
         )
         self.allocations = AllocationFeed(
             config.bootstrap, config.topic_prefix, self.tables.budget_view.index

@@ -230,28 +230,43 @@ class RocksDedupeIndex:
         owned = set(partitions)
         for partition in [p for p in self._dbs if p not in owned]:
             self._close(partition)
+        self._sweep()
         rebuilt: set[int] = set()
+        held: dict[int, int] = {}
         for partition in owned:
-            if self._db(partition).get(_VERSION) != FORMAT:
-                rebuilt.add(partition)  # an older worker's layout
+            try:  # an older worker's layout, or a database that cannot be opened or read
+                usable = self._db(partition).get(_VERSION) == FORMAT
+                held[partition] = sum(1 for _ in self._records(partition)) if usable else 0
+            except Exception as exc:
+                _unreadable(partition, exc)
+                usable = False
+            if not usable:
+                rebuilt.add(partition)
                 self._drop(partition)
                 self._db(partition)
-        held = {p: sum(1 for _ in self._records(p)) for p in owned}
+                held[partition] = 0
         found = dict.fromkeys(owned, 0)
         merged = dict.fromkeys(owned, 0)
         tables = dict.fromkeys(owned, 0)
+        broken: set[int] = set()
         for chunk in _chunks(table_keys(table, owned), _LOOKUPS):
-            for partition in {p for _, p, _ in chunk}:
+            for partition in {p for _, p, _ in chunk} - broken:
                 keys = [key for key, p, _ in chunk if p == partition]
                 spans = [_RECORD + _SPAN.pack(*span) for _, p, span in chunk if p == partition]
-                values = _get_many(self._db(partition), spans)
+                try:
+                    values = _get_many(self._db(partition), spans)
+                except Exception as exc:  # a corrupt database: rebuilt from the table below
+                    _unreadable(partition, exc)
+                    broken.add(partition)
+                    continue
                 missing = [key for key, value in zip(keys, values, strict=True) if value is None]
                 for key in missing:
                     self._merge(load_record(table, key))
                 tables[partition] += len(keys)
                 found[partition] += len(keys) - len(missing)
                 merged[partition] += len(missing)
-        ahead = {p for p in owned if found[p] < held[p]}  # the index holds a batch the table lacks
+        # the index holds a batch the table lacks, or could not be read
+        ahead = {p for p in owned if found[p] < held[p]} | broken
         if ahead:
             for partition in ahead:
                 self._drop(partition)
@@ -287,8 +302,22 @@ class RocksDedupeIndex:
             state.pop(partition, None)
 
     def _drop(self, partition: int) -> None:
+        """Close and delete the partition's database. Renamed first (one atomic step), then
+        deleted: a kill -9 part way through the delete leaves a `.dropped` directory, never
+        a half-deleted database (no MANIFEST) that no later open could read."""
         self._close(partition)
-        shutil.rmtree(self._partition_path(partition), ignore_errors=True)
+        path = self._partition_path(partition)
+        dropped = path.with_name(path.name + _DROPPED)
+        shutil.rmtree(dropped, ignore_errors=True)
+        if path.exists():
+            path.rename(dropped)
+        shutil.rmtree(dropped, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Finish the deletes a crash interrupted (`_drop`)."""
+        if self.path.is_dir():
+            for dropped in self.path.glob(f"usage-*{_DROPPED}"):
+                shutil.rmtree(dropped, ignore_errors=True)
 
     def size(self) -> int:
         return sum(
@@ -298,6 +327,16 @@ class RocksDedupeIndex:
     def close(self) -> None:
         for partition in list(self._dbs):
             self._close(partition)
+
+
+_DROPPED = ".dropped"
+
+
+def _unreadable(partition: int, exc: Exception) -> None:
+    log.warning(
+        "dedupe index cannot be opened or read; rebuilding it from the table",
+        extra={"partition": partition, "error": repr(exc)},
+    )
 
 
 _LOOKUPS = 1024  # table keys looked up in the index at once (one multi_get)

@@ -17,6 +17,7 @@ stage is tested without a broker. The rules are the domain's: `classify` (dedupe
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -130,11 +131,16 @@ class Resolver:
         partitions: int,
         dedupe: DedupeIndex,
         budgets: Callable[[], BudgetIndex],
+        committed: Callable[[int], int | None] | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
         self.dedupe = dedupe
         self._budgets = budgets
+        self._committed = committed
+        self._takes: dict[int, deque[tuple[int, int]]] = {}
+        """Per usage partition, (last offset, latest record time) of the takes kept and not
+        yet known committed, in the order they were read."""
 
     def resolve(self, records: Sequence[UsageRecord]) -> ResolvedBatch:
         out = ResolvedBatch()
@@ -170,13 +176,35 @@ class Resolver:
     def keep(self, out: ResolvedBatch) -> dict[int, list[str]]:
         """Hand the batch's records to the index once they are in the table, and expire what
         left the window; returns the expired table keys per partition (to delete from the
-        table). The take's latest record time is its "now"."""
-        now: dict[int, int] = {}
+        table).
+
+        "Now" for expiry is the latest record time of the takes whose offsets are committed
+        (`committed(partition)`: the next offset a restarted worker reads), never the take's
+        own: a take not yet committed is read again after a crash, and its records must then
+        still find the batches that made them duplicates (an expiry's table deletes are as
+        durable as the take's table writes). A record read again comes after the committed
+        ones, so its time is at least their latest minus the slack, more than the window
+        after anything expired. Without `committed` nothing is known committed: no expiry.
+        """
+        latest: dict[int, tuple[int, int]] = {}
         for record in out.records:
             self.dedupe.add(record)
-            now[record.partition] = max(now.get(record.partition, 0), record.record_time_ms)
-        for partition, now_ms in now.items():
-            expired = self.dedupe.expire(partition, now_ms)
+            last, time_ms = latest.get(record.partition, (-1, 0))
+            latest[record.partition] = (
+                max(last, record.last_offset),
+                max(time_ms, record.record_time_ms),
+            )
+        if self._committed is None:
+            return out.expired
+        for partition, take in latest.items():
+            self._takes.setdefault(partition, deque()).append(take)
+        for partition, takes in self._takes.items():
+            committed = self._committed(partition)
+            now_ms = None
+            while takes and committed is not None and takes[0][0] < committed:
+                time_ms = takes.popleft()[1]
+                now_ms = time_ms if now_ms is None else max(now_ms, time_ms)
+            expired = [] if now_ms is None else self.dedupe.expire(partition, now_ms)
             if expired:
                 out.expired[partition] = expired
         return out.expired
