@@ -16,8 +16,9 @@ lower the limit a replayed charge sees; crossings already on the thresholds topi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -69,13 +70,23 @@ class AllocationFeed:
     async def wait_ready(self) -> None:
         await self.ready.wait()
 
-    def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+        """A consumer on every partition of the topic, at the positions read so far."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        return consumer, [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        try:
+            await consumer.start()
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.positions.get(tp.partition, 0))
+            yield consumer, tps
+        finally:
+            await consumer.stop()
 
     async def catch_up(self) -> None:
         """Read from offset zero to the end offsets of now, then mark the book ready.
@@ -84,12 +95,7 @@ class AllocationFeed:
         for the book: an agent that blocks while its stream fills up can lose fetched records
         in faust-streaming 0.15 (see `agents.SkippedRecords`).
         """
-        consumer, tps = self._consumer()
-        try:
-            await consumer.start()
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self.positions.get(tp.partition, 0))
+        async with self._reading() as (consumer, tps):
             ends = await consumer.end_offsets(tps)
             while True:
                 for tp in tps:
@@ -97,8 +103,6 @@ class AllocationFeed:
                 if all(self.positions[tp.partition] >= ends[tp] for tp in tps):
                     break
                 await self._poll(consumer, tps)
-        finally:
-            await consumer.stop()
         self.ready.set()
         log.info("allocation book caught up", extra={"events": self.applied})
 
@@ -107,16 +111,9 @@ class AllocationFeed:
         for as long as the worker runs (a task)."""
         if not self.ready.is_set():
             await self.catch_up()
-        consumer, tps = self._consumer()
-        try:
-            await consumer.start()
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self.positions.get(tp.partition, 0))
+        async with self._reading() as (consumer, tps):
             while True:
                 await self._poll(consumer, tps)
-        finally:
-            await consumer.stop()
 
     async def _poll(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
         batch = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)

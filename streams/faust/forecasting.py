@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import faust
@@ -46,7 +46,7 @@ from streams.budgets import Budget, BudgetIndex
 from streams.faust.charging import ForecastHooks
 from streams.forecast import signals
 from streams.forecast.errors import ForecastInputError
-from streams.forecast.profile import pool_profiles, weekday_profile
+from streams.forecast.profile import WeekdayProfile, pool_profiles, weekday_profile
 from streams.forecast.project import STATESPACE_DAYS
 from streams.forecast.usage_days import UsageDays, add_lines, announce
 from streams.ledger import ChargeLine
@@ -199,13 +199,12 @@ class Forecaster:
         index = self.budgets()
         usage = {b: self.stored(b) for b in budget_ids}
         live = [(b, index.get(b)) for b in budget_ids]
-        yesterday = as_of.date() - timedelta(days=1)
-        profiles: dict[str, list[Any]] = defaultdict(list)
-        for raw_key in list(self.days.keys()):
-            other = index.get(raw_key.decode())
-            if other is not None:
-                series = self.stored(other.budget_id).series("total", yesterday)
-                profiles[other.tenant].append(weekday_profile(series))
+        newcomers = {
+            budget.tenant
+            for budget_id, budget in live
+            if budget is not None and len(usage[budget_id].days) <= STATESPACE_DAYS
+        }
+        profiles = self._tenant_profiles(index, newcomers, as_of.date() - timedelta(days=1))
         result = []
         for budget_id, budget in live:
             if budget is None or budget.retired:
@@ -226,6 +225,20 @@ class Forecaster:
                     job["pooled"] = {metric: list(pooled.factors) for metric in budget.limits}
             result.append(job)
         return result
+
+    def _tenant_profiles(
+        self, index: BudgetIndex, tenants: set[str], last: date
+    ) -> dict[str, list[WeekdayProfile | None]]:
+        """The weekday profiles of every stored budget of `tenants` (none asked: nothing read)."""
+        profiles: dict[str, list[WeekdayProfile | None]] = defaultdict(list)
+        if not tenants:
+            return profiles
+        for raw_key in list(self.days.keys()):
+            other = index.get(raw_key.decode())
+            if other is not None and other.tenant in tenants:
+                series = self.stored(other.budget_id).series("total", last)
+                profiles[other.tenant].append(weekday_profile(series))
+        return profiles
 
     async def forecast(self, budget_ids: list[str]) -> None:
         """Project, off the event loop, and publish. One run at a time."""
