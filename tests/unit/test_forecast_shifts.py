@@ -35,3 +35,18 @@ def test_a_single_spike_or_plain_noise_is_not_a_shift() -> None:
     z[-2] += 2.0
     assert detect_shift(z) is None
     assert align_to_last_level(z, None) is z
+
+
+def test_a_step_five_weeks_back_is_found_through_spikes_on_the_old_side() -> None:
+    z = _noise(70, sigma=0.1)
+    z[35:] += 0.6
+    z[[44, 58]] -= 1.0  # two quiet days after the step
+    shift = detect_shift(z)
+    assert shift is not None
+    assert abs(shift.index - 35) <= 1
+    assert abs(shift.delta - 0.6) < 0.1
+
+
+def test_steady_growth_is_not_a_step() -> None:
+    z = _noise(90) + np.linspace(0.0, 0.9, 90)  # 30 percent a month
+    assert detect_shift(z) is None
