@@ -82,19 +82,19 @@ def detect_shift(z: np.ndarray) -> LevelShift | None:
     if n < MIN_BEFORE + MIN_AFTER:
         return None
     breaks = np.arange(MIN_BEFORE, n - MIN_AFTER + 1)
-    tails = _window(z, breaks, breaks, n)
+    tails = _window(z, breaks, n)
     tail_days = n - breaks
     robust = tail_days >= ROBUST_AFTER
     # With few days after a break, a mean: a break placed too late leaves shifted days in
     # `before`, and only the mean is pulled by them, so the true break scores highest.
     after = np.where(robust, np.nanmedian(tails, axis=1), np.nanmean(tails, axis=1))
-    before = np.nanmedian(_window(z, breaks, breaks - BEFORE_DAYS, breaks), axis=1)
+    before = np.nanmedian(_window(z, breaks - BEFORE_DAYS, breaks), axis=1)
     delta = after - before
     midpoint = (before + delta / 2)[:, None]
     on_new_side = np.where(delta > 0, (tails > midpoint).sum(1), (tails < midpoint).sum(1))
     needed = np.where(robust, SAME_SIDE_SHARE, 1.0)
-    local = np.nanmean(_window(z, breaks, breaks, breaks + LOCAL_DAYS), axis=1) - np.nanmedian(
-        _window(z, breaks, breaks - LOCAL_DAYS, breaks), axis=1
+    local = np.nanmean(_window(z, breaks, breaks + LOCAL_DAYS), axis=1) - np.nanmedian(
+        _window(z, breaks - LOCAL_DAYS, breaks), axis=1
     )
     before_days = np.minimum(breaks, BEFORE_DAYS)
     scale = MEDIAN_EFFICIENCY * _noise(z) * np.sqrt(1 / tail_days + 1 / before_days)
@@ -129,9 +129,7 @@ def _sharpest_break(z: np.ndarray, found: int, delta: float) -> int:
     return int(candidates[int(np.argmax(contrast))])
 
 
-def _window(
-    z: np.ndarray, breaks: np.ndarray, lows: np.ndarray, highs: int | np.ndarray
-) -> np.ndarray:
+def _window(z: np.ndarray, lows: np.ndarray, highs: int | np.ndarray) -> np.ndarray:
     """One row per break: z on [low, high) of that row, NaN elsewhere."""
     days = np.arange(len(z))[None, :]
     inside = (days >= lows[:, None]) & (days < np.asarray(highs).reshape(-1, 1))
