@@ -191,8 +191,7 @@ class Pipeline:
     async def _close_dedupe_index(self, *_args: Any, **_kwargs: Any) -> None:
         """On revoke: close every partition's index (file handles, RocksDB memory); the next
         recovery opens again what this worker then owns (`restore`). A restore still running
-        ends first (it uses those databases), and its callback then waits for the next
-        generation (`IndexRestores.settle`)."""
+        (its callback cancelled by this rebalance) ends first: it uses those databases."""
         self.restores.revokes += 1
         await self.restores.idle()
         self.dedupe.close()
