@@ -163,10 +163,9 @@ class Pipeline:
         failed restore (the broker call, a RocksDB open or write) would let the streams resume
         with an index never checked, or half rebuilt, and a duplicate would be charged again.
         Any failure ends the process instead; nothing after the recovery was committed. The
-        restore itself runs in a thread, so the loop's other tasks go on (`dedupe_restore.py`:
-        why that is safe, and how it fails).
+        restore itself runs in a thread, so heartbeats go on (`dedupe_restore.py`: why that
+        is safe, and how it fails).
         """
-        generation, revokes = self.app.consumer_generation_id, self.restores.revokes
         try:
             self.offsets.reset()
             await self._remember_earliest()
@@ -183,16 +182,12 @@ class Pipeline:
             return self.dedupe.size()  # here: the next restore may run once this one ends
 
         ids = await self.restores.run(restore)
-        await self.restores.settle(
-            revokes, lambda: self.app.consumer_generation_id != generation or self.app.should_stop
-        )
         log.info("dedupe index restored", extra={"partitions": sorted(owned), "ids": ids})
 
     async def _close_dedupe_index(self, *_args: Any, **_kwargs: Any) -> None:
         """On revoke: close every partition's index (file handles, RocksDB memory); the next
         recovery opens again what this worker then owns (`restore`). A restore still running
         (its callback cancelled by this rebalance) ends first: it uses those databases."""
-        self.restores.revokes += 1
         await self.restores.idle()
         self.dedupe.close()
 

@@ -1,14 +1,10 @@
 """The dedupe index's restore, off the event loop and never beside another use of the index.
 
 Why a thread: the restore walks every dedupe table record of the owned usage partitions
-(measured 6.6 s for 3M records; `tests/bench/dedupe_memory.py`: 8.5 s for 3M one-id records,
-which low event rates make, one record per take, over a 7-day window). On the loop it held
-every other task of the loop for that long: timers (policy resets, forecasts, lag), the
-producer's deliveries, the handling of a rebalance. (Not the group's heartbeats: in
-faust-streaming 0.15.3 aiokafka's consumer runs in Faust's consumer thread, on a loop of its
-own; a restore that held the loop for 25 s kept a worker's generation, tried with one worker.)
-A rebalance that starts during a restore still waits for it (the revoke's close, below), so a
-restore longer than the rebalance timeout (60 s) would cost the group membership then.
+(measured 6.6 s for 3M records). On the loop it also stopped aiokafka's heartbeats, which run
+as tasks on that loop, and the worker's session timeout is 10 s: a larger table (low event
+rates make nearly a record per event, over a 7-day window) would cost the group membership,
+start another rebalance, another recovery, the same restore: a rebalance loop.
 
 What the thread changes, and what keeps it exact (faust-streaming 0.15.3,
 tables/recovery.py):
@@ -32,9 +28,6 @@ tables/recovery.py):
   store, though (`Store.stop`, from `App._stop_consumer`), without a revoke signal, and the
   restore's reads then fail (tried: a KeyError for a key it had just listed): a restore that
   fails while the app stops is logged instead (`IndexRestores.failed`).
-- A revoke during a restore paused the partitions; Faust's `on_recovery_completed` would
-  resume them after the callbacks, so a callback whose restore a revoke waited for returns
-  only at the next generation (`settle`).
 - The index closed from outside the loop (the worker's last `close`, after the loop ended)
   waits on the index's own lock (`RocksDedupeIndex`).
 """
@@ -67,7 +60,6 @@ class IndexRestores(Generic[T]):
 
     def __init__(self, stopping: Callable[[], bool]) -> None:
         self.stopping = stopping
-        self.revokes = 0  # revokes seen (the owner counts them), for `settle`
         self._last: asyncio.Task[T | RestoreFailed] | None = None
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -112,15 +104,3 @@ class IndexRestores(Generic[T]):
         Costs one attribute check when none runs (every resolve take calls it)."""
         while self._last is not None and not self._last.done():
             await asyncio.wait([self._last])
-
-    async def settle(self, revokes: int, moved: Callable[[], bool]) -> None:
-        """After a restore: if a revoke came since `revokes` was read, return only once
-        `moved()` (the group's next generation, or a stop).
-
-        Faust's `on_recovery_completed` goes on from the callbacks to resume the partitions
-        and the flow of the assignment it began with unless the generation changed
-        meanwhile; a revoke that came during the restore had paused them, and the next
-        generation is set only at the next assignment. Returning before that would undo the
-        revoke's pause. A restore on the loop left no room for a revoke in between."""
-        while self.revokes != revokes and not moved():
-            await asyncio.sleep(0.05)
