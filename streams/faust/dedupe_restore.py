@@ -12,22 +12,19 @@ tables/recovery.py):
   one task per table) before it resumes the stream partitions, so no usage record reaches
   the resolve agent while the callback awaits its restore.
 - A new rebalance cancels `on_recovery_completed` (`Recovery._wait` races it against the next
-  recovery's start signal); that leaves the callback tasks running (`asyncio.wait` cancels
-  none of what it waits for), so the next recovery's callback can start beside one still
-  restoring; a stop cancels every task. None of it stops a thread. Every restore is
-  therefore a task of its own, shielded from its callback, chained after the restore before
-  it (`run`); a revoke's close and every resolve take first wait until none runs (`idle`). A
-  failure ends the process from that task (`failed`), so a restore whose callback is gone
-  still cannot fail unseen.
+  recovery's start signal), and a stop cancels every task; neither stops a thread. Every
+  restore is therefore a task of its own, shielded from its callback, chained after the
+  restore before it (`run`); a revoke's close and every resolve take first wait until none
+  runs (`idle`). A failure ends the process from that task (`failed`), so a restore whose
+  callback is gone still cannot fail unseen.
 - What the thread reads: the dedupe table's store (not the table: its reads feed Faust's
   sensors, loop-side state). Nothing on the loop changes that store while the thread reads
   it: its only writer, the resolve agent, is paused until the callback returns; changelog
   recovery of the active partitions is over before callbacks run, and the worker keeps no
   standby replicas; the store opens and drops partitions only in `on_partitions_assigned`,
   which comes after the revoke's signal, whose close waits for the restore. A stop clears the
-  store, though (`Store.stop`, from `App._stop_consumer`), without a revoke signal, and the
-  restore's reads then fail (tried: a KeyError for a key it had just listed): a restore that
-  fails while the app stops is logged instead (`IndexRestores.failed`).
+  store, though (`Store.stop`, from `App._stop_consumer`), without a revoke signal: a restore
+  that fails while the app stops is logged instead (`IndexRestores.failed`).
 - The index closed from outside the loop (the worker's last `close`, after the loop ended)
   waits on the index's own lock (`RocksDedupeIndex`).
 """
