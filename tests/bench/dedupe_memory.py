@@ -7,11 +7,7 @@ classified, then the batch record added and expiry checked. It reports:
 - classify + add + expire per event (µs), and a lookup of an id already held (µs);
 - the time to make the index agree with its table again after a restart (`restore`: the dict
   decodes every record again; RocksDB reopens and compares batch keys);
-- for RocksDB, the size of its files on disk;
-- the event loop while RocksDB checks a table of many one-id records (low event rates, one
-  record per take) after a restart: the longest gap between wakeups of a task that sleeps
-  10 ms (aiokafka's heartbeat runs like it), with the restore on the loop (as before) and in
-  the worker's thread (`IndexRestores`), and each restore's time.
+- for RocksDB, the size of its files on disk.
 No broker needed. The last line is one JSON object with every figure and the load average.
 """
 
@@ -124,93 +120,25 @@ def run_variant(variant: str, ids: int, workdir: Path) -> dict[str, float]:
     return figures
 
 
-def run_loop(records: int, workdir: Path) -> dict[str, float]:
-    """Restore (check) an index of `records` one-id records on the loop, then in a thread."""
-    import asyncio
-
-    from streams.faust.dedupe_index import RocksDedupeIndex, restore_from_table
-    from streams.faust.dedupe_restore import IndexRestores
-
-    table = {}
-    for offset in range(records):
-        record = _record(offset, _batch_ids(offset, 1))
-        table[record.key.encode()] = orjson.dumps(record.to_dict())
-    index = RocksDedupeIndex(workdir / "loop-index", WINDOW_MS)
-    index.restore(table, [0])  # builds it (every record merged); not timed
-    index.close()
-
-    async def measured(in_thread: bool) -> tuple[float, float]:
-        loop = asyncio.get_running_loop()
-        gaps = [0.0]
-        done = False
-
-        async def heartbeat() -> None:
-            last = loop.time()
-            while not done:
-                await asyncio.sleep(0.01)
-                now = loop.time()
-                gaps.append(now - last - 0.01)
-                last = now
-
-        beat = asyncio.ensure_future(heartbeat())
-        await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        if in_thread:
-            await IndexRestores[None](lambda: False).run(
-                lambda: restore_from_table(index, table, [0])
-            )
-        else:
-            restore_from_table(index, table, [0])
-        spent = time.perf_counter() - started
-        await asyncio.sleep(0.05)
-        done = True
-        await beat
-        index.close()
-        if index.rebuilds:
-            raise SystemExit("loop: a restart rebuilt the index instead of checking it")
-        return spent, max(gaps) * 1000
-
-    sync_s, sync_gap = asyncio.run(measured(False))
-    thread_s, thread_gap = asyncio.run(measured(True))
-    return {"records": records, "restore_s_sync": sync_s, "max_gap_ms_sync": sync_gap,
-            "restore_s_thread": thread_s, "max_gap_ms_thread": thread_gap}  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ids", type=int, default=2_000_000)
-    # not --loop-...: Faust reads --loop (-L) from sys.argv when imported
-    parser.add_argument("--restart-records", type=int, default=500_000, help="0: skip")
-    parser.add_argument("--variant", choices=("dict", "rocksdb", "loop"))  # the child's
+    parser.add_argument("--variant", choices=("dict", "rocksdb"))  # the child's
     parser.add_argument("--variants", default="dict,rocksdb", help="which to run, in order")
     args = parser.parse_args()
     if args.variant:  # the child: one index, figures on stdout
         with tempfile.TemporaryDirectory(prefix="dedupe-bench-") as tmp:
-            if args.variant == "loop":
-                figures = run_loop(args.restart_records, Path(tmp))
-            else:
-                figures = run_variant(args.variant, args.ids, Path(tmp))
-            print(orjson.dumps(figures).decode())
+            print(orjson.dumps(run_variant(args.variant, args.ids, Path(tmp))).decode())
         return
     load_before = os.getloadavg()
     results = {}
-    variants = args.variants.split(",") + (["loop"] if args.restart_records else [])
-    for variant in variants:
+    for variant in args.variants.split(","):
         child = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--ids", str(args.ids),
-             "--restart-records", str(args.restart_records)],
+            [sys.executable, __file__, "--variant", variant, "--ids", str(args.ids)],
             capture_output=True, check=True, text=True, cwd=ROOT,
         )  # fmt: skip
         results[variant] = orjson.loads(child.stdout.strip().splitlines()[-1])
         r = results[variant]
-        if variant == "loop":
-            print(
-                f"loop     {r['records']:,} one-id records, RocksDB restart check: on the loop "
-                f"{r['restore_s_sync']:.2f} s, longest loop gap {r['max_gap_ms_sync']:,.0f} ms; "
-                f"in a thread {r['restore_s_thread']:.2f} s, longest loop gap "
-                f"{r['max_gap_ms_thread']:,.0f} ms"
-            )
-            continue
         print(
             f"{variant:8} {args.ids:,} ids: RSS +{r['rss_growth_mb']:,.0f} MB "
             f"({r['bytes_per_id']:,.0f} B/id, peak {r['peak_rss_mb']:,.0f} MB), "
