@@ -33,7 +33,6 @@ from streams.faust.app import WorkerConfig
 from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
-from streams.faust.dedupe_restore import IndexRestores
 from streams.faust.delivery import SendFailures, crash_on_error, delivered, exit_to_reread
 from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
@@ -134,7 +133,6 @@ class Pipeline:
         )
         self._earliest: dict[Any, int] = {}
         self.offsets = OffsetGuard(self._committed_offset)
-        self.restores: IndexRestores[int] = IndexRestores(lambda: self.app.should_stop)
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
         app.on_partitions_revoked.connect(self._close_dedupe_index)
         self.send_failures = SendFailures()
@@ -162,9 +160,7 @@ class Pipeline:
         tables/recovery.py `on_recovery_completed`), which never raises what they raise: a
         failed restore (the broker call, a RocksDB open or write) would let the streams resume
         with an index never checked, or half rebuilt, and a duplicate would be charged again.
-        Any failure ends the process instead; nothing after the recovery was committed. The
-        restore itself runs in a thread, so heartbeats go on (`dedupe_restore.py`: why that
-        is safe, and how it fails).
+        Any failure ends the process instead; nothing after the recovery was committed.
         """
         try:
             self.offsets.reset()
@@ -172,23 +168,15 @@ class Pipeline:
             usage = self.topics.usage.get_topic_name()
             assigned = self.app.assignor.assigned_actives()
             owned = {tp.partition for tp in assigned if tp.topic == usage}
-            store = self.tables.dedupe.data  # read from the thread: the store, not the table
+            restore_from_table(self.dedupe, self.tables.dedupe, owned)
+            log.info("dedupe index restored", extra={"partitions": sorted(owned),
+                                                     "ids": self.dedupe.size()})  # fmt: skip
         except Exception as exc:
             exit_to_reread("dedupe index restore failed; exiting so recovery runs again", exc)
-            return
-
-        def restore() -> int:
-            restore_from_table(self.dedupe, store, owned)
-            return self.dedupe.size()  # here: the next restore may run once this one ends
-
-        ids = await self.restores.run(restore)
-        log.info("dedupe index restored", extra={"partitions": sorted(owned), "ids": ids})
 
     async def _close_dedupe_index(self, *_args: Any, **_kwargs: Any) -> None:
         """On revoke: close every partition's index (file handles, RocksDB memory); the next
-        recovery opens again what this worker then owns (`restore`). A restore still running
-        (its callback cancelled by this rebalance) ends first: it uses those databases."""
-        await self.restores.idle()
+        recovery opens again what this worker then owns (`restore`)."""
         self.dedupe.close()
 
     def _wire(self) -> None:
@@ -225,7 +213,6 @@ class Pipeline:
         app.timer(5.0, name="report_lag")(self.report_lag)
 
     async def resolve_batch(self, events: list[EventT]) -> None:
-        await self.restores.idle()  # never beside a restore whose callback was cancelled
         records = [
             UsageRecord(
                 e.message.partition,

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
-import threading
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -129,9 +128,6 @@ class RocksDedupeIndex:
         # (_NONE_HELD when it holds none)
         self._floor: dict[int, bytes] = {}  # the last expired record key: seek from there
         self.rebuilds = 0  # partitions rebuilt by `restore`, for logs and tests
-        # `restore` runs in a thread (dedupe_restore.py); a `close` from another thread (the
-        # worker's last, once the loop ended) waits for it instead of closing under it
-        self._lock = threading.RLock()
 
     def _partition_path(self, partition: int) -> Path:
         return self.path / f"usage-{partition}"
@@ -228,10 +224,6 @@ class RocksDedupeIndex:
                 batch.delete(key)
 
     def restore(self, table: DedupeTable, partitions: Collection[int]) -> None:
-        with self._lock:
-            self._restore(table, partitions)
-
-    def _restore(self, table: DedupeTable, partitions: Collection[int]) -> None:
         self._pending.clear()
         self._oldest.clear()
         self._floor.clear()
@@ -333,9 +325,8 @@ class RocksDedupeIndex:
         )
 
     def close(self) -> None:
-        with self._lock:
-            for partition in list(self._dbs):
-                self._close(partition)
+        for partition in list(self._dbs):
+            self._close(partition)
 
 
 _DROPPED = ".dropped"
