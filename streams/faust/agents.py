@@ -161,6 +161,11 @@ class Pipeline:
         failed restore (the broker call, a RocksDB open or write) would let the streams resume
         with an index never checked, or half rebuilt, and a duplicate would be charged again.
         Any failure ends the process instead; nothing after the recovery was committed.
+        It runs on the loop, by choice: the group's heartbeats run in Faust's consumer thread
+        (a restore that held the loop 25 s kept the worker's generation), so a long restore
+        (8.5 s for 3M one-id records) delays only this loop's timers and deliveries. A thread
+        was tried and reverted (1bb4810..046ebe0): it needs guards against Faust resuming a
+        revoked assignment after the callback, and a stop clearing the store under it.
         """
         try:
             self.offsets.reset()
