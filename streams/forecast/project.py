@@ -4,7 +4,9 @@ The tier follows the budget's own history (complete local days before today):
 - under 7 days: recent level * the weekday profile pooled from the tenant's other budgets
   (`cold_start_pooled`; `cold_start_flat` when the tenant has none; `no_history`);
 - 7 to 13 days: weekday averages (`weekday_average`);
-- 14 days and more: ETS with weekly seasonality (`ets_fast`, or `ets_statsmodels`).
+- 14 days and more: ETS with weekly seasonality (`ets_fast`, or `ets_statsmodels`);
+- any history with idle days (no usage on some days; `intermittent.py`): whether a day has
+  usage and how much, apart (`ets_fast+intermittent`, `intermittent_sampled`).
 A detected level shift appends `+shift`, and growth that stands clear of the noise (from four
 weeks of history) `+trend`. History from before the current period is used: the
 model does not care where the period started, only where it ends.
@@ -27,6 +29,7 @@ from schemas.budgets import Metric, Period
 from schemas.signals import Band, Projection
 from streams.forecast.daily import DailySeries, day_fraction_left, local_date, local_days
 from streams.forecast.errors import ForecastInputError
+from streams.forecast.intermittent import has_idle_days, intermittent_paths
 from streams.forecast.profile import WeekdayProfile
 from streams.forecast.shifts import align_to_last_level, deseasonalise, detect_shift
 from streams.forecast.statespace import fast_paths, statsmodels_paths
@@ -103,6 +106,8 @@ def simulate_days_ahead(
         return TierPaths(np.zeros((n_paths, 0)), "period_over")
     if not len(values) and today_pace is not None and today_pace > 0:
         values, weekdays = np.array([today_pace]), ahead_weekdays[:1]
+    if len(values) and has_idle_days(values):
+        return intermittent_paths(values, weekdays, ahead_weekdays, n_paths, rng)
     if len(values) < COLD_START_DAYS:
         return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
     if len(values) < STATESPACE_DAYS:

@@ -56,24 +56,41 @@ class EtsFit:
         return result
 
 
-def _initial_states(y: np.ndarray, weekdays: np.ndarray) -> tuple[float, np.ndarray]:
+def _initial_states(
+    y: np.ndarray, weekdays: np.ndarray, observed: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Weekday means of the first up to four weeks (of the observed days in them); a weekday
+    not observed there starts at the mean of what was."""
     weeks = max(1, min(len(y) // 7, 4))
-    head, head_wd = y[: weeks * 7], weekdays[: weeks * 7]
-    seasonal = np.zeros(7)
-    np.add.at(seasonal, head_wd, head)
-    seasonal /= weeks
+    head = observed.copy()
+    head[weeks * 7 :] = False
+    if not head.any():
+        head = observed
+    sums = np.bincount(weekdays[head], weights=y[head], minlength=7)
+    counts = np.bincount(weekdays[head], minlength=7)
+    level = float(y[head].mean())
+    seasonal = np.where(counts > 0, sums / np.maximum(counts, 1), level)
     level = float(seasonal.mean())
     return level, seasonal - level
 
 
 def _recursions(
-    y: np.ndarray, weekdays: np.ndarray, alpha: np.ndarray, gamma: np.ndarray, clip: float
+    y: np.ndarray,
+    weekdays: np.ndarray,
+    alpha: np.ndarray,
+    gamma: np.ndarray,
+    clip: float,
+    observed: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    level0, seasonal0 = _initial_states(y, weekdays)
+    """The filter for every grid point; a day not observed has no error (NaN) and moves no
+    state."""
+    level0, seasonal0 = _initial_states(y, weekdays, observed)
     level = np.full(len(alpha), level0)
     seasonal = np.tile(seasonal0, (len(alpha), 1))
-    errors = np.empty((len(alpha), len(y)))
+    errors = np.full((len(alpha), len(y)), np.nan)
     for t, (value, wd) in enumerate(zip(y, weekdays, strict=True)):
+        if not observed[t]:
+            continue
         error = value - (level + seasonal[:, wd])
         errors[:, t] = error
         update = np.clip(error, -clip, clip)
@@ -87,20 +104,25 @@ def _spread(errors: np.ndarray) -> float:
     return max(1.4826 * float(np.median(np.abs(errors - np.median(errors)))), 1e-3)
 
 
-def fit_ets(y: np.ndarray, weekdays: np.ndarray) -> EtsFit:
+def fit_ets(y: np.ndarray, weekdays: np.ndarray, observed: np.ndarray | None = None) -> EtsFit:
     """Run the ETS(A,N,A) recursions for every grid point at once; keep the best.
 
     A second pass clips the innovations that update the states at CLIP robust standard
     deviations, so a one-day spike neither lifts the level nor a weekday for weeks after.
     The errors kept for the bands are the unclipped ones: spikes do happen again.
+    `observed` marks the days the model sees (all by default; days without usage are left
+    out by `intermittent`); the first WARMUP observed days are not scored.
     """
+    seen = np.ones(len(y), dtype=bool) if observed is None else observed
+    scored_days = np.flatnonzero(seen)[WARMUP:]
     alpha = np.repeat(ALPHAS, len(GAMMAS))
     gamma = np.tile(GAMMAS, len(ALPHAS))
-    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, np.inf)
-    scored = errors[:, WARMUP:]
+    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, np.inf, seen)
+    scored = errors[:, scored_days]
     best = int(np.argmin(np.einsum("ij,ij->i", scored, scored)))
-    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, CLIP * _spread(scored[best]))
-    scored = errors[:, WARMUP:]
+    limit = CLIP * _spread(scored[best])
+    level, seasonal, errors = _recursions(y, weekdays, alpha, gamma, limit, seen)
+    scored = errors[:, scored_days]
     clipped = np.clip(scored, -HUBER * np.abs(scored).mean(), HUBER * np.abs(scored).mean())
     best = int(np.argmin(np.einsum("ij,ij->i", clipped, clipped)))
     return EtsFit(
@@ -128,6 +150,7 @@ def fast_paths(
     ahead_weekdays: np.ndarray,
     n_paths: int,
     rng: np.random.Generator,
+    observed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, EtsFit]:
     """Log-scale paths (paths, days) from the numpy ETS fit, with bootstrapped innovations.
 
@@ -137,7 +160,7 @@ def fast_paths(
     centred on their mean: spikes make that mean positive, and taking it out of every day
     put most paths, and so the median, low.
     """
-    fit = fit_ets(y, weekdays)
+    fit = fit_ets(y, weekdays, observed)
     horizon = len(ahead_weekdays)
     errors = fit.residuals
     limit = CLIP * _spread(errors)

@@ -1,0 +1,94 @@
+"""Budgets with idle days: whether a day has usage and how much are projected apart."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from schemas.signals import Projection
+from streams.forecast.daily import DailySeries
+from streams.forecast.intermittent import usage_share
+from streams.forecast.project import project_period
+
+APRIL = (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+AS_OF = datetime(2026, 4, 15, tzinfo=UTC)  # 14 days of April seen, 16 ahead
+TYPICAL = float(np.exp(12.0 + 0.4**2 / 2))  # mean tokens of a day with usage
+
+
+def _project(values: np.ndarray, first: date) -> Projection:
+    april = (date(2026, 4, 1) - first).days
+    (projection,) = project_period(
+        *APRIL,
+        "UTC",
+        AS_OF,
+        {"total": DailySeries(first, tuple(float(v) for v in values))},
+        {"total": float(values[april:].sum())},
+    )
+    return projection
+
+
+def _used_now_and_then(days: int, idle_share: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    amounts = np.exp(rng.normal(12.0, 0.4, days))
+    return np.where(rng.random(days) < idle_share, 0.0, amounts)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_key_idle_one_day_in_three_is_projected_at_its_usage(seed: int) -> None:
+    # On the old log-scale model such budgets came out at several times what they used.
+    first = date(2026, 1, 4)
+    values = _used_now_and_then((AS_OF.date() - first).days, 0.3, seed)
+    projection = _project(values, first)
+    consumed = float(values[(date(2026, 4, 1) - first).days :].sum())
+    expected = consumed + 16 * 0.7 * TYPICAL
+    assert projection.method.startswith("ets_fast+intermittent")
+    assert projection.p50 == pytest.approx(expected, rel=0.15)
+    assert projection.band80.low < expected < projection.band80.high
+
+
+def test_a_budget_gone_quiet_is_projected_about_flat() -> None:
+    first = date(2026, 1, 4)
+    values = _used_now_and_then((AS_OF.date() - first).days, 0.0, 4)
+    values[-9:] = 0.0  # a retired feature: nothing for nine days
+    projection = _project(values, first)
+    consumed = float(values[(date(2026, 4, 1) - first).days :].sum())
+    assert projection.p50 < consumed + TYPICAL
+    assert projection.band95.high > consumed  # it may still come back
+
+
+def test_an_office_budget_keeps_its_weekends_idle() -> None:
+    first = date(2026, 1, 4)
+    count = (AS_OF.date() - first).days
+    weekdays = (np.arange(count) + first.weekday()) % 7
+    values = np.where(weekdays < 5, _used_now_and_then(count, 0.0, 5), 0.0)
+    share = usage_share(values, weekdays)
+    assert np.all(share[:5] > 0.9) and np.all(share[5:] < 0.1)
+    ahead = [date(2026, 4, 15) + timedelta(days=i) for i in range(16)]
+    workdays = sum(1 for d in ahead if d.weekday() < 5)
+    consumed = float(values[(date(2026, 4, 1) - first).days :].sum())
+    recent = values[-28:]
+    expected = consumed + workdays * float(recent[recent > 0].mean())  # weekends add nothing
+    assert _project(values, first).p50 == pytest.approx(expected, rel=0.08)
+
+
+def test_two_idle_tuesdays_of_an_irregular_budget_say_little() -> None:
+    weekdays = np.arange(14) % 7
+    used = np.ones(14)
+    used[[1, 8, 3, 12]] = 0.0  # both Tuesdays idle, and two other days
+    share = usage_share(used * 1e5, weekdays)
+    assert share[1] > 0.4  # not 0: four idle days in fourteen fall where they fall
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_a_new_budget_with_idle_days_is_resampled_not_logged(seed: int) -> None:
+    first = date(2026, 4, 5)  # ten days of history
+    values = _used_now_and_then(10, 0.3, seed)
+    values[-1] = TYPICAL  # used yesterday: not gone quiet
+    projection = _project(values, first)
+    consumed = float(values.sum())
+    expected = consumed + 16 * 0.7 * TYPICAL
+    assert projection.method == "intermittent_sampled"
+    assert projection.p50 == pytest.approx(expected, rel=0.35)
+    assert projection.band95.low < expected < projection.band95.high
