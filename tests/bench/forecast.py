@@ -17,6 +17,8 @@ much of linear's error no forecaster can remove (future shifts, spikes and noise
 line, how much remains for one that is told the weekday profile, the noise and the shift days
 but must still read the level and the growth from the days it has seen. Days 10 and 17 are
 also backtested, as context: there month-to-date holds some weekdays once more than others.
+So are budgets with idle days (keys used now and then, office teams, retired features), whose
+figures are reported apart and not pooled into the headline ones.
 The last line is one JSON object with the figures.
 """
 
@@ -93,6 +95,26 @@ def synthetic(seed: int, count: int, days: int = 240) -> list[Series]:
                 (level, profile, sigma, growth),
             )
         )
+    return result
+
+
+def idle_days(seed: int, count: int, days: int = 240) -> list[Series]:
+    """Budgets with days without usage: keys used now and then, office teams that sometimes
+    work a weekend, features retired for good. Context only, not in the headline figures."""
+    rng = np.random.default_rng(seed)
+    result = []
+    for i in range(count):
+        start = date(2025, 1, 1) + timedelta(days=int(rng.integers(0, 60)))
+        weekday = (np.arange(days) + start.weekday()) % 7
+        amounts = np.exp(rng.normal(np.log(10 ** rng.uniform(5, 8)), rng.choice([0.2, 0.5]), days))
+        kind = i % 3
+        if kind == 0:  # used now and then
+            used = rng.random(days) > rng.choice([0.1, 0.3, 0.6])
+        elif kind == 1:  # office hours, a weekend day now and then
+            used = (weekday < 5) | (rng.random(days) < 0.1)
+        else:  # retired at some point
+            used = np.arange(days) < int(rng.integers(60, days))
+        result.append(Series(f"idle-{i}", "idle", start, np.where(used, amounts, 0.0)))
     return result
 
 
@@ -315,6 +337,9 @@ def main() -> None:
     # Where linear extrapolation does carry a weekday bias: origins inside a week.
     mid_week = backtest(synth, "fast", MID_WEEK_DAYS) + backtest(reals, "fast", MID_WEEK_DAYS)
     summarise(mid_week, "all series, origins that do not end whole weeks", MID_WEEK_DAYS)
+    # A month with no usage at all has no percentage error: left out.
+    idle = [r for r in backtest(idle_days(args.seed, 60), "fast", (14,)) if r["actual"] > 0]
+    summarise(idle, "budgets with idle days (context)", (14,))
     # A budget created on the 1st: at day d of its first month it has d days of history.
     for keep, label in (
         (3, "new budget at day 3: cold start with the tenant's pooled profile"),
@@ -359,6 +384,10 @@ def main() -> None:
             )
             for d in MID_WEEK_DAYS
         },
+        "idle_days_mape_day14": round(mape(idle, "ours"), 3),
+        "idle_days_linear_mape_day14": round(mape(idle, "linear"), 3),
+        "idle_days_coverage80": round(float(np.mean([r["in80"] for r in idle])), 3),
+        "idle_days_coverage95": round(float(np.mean([r["in95"] for r in idle])), 3),
         "informed_ratio_day14_synthetic": round(
             mape(at14_s, "informed") / mape(at14_s, "linear"), 3
         ),
