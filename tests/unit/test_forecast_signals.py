@@ -163,3 +163,25 @@ def test_forecast_job_runs_on_plain_data() -> None:
     updated = ForecastUpdated.parse(out["updated"])
     assert updated.projections[0].p50 == pytest.approx(300_000, rel=0.02)
     assert ProjectedOverrun.parse(out["overrun"]).period_key == "2026-11"
+
+
+def test_an_office_budget_that_worked_one_saturday_is_not_projected_over() -> None:
+    """Idle weekends and one worked Saturday: the log-scale model read that Saturday as a
+    spike of nine log units, and its 80% band reached fifty times the expected total."""
+    state = UsageDays("support-copilot")
+    first = date(2026, 10, 1)
+    lines = []
+    for i in range(45):  # Oct 1 - Nov 14
+        day = first + timedelta(days=i)
+        if day.weekday() < 5 or day == date(2026, 10, 17):
+            noon = datetime(day.year, day.month, day.day, 12, tzinfo=TZ)
+            lines.append(ChargeLine((i, 0), to_ms(noon), 5_000, 5_000))
+    state = add_lines(state, ZONE, 0, lines)
+    as_of = datetime(2026, 11, 15, 0, 0, tzinfo=TZ)
+    workdays_left = sum(1 for d in range(15, 31) if date(2026, 11, d).weekday() < 5)
+    expected = 10_000 * (10 + workdays_left)  # Nov 1-14 held ten workdays
+    result = forecast_budget(_budget(int(expected * 1.25)), state, as_of)
+    (projection,) = result.updated.projections
+    assert projection.p50 == pytest.approx(expected, rel=0.1)
+    assert projection.band95.high < 1.5 * expected
+    assert result.overrun is None
