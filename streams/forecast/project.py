@@ -6,7 +6,8 @@ The tier follows the budget's own history (complete local days before today):
 - 7 to 13 days: weekday averages (`weekday_average`);
 - 14 days and more: ETS with weekly seasonality (`ets_fast`, or `ets_statsmodels`);
 - any history with idle days (no usage on some days; `intermittent.py`): whether a day has
-  usage and how much, apart (`ets_fast+intermittent`, `intermittent_sampled`).
+  usage and how much, apart: `intermittent_sampled` under 14 days with usage, then the ETS on
+  those days (`ets_fast+intermittent`, also with the statsmodels engine).
 A detected level shift appends `+shift`, and growth that stands clear of the noise (from four
 weeks of history) `+trend`. History from before the current period is used: the
 model does not care where the period started, only where it ends.
@@ -29,9 +30,22 @@ from schemas.budgets import Metric, Period
 from schemas.signals import Band, Projection
 from streams.forecast.daily import DailySeries, day_fraction_left, local_date, local_days
 from streams.forecast.errors import ForecastInputError
-from streams.forecast.intermittent import has_idle_days, intermittent_paths
+from streams.forecast.intermittent import (
+    MODEL_DAYS,
+    draw_usage,
+    has_idle_days,
+    is_used,
+    sampled_paths,
+    since_first_use,
+    usage_outlook,
+)
 from streams.forecast.profile import WeekdayProfile
-from streams.forecast.shifts import align_to_last_level, deseasonalise, detect_shift
+from streams.forecast.shifts import (
+    LevelShift,
+    align_to_last_level,
+    deseasonalise,
+    detect_shift,
+)
 from streams.forecast.statespace import fast_paths, statsmodels_paths
 from streams.forecast.tiers import EPS, TierPaths, cold_start, weekday_average
 from streams.forecast.trend import detect_trend
@@ -57,23 +71,37 @@ def _statespace(
     seed: int,
     rng: np.random.Generator,
 ) -> TierPaths:
+    """ETS on log consumption, after a level shift and growth are taken out. Days without
+    usage are left out of every step (`intermittent`), and each path's days ahead are then
+    drawn used or idle; such budgets get the fast engine (statsmodels' ETS leaves no day
+    out)."""
+    used = is_used(values)
     logs = np.log(values + EPS)
-    shift = detect_shift(deseasonalise(logs, weekdays, None))
+    days = np.flatnonzero(used)
+    z = np.full(len(values), np.nan)
+    z[days] = deseasonalise(logs[days], weekdays[days], None)
+    found = detect_shift(z[days])
+    shift = None if found is None else LevelShift(int(days[found.index]), found.delta)
     logs = align_to_last_level(logs, shift)
-    trend = detect_trend(deseasonalise(logs, weekdays, None))
+    z[days] = deseasonalise(logs[days], weekdays[days], None)
+    trend = detect_trend(z)
     if trend is not None:
         logs = trend.detrend(logs)
-    if engine == "statsmodels":
+    idle = not used.all()
+    if engine == "statsmodels" and not idle:
         log_paths = statsmodels_paths(logs, len(ahead_weekdays), n_paths, seed)
         method = "ets_statsmodels"
     else:
-        log_paths, _ = fast_paths(logs, weekdays, ahead_weekdays, n_paths, rng)
+        log_paths, _ = fast_paths(logs, weekdays, ahead_weekdays, n_paths, rng, used)
         method = "ets_fast"
     if trend is not None:
         slopes = trend.slope + trend.stderr * rng.standard_normal(n_paths)
         log_paths = log_paths + trend.offsets(len(ahead_weekdays), slopes)
         method += "+trend"
     paths = np.maximum(np.exp(np.minimum(log_paths, 60.0)) - EPS, 0.0)
+    if idle:
+        paths = paths * draw_usage(usage_outlook(values, weekdays), ahead_weekdays, n_paths, rng)
+        method += "+intermittent"
     return TierPaths(paths, method + ("+shift" if shift else ""), shift.index if shift else None)
 
 
@@ -104,10 +132,16 @@ def simulate_days_ahead(
     rng = np.random.default_rng(seed)
     if not ahead:
         return TierPaths(np.zeros((n_paths, 0)), "period_over")
-    if not len(values) and today_pace is not None and today_pace > 0:
+    values, weekdays = since_first_use(values, weekdays)
+    if not is_used(values).any() and today_pace is not None and today_pace > 0:
         values, weekdays = np.array([today_pace]), ahead_weekdays[:1]
-    if len(values) and has_idle_days(values):
-        return intermittent_paths(values, weekdays, ahead_weekdays, n_paths, rng)
+    if has_idle_days(values):
+        if is_used(values).sum() < MODEL_DAYS:
+            return TierPaths(
+                sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng),
+                "intermittent_sampled",
+            )
+        return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng)
     if len(values) < COLD_START_DAYS:
         return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
     if len(values) < STATESPACE_DAYS:

@@ -33,6 +33,11 @@ SAME_SIDE_SHARE = 0.75
 MIN_STEP = 0.25
 """Smallest step in log space (about ±25 to 30 percent) that counts as a shift."""
 T_CRITICAL = 4.0
+TREND_WINDOW = 21
+T_BEYOND_TREND = 4.0
+"""A step must also stand this many standard errors clear of a line through the three weeks
+either side of it (`_beyond_trend`)."""
+HUBER = 2.0
 MEDIAN_EFFICIENCY = 1.25
 """A median's standard error is about 1.25 times a mean's, for normal noise."""
 
@@ -106,11 +111,37 @@ def detect_shift(z: np.ndarray) -> LevelShift | None:
         & (np.abs(local) >= ABRUPT_SHARE * np.abs(delta))
         & (t >= T_CRITICAL)
     )
-    if not convincing.any():
-        return None
-    best = int(np.argmax(np.where(convincing, t, -np.inf)))
-    index = _sharpest_break(z, int(breaks[best]), float(delta[best]))
-    return LevelShift(index, float(delta[breaks == index][0]))
+    sigma = _noise(z)
+    for best in np.argsort(-np.where(convincing, t, -np.inf))[: int(convincing.sum())]:
+        if not _beyond_trend(z, int(breaks[best]), float(delta[best]), sigma):
+            continue
+        index = _sharpest_break(z, int(breaks[best]), float(delta[best]))
+        if not convincing[breaks == index][0]:
+            index = int(breaks[best])
+        return LevelShift(index, float(delta[breaks == index][0]))
+    return None
+
+
+def _beyond_trend(z: np.ndarray, index: int, delta: float, sigma: float) -> bool:
+    """Whether the step stands out from a straight line through the weeks around it.
+
+    Steady growth differs between long medians, and with noise even between neighbouring
+    weeks, like a step; a line with a step must fit the days around the break clearly
+    better than the line alone. Fitted with Huber weights, so a spike is not a step.
+    """
+    low, high = max(0, index - TREND_WINDOW), min(len(z), index + TREND_WINDOW)
+    days = np.arange(low, high) - index
+    design = np.column_stack([np.ones(len(days)), days, days >= 0])
+    values = z[low:high]
+    weights = np.ones(len(days))
+    for _ in range(3):
+        root = np.sqrt(weights)
+        coef = np.linalg.lstsq(design * root[:, None], values * root, rcond=None)[0]
+        excess = np.abs(values - design @ coef) / (HUBER * sigma)
+        weights = np.where(excess <= 1, 1.0, 1.0 / np.maximum(excess, 1e-12))
+    covariance = np.linalg.pinv(design.T @ (design * weights[:, None]))
+    t = float(coef[2]) / (sigma * np.sqrt(max(float(covariance[2, 2]), 1e-12)))
+    return bool(t * np.sign(delta) >= T_BEYOND_TREND)
 
 
 def _sharpest_break(z: np.ndarray, found: int, delta: float) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_WEEKS = 4
+MIN_DAYS_A_WEEK = 4
+"""A week with idle days (NaN: `intermittent`) counts with at least four days of usage."""
 MAX_WEEKS = 8
 """Eight weeks: long enough to see a slope through noise, short enough to follow a change."""
 T_MIN = 6
@@ -52,13 +54,18 @@ def _theil_sen(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def detect_trend(deseasonalised: np.ndarray) -> Trend | None:
-    """The growth of the last up to eight whole weeks, if it is clear of the noise."""
+    """The growth of the last up to eight whole weeks, if it is clear of the noise. NaN
+    marks a day without usage: left out of its week's mean."""
     weeks = min(len(deseasonalised) // 7, MAX_WEEKS)
     if weeks < MIN_WEEKS:
         return None
-    tail = deseasonalised[len(deseasonalised) - weeks * 7 :]
-    means = tail.reshape(weeks, 7).mean(axis=1)
-    centres = np.arange(weeks) * 7.0
+    tail = deseasonalised[len(deseasonalised) - weeks * 7 :].reshape(weeks, 7)
+    known = np.isfinite(tail)
+    kept = known.sum(axis=1) >= MIN_DAYS_A_WEEK
+    if kept.sum() < MIN_WEEKS:
+        return None
+    means = np.where(known, tail, 0.0).sum(axis=1)[kept] / known.sum(axis=1)[kept]
+    centres = (np.arange(weeks) * 7.0)[kept]
     slope = _theil_sen(centres, means)
     residuals = means - (np.median(means - slope * centres) + slope * centres)
     noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))

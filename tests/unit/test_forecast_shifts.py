@@ -50,3 +50,10 @@ def test_a_step_five_weeks_back_is_found_through_spikes_on_the_old_side() -> Non
 def test_steady_growth_is_not_a_step() -> None:
     z = _noise(90) + np.linspace(0.0, 0.9, 90)  # 30 percent a month
     assert detect_shift(z) is None
+
+
+def test_noisy_growth_is_not_a_step() -> None:
+    # 1% a day under 15% noise: long medians and neighbouring weeks both differ like a step
+    for seed in range(5):
+        z = _noise(90, seed=seed, sigma=0.15) + 0.01 * np.arange(90)
+        assert detect_shift(z) is None
