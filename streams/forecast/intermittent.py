@@ -7,7 +7,8 @@ things here: whether there is usage, and how much when there is. How much is the
 other budgets fitted on the days with usage only (`project._statespace`), or with fewer
 than MODEL_DAYS of them their amounts resampled (`sampled_paths`); whether is drawn per path
 and day from its weekday's share of days with usage (`usage_outlook`, `draw_usage`).
-Days before a metric's first usage are not idle days: the budget had not begun.
+Days before a metric's first usage (in the 13 weeks the models read) are not idle days: the
+budget had not begun.
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ MODEL_DAYS = 14
 """Days with usage before their amounts get the ETS; fewer are resampled as they were."""
 RECENT_WEEKS = 4
 PRIOR_WEIGHT = 2.0
+UNLIKELY_RUN = 0.002
 """The weekday shares over the whole history are scaled by how busy the last four weeks
-were against them (with two days' weight of 'as usual'): a budget used less and less is
-projected so."""
-QUIET_DAYS = 7
+were against them (with two days' weight of 'as usual'), leaving out runs of idle days the
+shares give less than a one in five hundred chance (one in twenty over the days a run could
+start on in four weeks: not bad luck): a budget used less and less is projected so, one back
+from a holiday is not."""
+QUIET_DAYS = 14
 QUIET_CHANCE = 0.01
-QUIET_PATHS = 0.9
-"""A week or more of idle days up to today, which the weekday shares and the overall share
-both give less than a one in a hundred chance, means the budget may have gone quiet (a
-retired feature): nine paths in ten stay quiet to the period's end, one in ten goes on as
-before. Shorter runs (a long weekend, a holiday) are taken as idle days like any other."""
+QUIET_PATHS = 0.85
+"""Two weeks or more of idle days up to today (and none today), which the weekday shares
+and the overall share both give less than a one in a hundred chance, mean the budget may
+have gone quiet (a retired feature): 85 paths in 100 stay quiet to the period's end, the
+others go on as before (0.85, not 0.9: a band edge at the seam would flip between the two).
+Shorter runs (a long weekend, the days from Christmas to New Year) are idle days like any
+other."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +68,39 @@ def since_first_use(values: np.ndarray, weekdays: np.ndarray) -> tuple[np.ndarra
     return values[start:], weekdays[start:]
 
 
-def usage_outlook(values: np.ndarray, weekdays: np.ndarray) -> UsageOutlook:
+def usage_outlook(
+    values: np.ndarray, weekdays: np.ndarray, used_today: bool = False
+) -> UsageOutlook:
     used = is_used(values).astype(float)
     overall = (used.sum() + 0.5) / (len(used) + 1.0)
     long_run = _weekday_shares(used, weekdays, overall)
-    recent = slice(max(0, len(values) - 7 * RECENT_WEEKS), len(values))
+    idle = len(used) - (int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0)
+    # Activity leaves out runs of idle days the shares make unlikely (a holiday, a pause: not
+    # a slowdown; the quiet paths deal with a stop) and counts the rest, which are how a
+    # slowdown shows.
+    recent = np.zeros(len(used), dtype=bool)
+    recent[max(0, len(used) - 7 * RECENT_WEEKS) :] = True
+    recent &= ~_in_unlikely_runs(used, weekdays, long_run)
     activity = (used[recent].sum() + PRIOR_WEIGHT) / (
         long_run[weekdays[recent]].sum() + PRIOR_WEIGHT
     )
     share = np.clip(long_run * activity, 0.0, 1.0)
-    idle = len(used) - (int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0)
-    if idle < QUIET_DAYS:
+    if idle < QUIET_DAYS or used_today:
         return UsageOutlook(share)
     by_weekday = float(np.prod(1.0 - long_run[weekdays[len(used) - idle :]]))
     unlikely = max(by_weekday, (1.0 - overall) ** idle) < QUIET_CHANCE
     return UsageOutlook(share, QUIET_PATHS if unlikely else 0.0)
+
+
+def _in_unlikely_runs(used: np.ndarray, weekdays: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Days in runs of idle days that `share` gives less than an UNLIKELY_RUN chance."""
+    idle = np.concatenate([[False], used == 0, [False]])
+    edges = np.flatnonzero(np.diff(idle.astype(int)))
+    marked = np.zeros(len(used), dtype=bool)
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        if float(np.prod(1.0 - share[weekdays[start:stop]])) < UNLIKELY_RUN:
+            marked[start:stop] = True
+    return marked
 
 
 def _weekday_shares(used: np.ndarray, weekdays: np.ndarray, overall: float) -> np.ndarray:
@@ -102,11 +126,13 @@ def draw_usage(
     often: np.ndarray | None = None,
 ) -> np.ndarray:
     """(paths, days): 1 where a path's day has usage, 0 where it has none. `often` scales
-    each path's shares (how sure the usage rate is)."""
+    each path's shares (how sure the usage rate is). Exactly round(quiet * n_paths) paths,
+    chosen at random, stay quiet: a coin per path would move the band edges from run to run."""
     chance = np.broadcast_to(outlook.share[ahead_weekdays], (n_paths, len(ahead_weekdays)))
     if often is not None:
         chance = np.clip(chance * often[:, None], 0.0, 1.0)
-    quiet = rng.random(n_paths) < outlook.quiet
+    quiet = np.zeros(n_paths, dtype=bool)
+    quiet[rng.permutation(n_paths)[: round(outlook.quiet * n_paths)]] = True
     drawn = (rng.random(chance.shape) < chance) & ~quiet[:, None]
     return drawn.astype(float)
 
@@ -117,6 +143,7 @@ def sampled_paths(
     ahead_weekdays: np.ndarray,
     n_paths: int,
     rng: np.random.Generator,
+    used_today: bool = False,
 ) -> np.ndarray:
     """Few days with usage: their amounts (moved onto the last level if they shifted)
     resampled around a level each path draws, as unsure as a mean of so few is, times days
@@ -126,7 +153,7 @@ def sampled_paths(
     if not len(amounts):
         return np.zeros((n_paths, len(ahead_weekdays)))
     logs = np.log(amounts + EPS)
-    amounts = np.exp(align_to_last_level(logs, detect_shift(logs))) - EPS
+    amounts = np.maximum(np.exp(align_to_last_level(logs, detect_shift(logs))) - EPS, 0.0)
     level = float(amounts.mean())
     variation = float(np.std(amounts, ddof=1)) / level if len(amounts) > 1 else 0.0
     paths = simulate_level_profile(
@@ -144,6 +171,6 @@ def sampled_paths(
     rate = (len(amounts) + 0.5) / (len(values) + 1.0)
     often = rng.beta(len(amounts) + 0.5, idle + 0.5, n_paths) / rate
     result: np.ndarray = paths * draw_usage(
-        usage_outlook(values, weekdays), ahead_weekdays, n_paths, rng, often
+        usage_outlook(values, weekdays, used_today), ahead_weekdays, n_paths, rng, often
     )
     return result

@@ -32,6 +32,7 @@ from streams.forecast.daily import DailySeries, day_fraction_left, local_date, l
 from streams.forecast.errors import ForecastInputError
 from streams.forecast.intermittent import (
     MODEL_DAYS,
+    NO_USAGE,
     draw_usage,
     has_idle_days,
     is_used,
@@ -70,6 +71,7 @@ def _statespace(
     n_paths: int,
     seed: int,
     rng: np.random.Generator,
+    used_today: bool = False,
 ) -> TierPaths:
     """ETS on log consumption, after a level shift and growth are taken out. Days without
     usage are left out of every step (`intermittent`), and each path's days ahead are then
@@ -100,7 +102,8 @@ def _statespace(
         method += "+trend"
     paths = np.maximum(np.exp(np.minimum(log_paths, 60.0)) - EPS, 0.0)
     if idle:
-        paths = paths * draw_usage(usage_outlook(values, weekdays), ahead_weekdays, n_paths, rng)
+        outlook = usage_outlook(values, weekdays, used_today)
+        paths = paths * draw_usage(outlook, ahead_weekdays, n_paths, rng)
         method += "+intermittent"
     return TierPaths(paths, method + ("+shift" if shift else ""), shift.index if shift else None)
 
@@ -133,15 +136,14 @@ def simulate_days_ahead(
     if not ahead:
         return TierPaths(np.zeros((n_paths, 0)), "period_over")
     values, weekdays = since_first_use(values, weekdays)
-    if not is_used(values).any() and today_pace is not None and today_pace > 0:
-        values, weekdays = np.array([today_pace]), ahead_weekdays[:1]
+    used_today = today_pace is not None and today_pace > 0
+    if not is_used(values).any() and used_today:
+        values, weekdays = np.array([max(float(today_pace or 0), NO_USAGE)]), ahead_weekdays[:1]
     if has_idle_days(values):
         if is_used(values).sum() < MODEL_DAYS:
-            return TierPaths(
-                sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng),
-                "intermittent_sampled",
-            )
-        return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng)
+            paths = sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng, used_today)
+            return TierPaths(paths, "intermittent_sampled")
+        return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng, used_today)
     if len(values) < COLD_START_DAYS:
         return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
     if len(values) < STATESPACE_DAYS:

@@ -35,8 +35,8 @@ MIN_STEP = 0.25
 T_CRITICAL = 4.0
 TREND_WINDOW = 21
 T_BEYOND_TREND = 4.0
-"""A step must also stand this many standard errors clear of a line through the three weeks
-either side of it (`_beyond_trend`)."""
+"""A step must also stand this many standard errors clear of a line through the 21 days
+either side of it (`_beyond_trend`; days with usage, for a budget with idle days)."""
 HUBER = 2.0
 MEDIAN_EFFICIENCY = 1.25
 """A median's standard error is about 1.25 times a mean's, for normal noise."""
@@ -53,18 +53,33 @@ class LevelShift:
 def deseasonalise(
     log_values: np.ndarray, weekdays: np.ndarray, seasonal: np.ndarray | None
 ) -> np.ndarray:
-    """Log values minus a weekday effect (given, or the series' own weekday medians)."""
+    """Log values minus a weekday effect (given, or the series' own: `weekday_effect`)."""
     if seasonal is None:
-        seasonal = np.zeros(7)
-        for wd in range(7):
-            mask = weekdays == wd
-            if mask.sum() >= 2:
-                seasonal[wd] = np.median(log_values[mask])
-        present = seasonal != 0
-        if present.any():
-            seasonal = np.where(present, seasonal - seasonal[present].mean(), 0.0)
+        seasonal = weekday_effect(log_values, weekdays)
     result: np.ndarray = log_values - seasonal[weekdays]
     return result
+
+
+def weekday_effect(log_values: np.ndarray, weekdays: np.ndarray) -> np.ndarray:
+    """Each weekday's median distance from the local level (the median of the week around
+    the day), centred; zero for a weekday seen fewer than twice.
+
+    Distances from the local level, not plain weekday medians: a level step would leak into
+    medians of weekdays seen unevenly on either side of it (a budget with idle days), and
+    the deseasonalised series would then zigzag and hide the step in its own noise."""
+    half = 3
+    padded = np.pad(log_values, half, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+    distance = log_values - np.nanmedian(windows, axis=1)
+    effect = np.zeros(7)
+    for wd in range(7):
+        mask = weekdays == wd
+        if mask.sum() >= 2:
+            effect[wd] = np.median(distance[mask])
+    present = np.bincount(weekdays, minlength=7) >= 2
+    if present.any():
+        effect = np.where(present, effect - effect[present].mean(), 0.0)
+    return effect
 
 
 def _noise(z: np.ndarray) -> float:

@@ -53,6 +53,14 @@ def _theil_sen(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.median((y[j] - y[i]) / (x[j] - x[i])))
 
 
+def means_of_all(weeks: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Each week's mean over its known days (NaN for a week with none)."""
+    counts = known.sum(axis=1)
+    sums = np.where(known, weeks, 0.0).sum(axis=1)
+    means: np.ndarray = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return means
+
+
 def detect_trend(deseasonalised: np.ndarray) -> Trend | None:
     """The growth of the last up to eight whole weeks, if it is clear of the noise. NaN
     marks a day without usage: left out of its week's mean."""
@@ -64,11 +72,16 @@ def detect_trend(deseasonalised: np.ndarray) -> Trend | None:
     kept = known.sum(axis=1) >= MIN_DAYS_A_WEEK
     if kept.sum() < MIN_WEEKS:
         return None
-    means = np.where(known, tail, 0.0).sum(axis=1)[kept] / known.sum(axis=1)[kept]
+    means = means_of_all(tail, known)[kept]
     centres = (np.arange(weeks) * 7.0)[kept]
     slope = _theil_sen(centres, means)
     residuals = means - (np.median(means - slope * centres) + slope * centres)
     noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+    # Four to eight weekly means can happen to sit on a line; none is surer than its days
+    # make it (so few weeks, with idle days left out, fitted trends to noise).
+    within = (tail - means_of_all(tail, known)[:, None])[known]
+    day_noise = 1.4826 * float(np.median(np.abs(within)))
+    noise = max(noise, float(np.median(day_noise / np.sqrt(known.sum(axis=1)[kept]))))
     spread = float(np.sqrt(np.sum((centres - centres.mean()) ** 2)))
     stderr = max(noise, 1e-3) / spread
     if abs(slope) < T_MIN * stderr:

@@ -51,11 +51,38 @@ def test_a_key_idle_one_day_in_three_is_projected_at_its_usage(seed: int) -> Non
 def test_a_budget_gone_quiet_is_projected_about_flat() -> None:
     first = date(2026, 1, 4)
     values = _used_now_and_then((AS_OF.date() - first).days, 0.0, 4)
-    values[-9:] = 0.0  # a retired feature: nothing for nine days
-    projection = _project(values, first)
+    values[-16:] = 0.0  # a retired feature: nothing for sixteen days
     consumed = float(values[(date(2026, 4, 1) - first).days :].sum())
-    assert projection.p50 < consumed + TYPICAL
-    assert projection.band95.high > consumed + 10 * TYPICAL  # it may still come back
+    for seed in range(12):  # the band edges do not flip between quiet and active paths
+        (projection,) = project_period(
+            *APRIL,
+            "UTC",
+            AS_OF,
+            {"total": DailySeries(first, tuple(float(v) for v in values))},
+            {"total": consumed},
+            seed=seed,
+        )
+        assert projection.p50 < consumed + TYPICAL
+        assert projection.band80.high > consumed + 5 * TYPICAL  # it may still come back
+
+
+def test_usage_today_ends_the_quiet() -> None:
+    weekdays = np.arange(60) % 7
+    values = _used_now_and_then(60, 0.0, 11)
+    values[-16:] = 0.0
+    assert usage_outlook(values, weekdays).quiet > 0.5
+    assert usage_outlook(values, weekdays, used_today=True).quiet == 0.0
+
+
+def test_the_days_from_christmas_to_new_year_are_a_holiday() -> None:
+    first = date(2025, 10, 1)
+    count = (date(2026, 1, 2) - first).days  # history through New Year's Day
+    weekdays = (np.arange(count) + first.weekday()) % 7
+    values = np.where(weekdays < 5, _used_now_and_then(count, 0.0, 12), 0.0)
+    values[(date(2025, 12, 24) - first).days :] = 0.0
+    outlook = usage_outlook(values, weekdays)
+    assert outlook.quiet == 0.0
+    assert np.all(outlook.share[:5] > 0.9)  # the holiday does not lower the weekdays ahead
 
 
 def test_an_office_budget_keeps_its_weekends_idle() -> None:
@@ -132,3 +159,22 @@ def test_a_budget_whose_only_usage_is_today_is_paced() -> None:
         today_so_far={"total": 3e6},
     )
     assert projection.p50 > 3e6 + 10 * 6e6  # 6M a day from today on, not nothing
+
+
+def test_a_step_in_a_budget_with_idle_days_is_followed() -> None:
+    # Weekday medians over the days with usage took in part of the step, the series zigzagged
+    # and hid it: the band reached forty times the new level.
+    first = date(2026, 1, 14)
+    count = (AS_OF.date() - first).days
+    rng = np.random.default_rng(13)
+    values = np.exp(rng.normal(12.0, 0.05, count))
+    values[count // 2 :] *= 5.0
+    values[rng.random(count) < 0.3] = 0.0
+    values[-1] = 5.0 * np.exp(12.0)
+    projection = _project(values, first)
+    consumed = float(values[(date(2026, 4, 1) - first).days :].sum())
+    used = values[count // 2 :]
+    expected = consumed + 16 * float(np.mean(used > 0)) * float(used[used > 0].mean())
+    assert "+shift" in projection.method
+    assert projection.p50 == pytest.approx(expected, rel=0.15)
+    assert projection.band95.high < 1.6 * expected

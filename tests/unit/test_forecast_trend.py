@@ -86,3 +86,14 @@ def test_offsets_are_damped_and_one_row_per_slope() -> None:
     assert np.all(np.diff(single) < 0.01)  # each day adds less than the undamped slope
     rows = trend.offsets(10, np.array([0.0, 0.02]))
     assert rows.shape == (2, 10) and np.allclose(rows[0], 0.0)
+
+
+def test_noise_with_idle_days_left_out_has_no_trend() -> None:
+    # Idle days (NaN) leave four or five weekly means, which can happen to sit on a line.
+    found = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        logs = rng.normal(12.0, 0.5, 56)
+        logs[rng.random(56) < 0.45] = np.nan
+        found += detect_trend(logs) is not None
+    assert found <= 4  # 1 in 50 at most
