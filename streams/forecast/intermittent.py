@@ -32,15 +32,16 @@ were against them (with two days' weight of 'as usual'), leaving out runs of idl
 shares give less than a one in five hundred chance (one in twenty over the days a run could
 start on in four weeks: not bad luck): a budget used less and less is projected so, one back
 from a holiday is not."""
-QUIET_DAYS = 14
 QUIET_CHANCE = 0.01
+QUIET_PER_DAY = 0.08
 QUIET_PATHS = 0.85
-"""Two weeks or more of idle days up to today (and none today), which the weekday shares
-and the overall share both give less than a one in a hundred chance, mean the budget may
-have gone quiet (a retired feature): 85 paths in 100 stay quiet to the period's end, the
-others go on as before (0.85, not 0.9: a band edge at the seam would flip between the two).
-Shorter runs (a long weekend, the days from Christmas to New Year) are idle days like any
-other."""
+"""Idle days up to today (and none today), which the weekday shares and the overall share
+both give less than a one in a hundred chance, are a holiday or a stop (a retired feature).
+For each such day 8 paths in 100 more, at most 85, stay quiet to the period's end, so the
+bands hold both outcomes, and the p50 expects a stop after about a week. Usage today ends
+it (`used_today`). Set on the bench's idle-day series (development seed) and on office
+holidays: 5 a day left retired features projected as active for two weeks, 12 a day put
+more keys that are idle for a few days at random into the quiet."""
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,12 @@ def usage_outlook(
         long_run[weekdays[recent]].sum() + PRIOR_WEIGHT
     )
     share = np.clip(long_run * activity, 0.0, 1.0)
-    if idle < QUIET_DAYS or used_today:
+    if not idle or used_today:
         return UsageOutlook(share)
     by_weekday = float(np.prod(1.0 - long_run[weekdays[len(used) - idle :]]))
-    unlikely = max(by_weekday, (1.0 - overall) ** idle) < QUIET_CHANCE
-    return UsageOutlook(share, QUIET_PATHS if unlikely else 0.0)
+    if max(by_weekday, (1.0 - overall) ** idle) >= QUIET_CHANCE:
+        return UsageOutlook(share)
+    return UsageOutlook(share, min(QUIET_PER_DAY * idle, QUIET_PATHS))
 
 
 def _in_unlikely_runs(used: np.ndarray, weekdays: np.ndarray, share: np.ndarray) -> np.ndarray:
