@@ -139,16 +139,15 @@ def simulate_days_ahead(
     used_today = today_pace is not None and today_pace > 0
     if not is_used(values).any() and used_today:
         values, weekdays = np.array([max(float(today_pace or 0), NO_USAGE)]), ahead_weekdays[:1]
-    if has_idle_days(values):
-        if is_used(values).sum() < MODEL_DAYS:
-            paths = sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng, used_today)
-            return TierPaths(paths, "intermittent_sampled")
-        return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng, used_today)
+    if has_idle_days(values) and is_used(values).sum() < MODEL_DAYS:
+        paths = sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng, used_today)
+        return TierPaths(paths, "intermittent_sampled")
+    # From here a history with idle days has MODEL_DAYS of usage, so it reaches the ETS
     if len(values) < COLD_START_DAYS:
         return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
     if len(values) < STATESPACE_DAYS:
         return weekday_average(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
-    return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng)
+    return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng, used_today)
 
 
 def projection_from_paths(

@@ -115,7 +115,8 @@ def detect_shift(z: np.ndarray) -> LevelShift | None:
         _window(z, breaks - LOCAL_DAYS, breaks)
     )
     before_days = np.minimum(breaks, BEFORE_DAYS)
-    scale = MEDIAN_EFFICIENCY * _noise(z) * np.sqrt(1 / tail_days + 1 / before_days)
+    sigma = _noise(z)
+    scale = MEDIAN_EFFICIENCY * sigma * np.sqrt(1 / tail_days + 1 / before_days)
     t = np.abs(delta) / scale
     convincing = (
         (np.abs(delta) >= MIN_STEP)
@@ -124,8 +125,8 @@ def detect_shift(z: np.ndarray) -> LevelShift | None:
         & (np.abs(local) >= ABRUPT_SHARE * np.abs(delta))
         & (t >= T_CRITICAL)
     )
-    sigma = _noise(z)
-    for best in np.argsort(-np.where(convincing, t, -np.inf))[: int(convincing.sum())]:
+    ranked = np.argsort(-np.where(convincing, t, -np.inf), kind="stable")
+    for best in ranked[: int(convincing.sum())]:
         if not _beyond_trend(z, int(breaks[best]), float(delta[best]), sigma):
             continue
         index = _sharpest_break(z, int(breaks[best]), float(delta[best]))
