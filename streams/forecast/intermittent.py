@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from streams.forecast.shifts import align_to_last_level, detect_shift
-from streams.forecast.tiers import COLD_START_DRIFT, EPS, PRIOR_DAY_SIGMA, simulate_level_profile
+from streams.forecast.tiers import (
+    COLD_START_DRIFT,
+    EPS,
+    PRIOR_DAY_SIGMA,
+    blend_sigma,
+    noise_dof,
+    simulate_level_profile,
+)
 
 NO_USAGE = 1.0
 """A day below one token had no usage."""
@@ -148,26 +155,32 @@ def sampled_paths(
     used_today: bool = False,
 ) -> np.ndarray:
     """Few days with usage: their amounts (moved onto the last level if they shifted)
-    resampled around a level each path draws, as unsure as a mean of so few is, times days
-    with usage drawn at a rate each path draws from the days counted."""
+    resampled around a level each path draws, as unsure as a mean of so few is (their noise
+    in logs shrunk towards the prior's, as in the short-history tiers, and drawn per path:
+    a Student t level), times days with usage drawn at a rate each path draws from the days
+    counted."""
     used = is_used(values)
     amounts = values[used]
     if not len(amounts):
         return np.zeros((n_paths, len(ahead_weekdays)))
     logs = np.log(amounts + EPS)
-    amounts = np.maximum(np.exp(align_to_last_level(logs, detect_shift(logs))) - EPS, 0.0)
+    logs = align_to_last_level(logs, detect_shift(logs))
+    amounts = np.maximum(np.exp(logs) - EPS, 0.0)
     level = float(amounts.mean())
-    variation = float(np.std(amounts, ddof=1)) / level if len(amounts) > 1 else 0.0
+    count = len(amounts)
+    variation = float(np.std(amounts, ddof=1)) / level if count > 1 else 0.0
+    sigma = blend_sigma((logs - logs.mean()) * np.sqrt(count / max(count - 1, 1)))
     paths = simulate_level_profile(
         level,
         np.ones(7),
         ahead_weekdays,
         PRIOR_DAY_SIGMA,  # not drawn from: the day noise is the resampled amounts
-        max(variation, PRIOR_DAY_SIGMA) / np.sqrt(len(amounts)),
+        max(variation, sigma) / np.sqrt(count),
         n_paths,
         rng,
         COLD_START_DRIFT,
         amounts / level,
+        noise_dof(count - 1),
     )
     idle = len(values) - len(amounts)
     rate = (len(amounts) + 0.5) / (len(values) + 1.0)
