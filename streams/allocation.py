@@ -210,6 +210,42 @@ def pool(
     return result
 
 
+def unspent(
+    specs: Mapping[str, BudgetSpec],
+    state: AllocationState,
+    budget_id: str,
+    window: Window,
+    at: datetime,
+    consumed: Mapping[str, Mapping[str, int]],
+) -> dict[Metric, int]:
+    """Tokens `budget_id` may still give back or hold back in `window`, per metric (never < 0).
+
+    `consumed[budget_id][metric]` is consumption in `window`. A leaf has its effective limit
+    minus what it consumed. A parent has only its pool, less what it consumed beyond what its
+    children consumed within their allocations (its own, direct use): tokens still allocated to
+    a child are the child's, spent or not, so giving or holding them back would count them
+    twice and push the pool below zero. Capped by the parent's own limit minus its consumption
+    too, in case its selector does not cover its children's usage.
+    """
+    limits = effective_limits(specs, state, budget_id, window, at)
+    used = consumed.get(budget_id, {})
+    kids = children_of(specs, budget_id)
+    allocations = [(kid, _allocation(specs, state, kid, window.key)) for kid in kids]
+    result: dict[Metric, int] = {}
+    for metric, limit in limits.items():
+        free = limit - used.get(metric, 0)
+        if kids:
+            held = sum(a.get(metric, 0) for _, a in allocations)
+            covered = sum(
+                min(max(0, consumed.get(kid, {}).get(metric, 0)), max(0, a.get(metric, 0)))
+                for kid, a in allocations
+            )
+            own = max(0, used.get(metric, 0) - covered)
+            free = min(free, limit - held - own)
+        result[metric] = max(0, free)
+    return result
+
+
 def _allocation(
     specs: Mapping[str, BudgetSpec], state: AllocationState, budget_id: str, period_key: str
 ) -> dict[str, int]:

@@ -18,10 +18,12 @@ from streams.allocation import (
     AllocationState,
     RebalanceRule,
     Window,
+    apply_allocation_event,
     effective_limits,
     pool,
+    unspent,
 )
-from streams.allocation_tree import AllocationRejected, children_of
+from streams.allocation_tree import AllocationRejected, ancestors, children_of
 
 
 def plan_overflow_draw(
@@ -85,10 +87,14 @@ def check_reservation(
     event: ReservationMade,
     window: Window,
     at: datetime,
+    consumed: Mapping[str, Mapping[str, int]] | None = None,
 ) -> None:
     """A reservation must lie ahead, and its budget must still have the tokens to hold.
 
-    A parent can only hold back what it has not allocated to its children (its pool).
+    `window` is the period the reservation starts in; `consumed[budget_id][metric]` is what the
+    budget and its children consumed in it so far (None or missing: nothing yet, as in a
+    period that has not begun). Tokens already spent cannot be earmarked again, and a parent
+    can only hold back its pool, less its own use (see `streams.allocation.unspent`).
     """
     if event.starts_at <= at:
         raise AllocationRejected(
@@ -97,15 +103,19 @@ def check_reservation(
     if f"reserve:{event.reservation_id}" in state.applied:
         rule = "was already used in this tenant (released ids are not reused)"
         raise AllocationRejected(event.budget_id, [FieldError("reservation_id", rule)])
-    limits = effective_limits(specs, state, event.budget_id, window, at)
-    if event.metric not in limits:
+    if event.metric not in specs[event.budget_id].limits.by_metric():
         rule = f"the budget limits no {event.metric}"
         raise AllocationRejected(event.budget_id, [FieldError("metric", rule)])
-    free = limits[event.metric]
-    if children_of(specs, event.budget_id):
-        free = pool(specs, state, event.budget_id, window, at).get(event.metric, 0)
+    used = consumed or {}
+    free = unspent(specs, state, event.budget_id, window, at, used)[event.metric]
     if event.tokens > free:
-        rule = f"exceeds what the budget can still hold back: {max(0, free)} unallocated"
+        spent = used.get(event.budget_id, {}).get(event.metric, 0)
+        limit = effective_limits(specs, state, event.budget_id, window, at)[event.metric]
+        if children_of(specs, event.budget_id):
+            what = f"unallocated and unspent in its pool ({spent} consumed in {window.key})"
+        else:
+            what = f"unspent (effective limit {limit} minus {spent} consumed in {window.key})"
+        rule = f"exceeds what the budget can still hold back: {free} {what}"
         raise AllocationRejected(event.budget_id, [FieldError("tokens", rule)])
 
 
@@ -130,6 +140,12 @@ def plan_rebalance(
     `consumed[budget_id][metric]` is the child's consumption in `window`. A child is rebalanced
     at most once per (period, metric), and the tenant's moves in a period stay within the cap.
     Budgets on a rolling period are skipped (a rolling window has no midpoint).
+
+    A child that is itself a parent gives at most what is unallocated and unspent at its level
+    (`streams.allocation.unspent`): what its own children hold stays theirs, so allocation is
+    conserved and no pool goes below zero. Deeper budgets go first and each move is folded in
+    before the next is planned, so what a grandchild gives back can move on up in the same run
+    and the result does not depend on how often the rebalancer runs.
     """
     rule = state.rule
     if not rebalance_due(rule, window, at):
@@ -138,11 +154,13 @@ def plan_rebalance(
     if room is not None:
         room -= state.rebalanced.get(window.key, 0)
     moves: list[AllocationMoved] = []
-    for budget_id in sorted(specs):
+    for budget_id in sorted(specs, key=lambda b: (-len(ancestors(specs, b)), b)):
         spec = specs[budget_id]
         if spec.parent is None or spec.parent not in specs or spec.period.kind == "rolling":
             continue
-        for metric, limit in effective_limits(specs, state, budget_id, window, at).items():
+        limits = effective_limits(specs, state, budget_id, window, at)
+        free = unspent(specs, state, budget_id, window, at, consumed)
+        for metric, limit in limits.items():
             move_id = rebalance_move_id(budget_id, window.key, metric)
             used = consumed.get(budget_id, {}).get(metric, 0)
             if (
@@ -151,31 +169,33 @@ def plan_rebalance(
                 or used * 100 >= rule.under_percent * limit
             ):
                 continue
-            tokens = (limit - used) * rule.share_percent // 100
+            share = (limit - used) * rule.share_percent // 100
+            tokens = min(share, free[metric])
             if room is not None:
                 tokens = min(tokens, room)
             if tokens <= 0:
                 continue
             if room is not None:
                 room -= tokens
-            moves.append(
-                AllocationMoved(
-                    move_id=move_id,
-                    tenant=tenant,
-                    from_budget_id=budget_id,
-                    to_budget_id=spec.parent,
-                    period_key=window.key,
-                    metric=metric,
-                    tokens=tokens,
-                    rule="rebalance",
-                    occurred_at=at,
-                    actor=actor,
-                    reason=(
-                        f"auto-rebalance: used {used} of {limit} {metric} tokens "
-                        f"(< {rule.under_percent}%), gives {rule.share_percent}% of the unused"
-                    ),
-                )
+            move = AllocationMoved(
+                move_id=move_id,
+                tenant=tenant,
+                from_budget_id=budget_id,
+                to_budget_id=spec.parent,
+                period_key=window.key,
+                metric=metric,
+                tokens=tokens,
+                rule="rebalance",
+                occurred_at=at,
+                actor=actor,
+                reason=(
+                    f"auto-rebalance: used {used} of {limit} {metric} tokens "
+                    f"(< {rule.under_percent}%), gives {rule.share_percent}% of the unused"
+                    + (f", capped at the {free[metric]} unspent" if share > free[metric] else "")
+                ),
             )
+            moves.append(move)
+            state = apply_allocation_event(state, move)
     return moves
 
 

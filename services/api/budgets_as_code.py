@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from schemas.base import field_errors
 from schemas.budgets import BudgetSpec
 from schemas.errors import AllotmentError, FieldError
+from streams.allocation_tree import ancestors, check_retire, validate_tree
 
 Action = Literal["create", "amend", "retire"]
 
@@ -90,15 +91,36 @@ def load_file(path: Path) -> tuple[str, dict[str, BudgetSpec]]:
     return data["tenant"], specs
 
 
+class PlanRejected(AllotmentError):
+    """The desired tree breaks a tree rule, or no order of single writes reaches it.
+
+    Raised by `plan` before anything is written, so `apply` never stops halfway because of the
+    file itself; `errors` name the budget, its field and the rule.
+    """
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
 def plan(
     desired: dict[str, BudgetSpec],
     live: dict[str, tuple[int, BudgetSpec]],
     prune: bool = False,
 ) -> list[Change]:
-    """The writes that make the live tree equal the desired one, in an order the rules accept:
-    creates and amends parents first, retires children first."""
+    """The writes that make the live tree equal the desired one, in an order the API accepts.
+
+    The API checks each write against the tree as it is right after that write, so the order
+    matters: shrinking a parent together with its children must lower the children first,
+    growing must raise the parents first, a retire must wait until its children moved away.
+    The whole final tree is checked first (`PlanRejected` names what is wrong with it), then
+    the writes are ordered by replaying them on the live tree with the API's own rules:
+    retires and decreases children-first, creates and increases parents-first, each taken only
+    when the tree after it is valid. A final tree that no such sequence reaches (moving a
+    whole subtree to another period, say) is rejected before the first write as well.
+    """
     changes: list[Change] = []
-    for budget_id in _parents_first(desired):
+    for budget_id in sorted(desired):
         spec = desired[budget_id]
         if budget_id not in live:
             changes.append(Change("create", budget_id, 0, spec, _diff(None, spec)))
@@ -106,28 +128,80 @@ def plan(
             version, current = live[budget_id]
             changes.append(Change("amend", budget_id, version, spec, _diff(current, spec)))
     if prune:
-        doomed = {b: s for b, (_, s) in live.items() if b not in desired}
-        for budget_id in reversed(_parents_first(doomed)):
-            changes.append(Change("retire", budget_id, live[budget_id][0], None))
-    return changes
+        changes += [
+            Change("retire", b, version, None)
+            for b, (version, _) in sorted(live.items())
+            if b not in desired
+        ]
+    now = {b: s for b, (_, s) in live.items()}
+    final = {b: s for b, s in {**now, **desired}.items() if not _retired(b, changes)}
+    _check_final(final, changes)
+    return _ordered(now, final, changes)
 
 
-def _parents_first(specs: dict[str, BudgetSpec]) -> list[str]:
-    order: list[str] = []
-    placed: set[str] = set()
+def _retired(budget_id: str, changes: list[Change]) -> bool:
+    return any(c.budget_id == budget_id and c.action == "retire" for c in changes)
 
-    def place(budget_id: str, trail: tuple[str, ...]) -> None:
-        if budget_id in placed or budget_id in trail:
-            return
-        parent = specs[budget_id].parent
-        if parent in specs:
-            place(parent, (*trail, budget_id))
-        placed.add(budget_id)
-        order.append(budget_id)
 
-    for budget_id in sorted(specs):
-        place(budget_id, ())
-    return order
+def _check_final(final: dict[str, BudgetSpec], changes: list[Change]) -> None:
+    errors: list[FieldError] = []
+    for change in changes:
+        if change.action == "retire":
+            found = check_retire(final, change.budget_id)
+        else:
+            found = validate_tree(final, change.budget_id)
+        errors += [_named(change.budget_id, e) for e in found]
+    if errors:
+        raise PlanRejected(errors)
+
+
+def _ordered(
+    now: dict[str, BudgetSpec], final: dict[str, BudgetSpec], changes: list[Change]
+) -> list[Change]:
+    """Replay the writes on the live tree, always taking the first preferred one that fits."""
+
+    def preference(change: Change) -> tuple[int, int, str]:
+        if change.action == "retire":
+            return (0, -len(ancestors(now, change.budget_id)), change.budget_id)
+        depth = len(ancestors(final, change.budget_id))
+        if change.action == "amend" and _shrinks(now[change.budget_id], final[change.budget_id]):
+            return (1, -depth, change.budget_id)
+        return (2, depth, change.budget_id)
+
+    pending = sorted(changes, key=preference)
+    tree = dict(now)
+    ordered: list[Change] = []
+    while pending:
+        change = next((c for c in pending if not _step_errors(tree, c)), None)
+        if change is None:
+            stuck = [_named(c.budget_id, _step_errors(tree, c)[0]) for c in pending]
+            rule = "cannot be reached one write at a time from the live tree"
+            raise PlanRejected([FieldError("budgets", rule), *stuck])
+        pending.remove(change)
+        if change.spec is None:
+            tree.pop(change.budget_id, None)
+        else:
+            tree[change.budget_id] = change.spec
+        ordered.append(change)
+    return ordered
+
+
+def _step_errors(tree: dict[str, BudgetSpec], change: Change) -> list[FieldError]:
+    """The API's check of one write (`services.api.commands`) against `tree` as it is now."""
+    if change.spec is None:
+        return check_retire(tree, change.budget_id)
+    return validate_tree({**tree, change.budget_id: change.spec}, change.budget_id)
+
+
+def _shrinks(before: BudgetSpec, after: BudgetSpec) -> bool:
+    old, new = before.limits.by_metric(), after.limits.by_metric()
+    return any(new.get(metric, 0) < tokens for metric, tokens in old.items()) or (
+        (after.overflow_cap_tokens or 0) < (before.overflow_cap_tokens or 0)
+    )
+
+
+def _named(budget_id: str, error: FieldError) -> FieldError:
+    return FieldError(f"budgets[{budget_id}].{error.field}", error.rule)
 
 
 def _diff(before: BudgetSpec | None, after: BudgetSpec) -> tuple[str, ...]:

@@ -111,15 +111,26 @@ def _client(url: str, key: str) -> Any:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
+def _plan(client: Any, tenant: str, desired: dict[str, Any], prune: bool) -> list[Any]:
+    """The ordered changes, or exit 2 with every rule the desired tree breaks (nothing written)."""
+    from services.api.budgets_as_code import PlanRejected, plan
+
+    try:
+        return plan(desired, _live(client, tenant), prune)
+    except PlanRejected as exc:
+        for error in exc.errors:
+            typer.echo(f"{error.field}: {error.rule}", err=True)
+        typer.echo("nothing applied: fix the file (or the live tree) first", err=True)
+        raise typer.Exit(2) from None
+
+
 def plan_command(
     file: FileArg, key: KeyOption, url: UrlOption = DEFAULT_URL, prune: bool = False
 ) -> None:
-    """Show what `apply` would change in the live tree."""
-    from services.api.budgets_as_code import plan
-
+    """Show what `apply` would change in the live tree, in the order it would write."""
     tenant, desired = _load(file)
     with _client(url, key) as client:
-        changes = plan(desired, _live(client, tenant), prune)
+        changes = _plan(client, tenant, desired, prune)
     for change in changes:
         typer.echo(change.describe())
     typer.echo(f"{len(changes)} change(s) for tenant {tenant}" if changes else "no changes")
@@ -132,15 +143,17 @@ def apply_command(
     prune: bool = False,
     reason: str = "",
 ) -> None:
-    """Apply the file: create, amend (and with --prune retire) budgets through the API."""
-    from services.api.budgets_as_code import plan
+    """Apply the file: create, amend (and with --prune retire) budgets through the API.
 
+    The whole plan is checked against the final tree before the first write; a write can then
+    only fail when the live tree changed meanwhile, and the message says how far it got.
+    """
     tenant, desired = _load(file)
     why = reason or f"allotment apply {file.name}"
     base = f"/v1/tenants/{tenant}/budgets"
     with _client(url, key) as client:
-        changes = plan(desired, _live(client, tenant), prune)
-        for change in changes:
+        changes = _plan(client, tenant, desired, prune)
+        for done, change in enumerate(changes):
             spec = change.spec.model_dump(mode="json") if change.spec is not None else None
             body: dict[str, Any]
             if change.action == "create":
@@ -152,6 +165,12 @@ def apply_command(
             else:
                 body = {"expected_version": change.version, "reason": why}
                 response = client.post(f"{base}/{change.budget_id}/retire", json=body)
+            if response.status_code >= 400:
+                typer.echo(
+                    f"stopped after {done} of {len(changes)} change(s) "
+                    f"({change.action} {change.budget_id} was refused); run plan again",
+                    err=True,
+                )
             _check(response)
             typer.echo(change.describe())
     typer.echo(f"applied {len(changes)} change(s)" if changes else "no changes")

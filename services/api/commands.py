@@ -21,7 +21,14 @@ from schemas.allocation import (
     ReservationReleased,
 )
 from schemas.base import Event
-from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec, Metric
+from schemas.budgets import (
+    BudgetAmended,
+    BudgetDefined,
+    BudgetRetired,
+    BudgetSpec,
+    Metric,
+    Period,
+)
 from schemas.errors import AllotmentError, FieldError
 from services.api.publisher import Publisher, PublishFailed
 from services.api.state import ConfigState, load_state
@@ -30,10 +37,10 @@ from streams.allocation_plans import (
     plan_overflow_draw,
     plan_rebalance,
 )
-from streams.allocation_tree import AllocationRejected, check_retire, validate_tree
+from streams.allocation_tree import AllocationRejected, check_retire, children_of, validate_tree
 from streams.budgets import Budget
 from streams.errors import BudgetNotFound
-from streams.periods import period_of
+from streams.periods import period_of, rolling_keys
 
 Consumption = Callable[[str, dict[str, str]], Awaitable[Mapping[str, Mapping[str, int]]]]
 """(tenant, {budget_id: period_key}) -> consumed[budget_id][metric], read from the read models."""
@@ -213,16 +220,20 @@ class Commands:
             await self._commit([event])
             return event
 
-    async def reserve(self, event: ReservationMade, at: datetime) -> ReservationMade:
+    async def reserve(
+        self, event: ReservationMade, at: datetime, consumption: Consumption
+    ) -> ReservationMade:
+        """Earmark tokens if the budget still has them: not allocated to children, not spent."""
         async with self._locked(event.tenant):
             budget = self._live(event.tenant, event.budget_id)
+            specs = self.state.specs(event.tenant)
             window = period_of(budget.spec.period, event.starts_at)
+            ids = [event.budget_id, *children_of(specs, event.budget_id)]
+            consumed = await _consumed_by_start(
+                consumption, event.tenant, ids, budget.spec.period, event.starts_at, at
+            )
             check_reservation(
-                self.state.specs(event.tenant),
-                self.state.book.state(event.tenant),
-                event,
-                window,
-                at,
+                specs, self.state.book.state(event.tenant), event, window, at, consumed
             )
             await self._commit([event])
             return event
@@ -272,6 +283,30 @@ class Commands:
             if moves:
                 await self._commit(list(moves))
             return moves
+
+
+async def _consumed_by_start(
+    consumption: Consumption,
+    tenant: str,
+    ids: list[str],
+    period: Period,
+    starts_at: datetime,
+    at: datetime,
+) -> dict[str, dict[str, int]]:
+    """What `ids` consumed so far in the period a reservation starts in (children share it).
+
+    For a rolling period that is the sum of the window's day buckets up to today; later days
+    have no consumption yet.
+    """
+    today = period_of(period, at).key
+    keys = [k for k in rolling_keys(period, starts_at) if k <= today]
+    total: dict[str, dict[str, int]] = {}
+    for key in keys:
+        for budget_id, metrics in (await consumption(tenant, dict.fromkeys(ids, key))).items():
+            into = total.setdefault(budget_id, {})
+            for metric, tokens in metrics.items():
+                into[metric] = into.get(metric, 0) + tokens
+    return total
 
 
 def _check_tree(specs: dict[str, BudgetSpec], budget_id: str) -> None:

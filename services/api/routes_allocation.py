@@ -10,7 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from schemas.allocation import RebalanceRuleSet, ReservationMade, ReservationReleased
 from services.api import queries
-from services.api.deps import NAME_PATTERN, BudgetPath, Svc, TenantPath, Writer
+from services.api.commands import Consumption
+from services.api.deps import NAME_PATTERN, BudgetPath, Services, Svc, TenantPath, Writer
 from services.api.models import (
     Accepted,
     DrawOverflow,
@@ -57,7 +58,8 @@ async def make_reservation(
             **body.model_dump(),
         }
     )
-    return Accepted(events=[(await svc.commands.reserve(event, now)).to_wire()])
+    reserved = await svc.commands.reserve(event, now, _consumption(svc))
+    return Accepted(events=[reserved.to_wire()])
 
 
 @router.post("/budgets/{budget_id:path}/reservations/{reservation_id}/release")
@@ -101,9 +103,16 @@ async def run_rebalance(
 
     Usually the pipeline's timer does this; the endpoint lets an operator run it.
     """
+    moves = await svc.commands.rebalance(
+        caller.name, tenant, _consumption(svc), svc.clock(), body.reason
+    )
+    return Accepted(events=[m.to_wire() for m in moves])
+
+
+def _consumption(svc: Services) -> Consumption:
+    """Consumption per budget and period from the read models (up to the projection's lag)."""
 
     async def consumption(tenant: str, keys: dict[str, str]) -> Mapping[str, Mapping[str, int]]:
         return await run_in_threadpool(queries.consumption, svc.engine, tenant, keys)
 
-    moves = await svc.commands.rebalance(caller.name, tenant, consumption, svc.clock(), body.reason)
-    return Accepted(events=[m.to_wire() for m in moves])
+    return consumption
