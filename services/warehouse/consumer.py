@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Connection, Engine, delete, func, select, text
@@ -22,6 +23,7 @@ from schemas.topics import ALL
 from services.common.offsets import load_offsets, store_offsets
 from services.warehouse import tables as t
 from services.warehouse.projector import CONFIG_KINDS, KINDS, Projector, Record
+from services.warehouse.seen import worker_dedupe_window
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,25 @@ def _lock_key(name: str, prefix: str) -> int:
 
 
 class WarehouseConsumer:
-    """Owns one aiokafka consumer and one `Projector`; build it in a composition root."""
+    """Owns one aiokafka consumer and one `Projector`; build it in a composition root.
 
-    def __init__(self, engine: Engine, bootstrap: str, prefix: str, name: str = CONSUMER) -> None:
+    `dedupe_window` must be the worker's (`allotment worker --dedupe-window-hours`) for the
+    warehouse to count the events the ledger counts; by default it is the worker's default.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        bootstrap: str,
+        prefix: str,
+        name: str = CONSUMER,
+        dedupe_window: timedelta | None = None,
+    ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.name = name
-        self.projector = Projector()
+        self.projector = Projector(dedupe_window or worker_dedupe_window())
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._config_ends: dict[TopicPartition, int] = {}
@@ -164,23 +177,29 @@ class WarehouseConsumer:
     def _config_partitions(self) -> list[TopicPartition]:
         return [tp for tp in self.partitions if self._kind_of[tp.topic] in CONFIG_KINDS]
 
-    async def _gate(self) -> None:
-        """Hold usage and signals back while config lags its last known end.
-
-        Usage is matched against the budgets projected so far; reading config first makes a
-        rebuild match exactly as the live run did for usage that came after its budget.
-        """
+    async def _config_lags(self) -> bool:
+        """Whether a config partition's position is short of its last known end."""
         consumer = self._require()
-        lagging = False
         for tp in self._config_partitions():
             end = consumer.last_stable_offset(tp)
             if end is None:
                 end = consumer.highwater(tp)
             if end is None:
                 end = self._config_ends.get(tp, 0)
-            lagging = lagging or await consumer.position(tp) < end
+            if await consumer.position(tp) < end:
+                return True
+        return False
+
+    async def _gate(self) -> None:
+        """Hold usage and signals back while config lags its last known end.
+
+        Usage is matched against the budget revisions in force at its record time, so the
+        config records before it must be projected first: a rebuild reads all config, then
+        usage; a live run holds usage while a config change it has heard of is unread.
+        """
+        consumer = self._require()
         others = [tp for tp in self.partitions if self._kind_of[tp.topic] not in CONFIG_KINDS]
-        if lagging:
+        if await self._config_lags():
             consumer.pause(*others)
         else:
             consumer.resume(*others)
@@ -190,8 +209,23 @@ class WarehouseConsumer:
         consumer = self._require()
         await self._gate()
         batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        config = set(self._config_partitions())
+        if any(tp not in config for tp in batch) and await self._config_lags():
+            # The fetch brought config that this batch did not take (`max_records`): it may be
+            # older than the batch's usage. Project the config only; the rest is read again.
+            for tp, messages in batch.items():
+                if tp not in config and messages:
+                    consumer.seek(tp, messages[0].offset)
+            batch = {tp: messages for tp, messages in batch.items() if tp in config}
         records = [
-            Record(self._kind_of[tp.topic], tp.topic, tp.partition, m.offset, m.value or b"")
+            Record(
+                self._kind_of[tp.topic],
+                tp.topic,
+                tp.partition,
+                m.offset,
+                m.value or b"",
+                m.timestamp,
+            )
             for tp, messages in batch.items()
             for m in messages
         ]

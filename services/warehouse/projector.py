@@ -2,14 +2,19 @@
 
 Each write is keyed so that a record seen twice leaves one row: config events by their
 (partition, offset) in `budget-events`, budget rows by revision (the pure fold refuses a replayed
-revision), usage by (budget_id, event_id), crossings by (budget, period, metric, threshold),
-policy changes by (budget, effective_at, policy, period), forecasts by (budget, period) with the
-newest `as_of`. The consumer runs a batch of records and its offsets in one transaction.
+revision), usage by event id within the dedupe window (`seen.py`), crossings by (budget, period,
+metric, threshold), policy changes by (budget, effective_at, policy, period), forecasts by
+(budget, period) with the newest `as_of`. The consumer runs a batch of records and its offsets in
+one transaction.
 
-Usage is matched to budgets here with `streams.selectors.match_budgets` against the budgets this
-projection has seen, because the pipeline's charge messages carry no feature or model and the
-finance warehouse needs both. A usage event is charged to the period it occurred in, in the
-budget's time zone (`streams.periods.period_of`), and to its local day.
+Which budgets a usage event charges is the pipeline's rule, `streams.selectors.match_budgets`,
+asked about the budget revisions in force at the usage record's time (`history.py`), never the
+budgets as they are when the projection happens to read the event: a rebuild (all config read
+first) and a live run that lags a config change then give the same rows, and a budget retired
+or re-scoped later keeps the usage it had. The pipeline's charges would say the same, but they
+carry no feature or model (the finance warehouse needs both) and may expire with their topic's
+retention, while usage and config are kept forever. A usage event is charged to the period it
+occurred in, in the budget's time zone (`streams.periods.period_of`), and to its local day.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
 from schemas.allocation import (
@@ -38,9 +43,11 @@ from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated, PolicyChanged, ThresholdCrossed
 from schemas.usage import UsageBatch, UsageRecorded
 from services.warehouse import tables as t
+from services.warehouse.history import BudgetHistory
+from services.warehouse.seen import SeenIds, Sighting
 from streams.budgets import Budget, BudgetIndex, apply_budget_event
 from streams.errors import StaleRevision
-from streams.periods import period_of_ms, to_ms, zone
+from streams.periods import from_ms, period_of_ms, to_ms, zone
 from streams.selectors import match_budgets
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,7 @@ log = logging.getLogger(__name__)
 CONFIG_KINDS = ("budget-events",)
 SIGNAL_KINDS = ("usage", "thresholds", "policies", "forecasts")
 KINDS = CONFIG_KINDS + SIGNAL_KINDS
-"""Topic suffixes the warehouse reads; config first, so usage meets the budgets it matches."""
+"""Topic suffixes the warehouse reads; config first, so usage meets the budgets in force."""
 
 
 def pg_safe(value: Any) -> Any:
@@ -72,22 +79,34 @@ class Record:
     partition: int
     offset: int
     value: bytes
+    timestamp_ms: int = 0
+    """Kafka record time: when a config revision comes into force, when usage is matched."""
+
+
+Usage = tuple[UsageRecorded, Sighting]
 
 
 class Projector:
-    """Holds the budgets seen so far (to match usage) and writes rows for records."""
+    """Holds every budget revision seen (to match usage) and writes rows for records."""
 
-    def __init__(self) -> None:
+    def __init__(self, dedupe_window: timedelta) -> None:
         self.index = BudgetIndex()
+        self.history = BudgetHistory()
+        self.seen = SeenIds(dedupe_window)
         self.counts: Counter[str] = Counter()
 
     def load(self, conn: Connection) -> None:
-        """Rebuild the in-memory budget index from the budgets table (start, or after a failure)."""
-        rows = conn.execute(select(t.budgets)).mappings()
-        self.index = BudgetIndex(Budget.from_dict(dict(row)) for row in rows)
+        """Rebuild the in-memory revisions from `budget_revisions` (start, or after a failure)."""
+        history = BudgetHistory()
+        rows = conn.execute(select(t.budget_revisions).order_by(*_REVISION_ORDER)).mappings()
+        for row in rows:
+            history.add(Budget.from_dict(dict(row)), to_ms(row["valid_from"]))
+        self.history = history
+        self.index = history.current()
+        self.seen.forget()
 
     def project(self, conn: Connection, records: Sequence[Record]) -> None:
-        usage: list[UsageRecorded] = []
+        usage: list[Usage] = []
         for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
             try:
                 event = decode(record.value)
@@ -97,10 +116,11 @@ class Projector:
                 continue
             if record.kind == "budget-events":
                 self._config(conn, record, event)
-            elif isinstance(event, UsageRecorded):
-                usage.append(event)
-            elif isinstance(event, UsageBatch):
-                usage.extend(event.events)
+            elif isinstance(event, UsageRecorded | UsageBatch):
+                events = event.events if isinstance(event, UsageBatch) else [event]
+                at = record.timestamp_ms
+                usage += [(e, (e.event_id, (record.offset, i), at)) for i, e in enumerate(events)]
+                self.seen.note(record.partition, at)
             elif isinstance(event, ThresholdCrossed | PolicyChanged | ForecastUpdated):
                 _signal(conn, event)
             else:
@@ -115,10 +135,10 @@ class Projector:
             return
         conn.execute(insert(t.audit_log).values(pg_safe(row)).on_conflict_do_nothing())
         if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired):
-            self._budget(conn, event)
+            self._budget(conn, event, record.timestamp_ms)
 
     def _budget(
-        self, conn: Connection, event: BudgetDefined | BudgetAmended | BudgetRetired
+        self, conn: Connection, event: BudgetDefined | BudgetAmended | BudgetRetired, at_ms: int
     ) -> None:
         try:
             budget = apply_budget_event(self.index.get(event.budget_id), event)
@@ -145,22 +165,26 @@ class Projector:
         changed = {k: stmt.excluded[k] for k in values if k not in ("budget_id", "created_at")}
         conn.execute(stmt.on_conflict_do_update(index_elements=["budget_id"], set_=changed))
         self.index = self.index.with_budget(budget)
+        valid_from = self.history.add(budget, at_ms)
+        revision = {
+            "budget_id": budget.budget_id,
+            "tenant": budget.tenant,
+            "revision": budget.revision,
+            "spec": values["spec"],
+            "retired": budget.retired,
+            "valid_from": from_ms(valid_from),
+        }
+        conn.execute(insert(t.budget_revisions).values(pg_safe(revision)).on_conflict_do_nothing())
 
-    def _usage(self, conn: Connection, events: Iterable[UsageRecorded]) -> None:
-        by_id: dict[str, UsageRecorded] = {}
-        for event in events:
-            by_id.setdefault(pg_safe(event.event_id), event)  # first sighting wins
-        if not by_id:
-            return
-        # One array parameter whatever the batch size (a VALUES list would hit PostgreSQL's
-        # limit of 65535 parameters per statement with large envelopes).
-        fresh = conn.execute(_SEEN, {"events": list(by_id)}).scalars().all()
+    def _usage(self, conn: Connection, usage: Sequence[Usage]) -> None:
+        sightings = [(pg_safe(event_id), *rest) for _, (event_id, *rest) in usage]
+        fresh = self.seen.counted(conn, sightings)
         self.counts["usage_new"] += len(fresh)
         periods: dict[tuple[str, str], list[Any]] = {}
         days: dict[tuple[str, date, str, str], list[Any]] = {}
-        for event_id in fresh:
-            event = by_id[event_id]
-            budgets = match_budgets(self.index, event)
+        for i in fresh:
+            event, (_, _, at_ms) = usage[i]
+            budgets = match_budgets(self.history.at(event.tenant, at_ms), event)
             if not budgets:
                 continue
             feature = pg_safe(event.feature or "")
@@ -193,9 +217,11 @@ class Projector:
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "total_tokens")
 UPSERT_CHUNK = 2000  # rows per statement: 10 parameters each, far below PostgreSQL's 65535
-_SEEN = text(
-    "INSERT INTO usage_seen (event_id) SELECT unnest(CAST(:events AS text[])) "
-    "ON CONFLICT DO NOTHING RETURNING event_id"
+_REVISION_ORDER = (
+    t.budget_revisions.c.tenant,
+    t.budget_revisions.c.valid_from,
+    t.budget_revisions.c.budget_id,
+    t.budget_revisions.c.revision,
 )
 
 

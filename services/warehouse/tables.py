@@ -1,4 +1,4 @@
-"""SQLAlchemy Core descriptions of the read-model tables that migration 0002_api creates.
+"""SQLAlchemy Core descriptions of the read-model tables of the 0002_api migration branch.
 
 The migration owns the DDL; these mirror it for queries and writes. `PROJECTED` lists the tables
 a rebuild empties and refills from the topics: everything here except `api_keys`.
@@ -66,13 +66,29 @@ daily_usage = Table(
     *_tokens(),
 )
 
+budget_revisions = Table(
+    "budget_revisions",
+    metadata,
+    Column("budget_id", Text, primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("spec", JSONB, nullable=False),
+    Column("retired", Boolean, nullable=False),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+)
+"""Every revision of every budget, in force from `valid_from` (its record time on
+`budget-events`) until the budget's next revision: usage is matched against the revisions in
+force at its own record time (`history.py`), so retired and re-scoped budgets keep their usage."""
+
 usage_seen = Table(
     "usage_seen",
     metadata,
     Column("event_id", Text, primary_key=True),
+    Column("first_seen_ms", BigInteger, nullable=False),
 )
-"""Usage event ids already projected: the first sighting of an event id counts, as in the
-pipeline's dedupe; a later copy (another offset) is a duplicate."""
+"""Usage event ids projected within the pipeline's dedupe window (`seen.py`): a copy of an id
+within the window is a duplicate, one after it counts again, as in the worker. `first_seen_ms`
+is the record time of the sighting that counted; older rows are pruned."""
 
 thresholds = Table(
     "thresholds",
@@ -146,6 +162,7 @@ consumer_offsets = Table(
 
 PROJECTED: list[Table] = [
     budgets,
+    budget_revisions,
     period_usage,
     daily_usage,
     usage_seen,
