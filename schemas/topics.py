@@ -28,11 +28,20 @@ FOREVER = {"retention.ms": "-1"}
 """Facts: Kafka is their source of truth, so a projection rebuilt from offset zero finds them all
 (charges are derived from usage and may expire with the default retention)."""
 
+USAGE_MAX_MESSAGE_BYTES = 1_048_576
+"""The largest record batch the usage topic takes (its `max.message.bytes`) and the usage
+producer's `max_request_size`: one number, so the producer never builds a message the topic
+refuses. Envelope producers stay a margin below it (`services.common.usage_producer`)."""
+
 USAGE = TopicSpec(
     "usage",
     key="event_id",
     partitions=6,
-    config={**FOREVER, "message.timestamp.type": "LogAppendTime"},
+    config={
+        **FOREVER,
+        "message.timestamp.type": "LogAppendTime",
+        "max.message.bytes": str(USAGE_MAX_MESSAGE_BYTES),
+    },
 )
 """Usage records carry the broker's append time, not the producer's: the worker's dedupe window
 runs on record time, and history re-published with its original (old) timestamps would
@@ -40,10 +49,13 @@ otherwise leave that window at once and be charged again. Event time is each eve
 `occurred_at`, never the record timestamp. Replays read the stored append time, so they stay
 deterministic."""
 
-ALIGNED_CONFIGS = ("message.timestamp.type",)
+ALIGNED_CONFIGS = ("message.timestamp.type", "max.message.bytes")
 """Config keys that `ensure_topics` also sets on a topic that already exists (created before the
-key joined its spec). Every other key applies only when a topic is created: retention and the
-like stay as the topic was made or as an operator has since changed them."""
+key joined its spec): keys the code's correctness depends on. A usage topic made before its
+`max.message.bytes` was set has the broker's default, which may differ from what the producer
+builds to. Every other key applies only when a topic is created: retention and the like stay as
+the topic was made or as an operator has since changed them."""
+
 BUDGETS = TopicSpec("budgets", key="budget_id", partitions=1, compacted=True)
 CHARGES = TopicSpec("charges", key="budget_id", partitions=6)
 # Thresholds and policies are co-partitioned with charges (same count, same key): each is the

@@ -6,6 +6,11 @@ envelope is built for one destination partition: the partition Kafka's default p
 the event's `event_id` (`partition_for`). A duplicate therefore lands on the partition of its
 first copy whether it travels alone or packed, and dedupe stays local to a partition.
 
+An envelope is capped by count and by encoded size (`ENVELOPE_MAX_BYTES`, a margin below the
+usage topic's `max.message.bytes`): a count alone lets a backlog of large events build a message
+the broker refuses every time, which jams whoever resends it. An event too large for any
+envelope is reported (`EventTooLarge`) after the others are sent, never retried.
+
 `send` returns only after the broker acknowledged every envelope (acks=all): an edge answers 2xx
 only then (design.md, invariant 4).
 """
@@ -14,19 +19,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import UnknownTopicOrPartitionError
+from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 
 from schemas.errors import AllotmentError
-from schemas.topics import USAGE
+from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
 from schemas.usage import UsageRecorded
 from services.common.kafka import partition_for, start_producer
 
 DEFAULT_ENVELOPE_SIZE = 500
 MAX_ENVELOPE_SIZE = 10_000  # UsageBatch.events max_length
+ENVELOPE_MAX_BYTES = USAGE_MAX_MESSAGE_BYTES - 128 * 1024
+"""Largest envelope value; the margin covers the key, the record and batch headers, and
+aiokafka putting a few small envelopes of one partition into one record batch (16 KB)."""
+_HEAD = b'{"type":"UsageBatch","version":1,"events":['
+_TAIL = b"]}"
+
+
+def event_room(max_bytes: int = ENVELOPE_MAX_BYTES) -> int:
+    """The largest encoded event an envelope of `max_bytes` can carry on its own."""
+    return max_bytes - len(_HEAD) - len(_TAIL)
+
+
+MAX_EVENT_BYTES = event_room()
+_MAX_ROUNDS = 64  # split-and-resend rounds before giving up (each round halves something)
 
 
 class UsageNotAcknowledged(AllotmentError):
@@ -42,27 +62,100 @@ class UsageNotAcknowledged(AllotmentError):
         )
 
 
-def pack_envelopes(
-    events: Iterable[Mapping[str, Any]], partitions: int, envelope_size: int
-) -> list[tuple[int, bytes, bytes]]:
-    """Group wire-form usage events into envelopes per destination partition.
+class EventTooLarge(UsageNotAcknowledged):
+    """Events that fit no envelope (or that the topic refused one by one); every other event of
+    the same send was acknowledged. Resending them cannot succeed: set them aside or reject them.
+    """
 
-    Returns (partition, key, value) triples in the order the events came, per partition, so
-    an event's position inside its partition follows the caller's order. The key is the first
-    event's id: it names the envelope for humans; the partition is set explicitly.
+    def __init__(self, topic: str, sizes: Mapping[str, int], limit: int) -> None:
+        self.event_ids = list(sizes)
+        self.sizes = dict(sizes)
+        self.limit = limit
+        largest = max(sizes.values())
+        super().__init__(
+            topic,
+            -1,
+            len(sizes),
+            f"event too large: encoded size {largest} bytes is over the {limit} bytes an "
+            f"envelope may carry (first: {self.event_ids[0]})",
+        )
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message: its partition, key and value, and the encoded events it carries (kept so a
+    refused envelope can be split and sent again)."""
+
+    partition: int
+    key: bytes
+    value: bytes
+    events: list[tuple[str, bytes]]
+
+
+def encode_events(events: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes]]:
+    """(event_id, JSON bytes) per wire-form event: the unit envelopes are packed from."""
+    return [(str(event["event_id"]), orjson.dumps(event)) for event in events]
+
+
+def oversized(
+    encoded: Iterable[tuple[str, bytes]], max_bytes: int = ENVELOPE_MAX_BYTES
+) -> dict[str, int]:
+    """The encoded events too large for any envelope: event_id -> encoded size."""
+    room = event_room(max_bytes)
+    return {eid: len(data) for eid, data in encoded if len(data) > room}
+
+
+def pack_encoded(
+    encoded: Iterable[tuple[str, bytes]],
+    partitions: int,
+    envelope_size: int,
+    max_bytes: int = ENVELOPE_MAX_BYTES,
+) -> list[Envelope]:
+    """Group encoded events into envelopes per destination partition, each holding at most
+    `envelope_size` events and `max_bytes` bytes.
+
+    Events keep the caller's order within a partition, so an event's position inside its
+    partition follows it. The key is the first event's id: it names the envelope for humans;
+    the partition is set explicitly. Raises `EventTooLarge` for an event that cannot fit alone
+    (filter those out first with `oversized` to send the rest).
     """
     if not 1 <= envelope_size <= MAX_ENVELOPE_SIZE:
         raise ValueError(f"envelope_size: must be within 1..{MAX_ENVELOPE_SIZE}")
-    groups: dict[int, list[Mapping[str, Any]]] = {}
-    for event in events:
-        groups.setdefault(partition_for(str(event["event_id"]), partitions), []).append(event)
+    room = event_room(max_bytes)
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    for item in encoded:
+        if len(item[1]) > room:
+            raise EventTooLarge(USAGE.suffix, {item[0]: len(item[1])}, room)
+        groups.setdefault(partition_for(item[0], partitions), []).append(item)
     packed = []
     for partition, group in groups.items():
-        for start in range(0, len(group), envelope_size):
-            chunk = group[start : start + envelope_size]
-            value = orjson.dumps({"type": "UsageBatch", "version": 1, "events": chunk})
-            packed.append((partition, str(chunk[0]["event_id"]).encode(), value))
+        chunk: list[tuple[str, bytes]] = []
+        size = 0
+        for item in group:
+            grown = size + len(item[1]) + (1 if chunk else 0)  # the comma between events
+            if chunk and (len(chunk) == envelope_size or grown > room):
+                packed.append(_envelope(partition, chunk))
+                chunk, grown = [], len(item[1])
+            chunk.append(item)
+            size = grown
+        packed.append(_envelope(partition, chunk))
     return packed
+
+
+def _envelope(partition: int, chunk: list[tuple[str, bytes]]) -> Envelope:
+    value = _HEAD + b",".join(data for _, data in chunk) + _TAIL
+    return Envelope(partition, chunk[0][0].encode(), value, chunk)
+
+
+def pack_envelopes(
+    events: Iterable[Mapping[str, Any]],
+    partitions: int,
+    envelope_size: int,
+    max_bytes: int = ENVELOPE_MAX_BYTES,
+) -> list[tuple[int, bytes, bytes]]:
+    """Wire-form events packed as `pack_encoded` does: (partition, key, value) triples."""
+    packed = pack_encoded(encode_events(events), partitions, envelope_size, max_bytes)
+    return [(e.partition, e.key, e.value) for e in packed]
 
 
 class UsageProducer:
@@ -77,19 +170,22 @@ class UsageProducer:
         topic_prefix: str,
         envelope_size: int = DEFAULT_ENVELOPE_SIZE,
         linger_ms: int = 5,
+        max_bytes: int = ENVELOPE_MAX_BYTES,
     ) -> None:
         self.topic = USAGE.name(topic_prefix)
         self.envelope_size = envelope_size
+        self.max_bytes = max_bytes
         self._bootstrap = bootstrap
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
+        self.restarts = 0
 
     async def start(self) -> None:
         producer = await start_producer(
             self._bootstrap,
             linger_ms=self._linger_ms,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=USAGE_MAX_MESSAGE_BYTES,
             compression_type=None,
         )
         try:
@@ -123,17 +219,77 @@ class UsageProducer:
 
     async def send_wire(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Send events already in wire form (validated by the caller)."""
+        return await self.send_encoded(encode_events(events))
+
+    async def send_encoded(self, encoded: Sequence[tuple[str, bytes]]) -> int:
+        """Send (event_id, JSON bytes) pairs; returns how many envelopes were acknowledged.
+
+        Events too large for any envelope are left out and reported by `EventTooLarge` once
+        every other event is acknowledged. An envelope the broker refuses as too large (a
+        topic whose `max.message.bytes` is below ours) is split in two and sent again.
+        """
+        if self._producer is None:
+            raise RuntimeError("UsageProducer.start() was not called")
+        too_large = oversized(encoded, self.max_bytes)
+        fitting = [item for item in encoded if item[0] not in too_large] if too_large else encoded
+        pending = pack_encoded(fitting, self._partitions, self.envelope_size, self.max_bytes)
+        sent = 0
+        for _ in range(_MAX_ROUNDS):
+            failed = await self._produce(pending)
+            sent += len(pending) - len(failed)
+            if not failed:
+                break
+            if not any(isinstance(exc, MessageSizeTooLargeError) for _, exc in failed):
+                envelope, exc = failed[0]
+                raise UsageNotAcknowledged(
+                    self.topic, envelope.partition, len(envelope.events), repr(exc)
+                )
+            # A refused batch breaks an idempotent producer's sequence on its partition (the
+            # next batches fail OutOfOrderSequenceNumber): resend through a new producer.
+            await self._restart()
+            pending = []
+            for envelope, exc in failed:
+                if not isinstance(exc, MessageSizeTooLargeError):
+                    pending.append(envelope)
+                elif len(envelope.events) == 1:
+                    too_large[envelope.events[0][0]] = len(envelope.events[0][1])
+                else:
+                    pending.extend(_halves(envelope))
+        else:
+            raise UsageNotAcknowledged(self.topic, -1, len(pending), "still too large")
+        if too_large:
+            raise EventTooLarge(self.topic, too_large, event_room(self.max_bytes))
+        return sent
+
+    async def _produce(self, envelopes: list[Envelope]) -> list[tuple[Envelope, BaseException]]:
+        """Send every envelope; the ones that failed, with their error."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("UsageProducer.start() was not called")
-        packed = pack_envelopes(events, self._partitions, self.envelope_size)
-        futures = [
-            await producer.send(self.topic, value=value, key=key, partition=partition)
-            for partition, key, value in packed
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for (partition, _, value), result in zip(packed, results, strict=True):
+        waiting: list[tuple[Envelope, asyncio.Future[Any]]] = []
+        failed: list[tuple[Envelope, BaseException]] = []
+        for envelope in envelopes:
+            try:
+                future = await producer.send(
+                    self.topic, value=envelope.value, key=envelope.key, partition=envelope.partition
+                )
+            except MessageSizeTooLargeError as exc:  # refused by the client before sending
+                failed.append((envelope, exc))
+                continue
+            waiting.append((envelope, future))
+        results = await asyncio.gather(*(f for _, f in waiting), return_exceptions=True)
+        for (envelope, _), result in zip(waiting, results, strict=True):
             if isinstance(result, BaseException):
-                count = len(orjson.loads(value)["events"])
-                raise UsageNotAcknowledged(self.topic, partition, count, repr(result))
-        return len(packed)
+                failed.append((envelope, result))
+        return failed
+
+    async def _restart(self) -> None:
+        await self.stop()
+        await self.start()
+        self.restarts += 1
+
+
+def _halves(envelope: Envelope) -> list[Envelope]:
+    middle = len(envelope.events) // 2
+    parts = (envelope.events[:middle], envelope.events[middle:])
+    return [_envelope(envelope.partition, part) for part in parts]

@@ -1,0 +1,188 @@
+"""Usage envelopes fit the usage topic: capped by bytes as well as by count (review A, finding 1).
+
+Before, 500 events of 2 KB made one 1.1 MB message, over the topic's limit: ingest answered 503
+to every resend of the same request and the proxy's spool never drained. Now envelopes stay
+under `ENVELOPE_MAX_BYTES`; a topic that takes less than that is met by splitting and resending;
+an event too large for any envelope is reported once the others are acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from fakes.kafka_io import read_usage_by_partition
+from ingest_support import kafka_sink, key_ring, serve
+
+from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
+from services.common.kafka import ensure_topics, topic_configs
+from services.common.usage_producer import (
+    ENVELOPE_MAX_BYTES,
+    EventTooLarge,
+    UsageProducer,
+    pack_envelopes,
+)
+from services.ingest.keys import hash_key
+
+TAGS = [f"{i:02d}-" + "t" * 60 for i in range(30)]  # 30 tags of 63 characters
+
+
+def _event(i: int, run: str, **extra: Any) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "type": "UsageRecorded",
+        "version": 1,
+        "event_id": f"{run}-{i}",
+        "source": "test",
+        "occurred_at": now,
+        "received_at": now,
+        "tenant": "acme",
+        "tags": TAGS,
+        "input_uncached": 10,
+        "output": 1,
+        **extra,
+    }
+
+
+async def _set_topic_config(bootstrap: str, topic: str, config: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+    finally:
+        await admin.close()
+
+
+async def _topic_config(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[str, str]:
+    """The topic's config, once the broker describes it (a new topic may take a moment)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            error_code, message, _, _, entries = response.resources[0]
+            if not error_code:
+                return {e[0]: e[1] for e in entries}
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{topic}: describe failed: {error_code} {message}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def until_listed(admin: AIOKafkaAdminClient, name: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while name not in await admin.list_topics():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} not listed after {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+def test_envelopes_are_capped_by_bytes_and_keep_every_event_in_order() -> None:
+    events = [_event(i, "pack") for i in range(3000)]
+    assert len(orjson.dumps(events[0])) > 2000  # 500 of them would be over 1 MB
+    packed = pack_envelopes(events, 2, 500)
+    assert all(len(value) <= ENVELOPE_MAX_BYTES for _, _, value in packed)
+    for partition in (0, 1):
+        ids = [
+            e["event_id"] for p, _, v in packed if p == partition for e in orjson.loads(v)["events"]
+        ]
+        here = set(ids)
+        mine = [e["event_id"] for e in events if e["event_id"] in here]
+        assert ids == mine  # the caller's order within the partition
+    assert sum(len(orjson.loads(v)["events"]) for _, _, v in packed) == 3000
+
+
+async def test_a_fresh_usage_topic_takes_what_the_producer_builds(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    config = await _topic_config(kafka_bootstrap, USAGE.name(topic_prefix))
+    assert config["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)
+
+
+async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config(
+    kafka_bootstrap: str,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    name = USAGE.name(prefix)
+    config = {k: v for k, v in topic_configs(USAGE).items() if k != "max.message.bytes"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
+        await until_listed(admin, name)
+        assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
+        after = await _topic_config(kafka_bootstrap, name)
+        assert after["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)
+        assert (after["retention.ms"], after["message.timestamp.type"]) == ("-1", "LogAppendTime")
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
+
+
+async def test_ingest_takes_3000_events_with_many_tags_in_one_request(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
+    records = [
+        {
+            "source_request_id": f"{run}-{i}",
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "input_uncached": 10,
+            "output": 5,
+            "tags": TAGS,
+        }
+        for i in range(3000)
+    ]
+    with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            response = await client.post(
+                "/v1/usage", json=records, headers={"Authorization": "Bearer big-key"}
+            )
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["accepted"] == 3000
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 3000, 60)
+    assert len({e.event_id for _, e in on_topic}) == len(on_topic) == 3000
+    assert all(e.tags == TAGS for _, e in on_topic)
+
+
+async def test_a_topic_that_takes_less_is_met_by_splitting_and_resending(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A deployment whose usage topic was never aligned (or an operator's lower limit): the
+    refused envelopes are split and sent again through a new producer, not retried as they are."""
+    await _set_topic_config(
+        kafka_bootstrap, USAGE.name(topic_prefix), {"max.message.bytes": "200000"}
+    )
+    run = uuid.uuid4().hex[:6]
+    async with UsageProducer(kafka_bootstrap, topic_prefix) as producer:
+        await producer.send_wire([_event(i, run) for i in range(1500)])
+        assert producer.restarts >= 1
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 1500, 60)
+    assert sorted(e.event_id for _, e in on_topic) == sorted(f"{run}-{i}" for i in range(1500))
+
+
+async def test_an_event_too_large_for_any_envelope_is_named_and_the_rest_arrive(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    huge = _event(10, run, properties={"prompt": "x" * ENVELOPE_MAX_BYTES})
+    events = [_event(i, run) for i in range(10)] + [huge]
+    async with UsageProducer(kafka_bootstrap, topic_prefix) as producer:
+        with pytest.raises(EventTooLarge) as refused:
+            await producer.send_wire(events)
+    assert refused.value.event_ids == [f"{run}-10"]
+    assert "too large" in str(refused.value) and str(ENVELOPE_MAX_BYTES)[:3] in str(refused.value)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 10)
+    assert sorted(e.event_id for _, e in on_topic) == sorted(f"{run}-{i}" for i in range(10))
