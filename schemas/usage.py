@@ -8,6 +8,7 @@ Token fields are disjoint parts, so nothing is counted twice whatever the source
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -31,6 +32,33 @@ from schemas.base import (
 
 UsageStatus = Literal["reported", "estimated", "missing"]
 Decision = Literal["forwarded", "degraded", "blocked"]
+
+
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far `occurred_at` may run ahead of the time the event was received.
+
+A source's clock is not ours: a gateway a few seconds fast is normal, and an unsynchronised VM
+drifts by seconds a day. Five minutes is the tolerance long used for clocks that are merely
+unsynchronised (Kerberos' default maximum skew); anything further ahead is a broken clock or a
+typo (a wrong year, seconds read as milliseconds), not a request that happened. Such an event
+must not be charged: the pipeline's "now" is the newest event time, so one event a year ahead
+would close the current period of every budget it matches.
+"""
+
+
+def ahead_problem(
+    occurred_at: datetime, reference: datetime, reference_name: str, allowance: timedelta
+) -> str | None:
+    """The rule `occurred_at` breaks when it is more than `allowance` after `reference` (an
+    instant known to be real: when the event was received, or when the broker stored it)."""
+    ahead = occurred_at - reference
+    if ahead <= allowance:
+        return None
+    ahead -= timedelta(microseconds=ahead.microseconds)
+    return (
+        f"must not be more than {allowance} after {reference_name} (the clock skew allowed), "
+        f"is {ahead} after it"
+    )
 
 
 def derive_event_id(source: str, source_request_id: str) -> str:
@@ -98,7 +126,8 @@ class UsageRecorded(Event):
     def _derive_and_check(
         cls, data: Any, handler: ModelWrapValidatorHandler[UsageRecorded]
     ) -> UsageRecorded:
-        """Fill what a source may leave out (event id, totals), then check the token parts add up.
+        """Fill what a source may leave out (event id, totals), then check the token parts add up
+        and that the event did not happen after it was received (beyond `CLOCK_SKEW`).
 
         One wrap step instead of a "before" and an "after" one, and no copy of the payload
         unless something is filled in: every usage event of the pipeline passes here.
@@ -110,6 +139,9 @@ class UsageRecorded(Event):
             event.input_uncached, event.cache_read, event.cache_write, event.output,
             event.reasoning, event.input_total, event.total,
         )  # fmt: skip
+        if problem is None:
+            ahead = ahead_problem(event.occurred_at, event.received_at, "received_at", CLOCK_SKEW)
+            problem = None if ahead is None else f"occurred_at: {ahead}"
         if problem is not None:
             raise ValueError(problem)
         return event
@@ -216,11 +248,12 @@ def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
     The resolve stage validates every usage event but needs only a few of its fields; building
     the model costs about twice this. Whenever this returns fields, the model accepts the
     same payload with the same values (its field schema is the model's own, and the Python
-    steps are redone here), except that timestamps keep the offset they were written with
-    (same instant; the model normalises them to UTC). None covers everything rarer: an event id
-    to derive, totals to derive from parts that are not integers yet, and every invalid
-    payload, for which the model raises the contract's reasons. (A missing or empty event id
-    fails the field schema, so the derivation of one is always the model's.)
+    steps are redone here, the `CLOCK_SKEW` rule included), except that timestamps keep the
+    offset they were written with (same instant; the model normalises them to UTC). None covers
+    everything rarer: an event id to derive, totals to derive from parts that are not integers
+    yet, and every invalid payload, for which the model raises the contract's reasons. (A
+    missing or empty event id fails the field schema, so the derivation of one is always the
+    model's.)
     """
     if _FIELD_STEPS is None:
         return None
@@ -253,8 +286,9 @@ def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
         or fields["total"] > MAX_TOKENS  # a derived total is bounded like a sent one
         or fields["input_total"] != input_total
         or fields["total"] != input_total + output
+        or ahead_problem(fields["occurred_at"], fields["received_at"], "", CLOCK_SKEW)
     ):
-        return None  # the model names the broken rule (_totals_problem)
+        return None  # the model names the broken rule (_totals_problem, ahead_problem)
     return fields
 
 

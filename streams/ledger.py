@@ -8,7 +8,9 @@ redelivered batch, cut wherever, is skipped line by line up to it and applied ab
 Lines are charged by event time. "Now" is the highest event time the ledger has applied
 (`event_time_high_ms`), never the wall clock, so a replay of the same lines decides lateness,
 pruning and crossings exactly as the first run did. Lines too late to charge are counted and
-handed back, never dropped silently.
+handed back, never dropped silently. An event time is a source's claim, so the caller may bound
+"now" by the newest time it trusts (`newest_trusted_ms`): one line stamped a year ahead then
+cannot close the current period and make every real line after it late.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ Position = tuple[int, int]
 
 _NEVER = 1 << 62  # a token level no consumption reaches: the metric is not limited
 _ONE_MS = timedelta(milliseconds=1)
+_NO_CAP = 1 << 62  # an event time no line reaches (year ~146 million): "now" is not capped
 
 
 def _invalid(kind: str, exc: Exception) -> InvalidState:
@@ -228,6 +231,7 @@ def apply_charge(
     lines: Sequence[ChargeLine],
     late_window: timedelta,
     effective_limits: Mapping[Metric, int] | None = None,
+    newest_trusted_ms: int | None = None,
 ) -> ChargeResult:
     """Fold one charge (lines of one source partition, in position order) into the ledger.
 
@@ -236,6 +240,12 @@ def apply_charge(
     Crossings are checked after every charged line against `effective_limits` (default: the
     spec's limits). Raises `OutOfOrderCharge` when positions do not increase, leaving `state`
     untouched.
+
+    `newest_trusted_ms` (epoch ms, e.g. the charge record's broker time plus the clock skew
+    allowed) caps how far a line moves "now": a line stamped later is still charged, to the
+    period it names (nothing accepted is lost), but "now" goes no further than the cap, so it
+    neither prunes the current period nor makes the lines after it late. "Now" never moves
+    back: a state already ahead of the cap keeps its "now". None: no cap.
     """
     if state.budget_id != budget.budget_id:
         raise BudgetIdMismatch(state.budget_id, budget.budget_id)
@@ -244,6 +254,7 @@ def apply_charge(
     limits = budget.limits if effective_limits is None else effective_limits
     thresholds = budget.thresholds
     late_ms = max(0, late_window // _ONE_MS)
+    cap = _NO_CAP if newest_trusted_ms is None else newest_trusted_ms
     periods = state.periods
     crossed = state.crossed
     watermark: Position | None = state.watermarks.get(source_partition)
@@ -277,7 +288,7 @@ def apply_charge(
         watermark = pos
         at = line.occurred_at_ms
         if at > high:
-            high = at
+            high = at if at <= cap else max(high, cap)
         if not w_start <= at < w_end:
             window = period_of_ms(period, at)
             w_start, w_end, key = window.start_ms, window.end_ms, window.key

@@ -8,7 +8,9 @@ One consumed batch (any mix of envelopes and single-event messages, from any par
   the same position), cut to fit a message (`RecordCutter`); the agent writes them to the
   dedupe table and then hands them to the index (`keep`), so a crash between the two leaves
   the table ahead of the index (a cheap merge at recovery), never the index ahead;
-- a dead letter per unreadable record or unreadable event inside an envelope.
+- a dead letter per unreadable record or unreadable event inside an envelope, and per event
+  that claims to have happened after the broker stored it (beyond the clock skew allowed,
+  `clock_skew`): charged, it would move its budgets' "now" ahead and close their current period.
 
 Nothing here touches Faust: the agent feeds records in and writes what comes out, so the whole
 stage is tested without a broker. The rules are the domain's: `classify` (dedupe),
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
@@ -30,13 +33,13 @@ from pydantic import ValidationError
 from schemas.base import field_errors
 from schemas.codec import upcast
 from schemas.errors import AllotmentError, FieldError, InvalidEvent
-from schemas.usage import UsageRecorded, usage_fields
+from schemas.usage import UsageRecorded, ahead_problem, usage_fields
 from services.common.kafka import partition_for
 from streams.budgets import Budget, BudgetIndex
 from streams.faust.deadletter import Rejected, reason_of
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex, RecordCutter
 from streams.ledger import Position
-from streams.periods import to_ms
+from streams.periods import from_ms, to_ms
 from streams.selectors import match_budgets
 
 
@@ -47,6 +50,7 @@ class UsageRecord:
     partition: int
     offset: int
     timestamp_ms: int
+    """The record's broker timestamp (epoch ms); 0 or less when it has none."""
     value: bytes | None
 
 
@@ -122,8 +126,21 @@ def _events_of(raw: bytes) -> tuple[bool, list[tuple[int, Any]]]:
     return False, [(0, payload)]
 
 
+BROKER_TIME = "the time the broker stored the record"
+
+
 class Resolver:
-    """Turns consumed usage records into charges, dedupe records and dead letters."""
+    """Turns consumed usage records into charges, dedupe records and dead letters.
+
+    With `clock_skew` set, an event whose occurred_at is more than that after its record's
+    broker timestamp is dead-lettered (the reason names occurred_at and the rule), before
+    dedupe sees it: the same event sent again with a corrected time is charged. The record's
+    timestamp is set where the record is written (our producers, or the broker itself with
+    LogAppendTime), not by the event's source, and it is stored with the record, so a replay
+    rejects exactly what the first run rejected. The contract's own rule
+    (`schemas.usage.CLOCK_SKEW` against received_at) applies with or without it. None (the
+    default, for feeds whose record times are not real times) checks the contract only.
+    """
 
     def __init__(
         self,
@@ -132,12 +149,14 @@ class Resolver:
         dedupe: DedupeIndex,
         budgets: Callable[[], BudgetIndex],
         committed: Callable[[int], int | None] | None = None,
+        clock_skew: timedelta | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
         self.dedupe = dedupe
         self._budgets = budgets
         self._committed = committed
+        self.clock_skew = clock_skew
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""
@@ -239,6 +258,10 @@ class Resolver:
             self._reject(out, record, exc, raw, None)
             return
         partition, offset = record.partition, record.offset
+        skew = self.clock_skew
+        stored_at: datetime | None = None
+        if skew is not None and record.timestamp_ms > 0:
+            stored_at = from_ms(record.timestamp_ms)
         classify = self.dedupe.classify
         targets_of: dict[tuple[Any, ...], list[list[list[int]]]] = {}  # dims -> charge lines
         ids: list[str] = []
@@ -252,6 +275,10 @@ class Resolver:
                 if home != partition:
                     rule = f"hashes to usage partition {home}, arrived on {partition}"
                     raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
+                if stored_at is not None and skew is not None:
+                    ahead = ahead_problem(event["occurred_at"], stored_at, BROKER_TIME, skew)
+                    if ahead is not None:
+                        raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", ahead)])
             except AllotmentError as exc:
                 where = position_index if envelope else None
                 self._reject(out, record, exc, orjson.dumps(payload), where)

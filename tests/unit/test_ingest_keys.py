@@ -105,7 +105,7 @@ def test_a_mixed_batch_rejects_each_bad_record_and_keeps_the_rest():
         ]
     )
     records = read_records(body, "application/x-ndjson")
-    now = datetime(2026, 11, 27, tzinfo=UTC)
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)  # received after the records happened (10:00)
     batch = map_records(records, native.to_draft, ring.by_id("acme-gw"), now)
     assert [r.to_dict() for r in batch.rejected] == [
         {"index": 1, "field": "(record)", "rule": "is not valid JSON"},

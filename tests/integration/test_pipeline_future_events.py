@@ -1,0 +1,98 @@
+"""A usage event stamped a year ahead goes to the dead-letter topic; the budget keeps working.
+
+Review B, finding 1, through a real worker: before the fix the event was charged, the ledger's
+"now" jumped a year, the current period and its fired thresholds were pruned, and the real
+traffic after it was counted late: no 90 or 100 percent crossing, no hard stop.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from pipeline_harness import (
+    Workers,
+    budget_event,
+    delete_prefixed_topics,
+    ledgers,
+    period_totals,
+    policies,
+    publish_budgets,
+    read_all,
+    send_usage,
+    thresholds,
+    usage,
+    wait_for,
+)
+
+from schemas.topics import DEAD_LETTER, USAGE
+
+
+async def test_a_future_event_is_dead_lettered_and_the_budget_keeps_charging(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    tenant, budget_id = "future-co", "future-month"
+    await publish_budgets(kafka_bootstrap, topic_prefix, [budget_event(tenant, budget_id, {
+        "name": "month", "limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
+        "period": {"kind": "month", "timezone": "UTC"},
+    })])  # fmt: skip
+    now = datetime.now(UTC).replace(microsecond=0)
+    month = now.strftime("%Y-%m")
+    # A gateway whose clock (or a backfill file's year) is wrong; ingest stamped received_at.
+    future = {**usage("future-typo", tenant, now + timedelta(days=365), 1, 0)}
+    future["received_at"] = now.isoformat()
+    workers = Workers(kafka_bootstrap, topic_prefix, tmp_path)
+    try:
+        worker = workers.start()
+        await send_usage(kafka_bootstrap, topic_prefix, [usage("fut-0", tenant, now, 400, 400)])
+
+        async def crossed(threshold: int) -> bool:
+            found = await thresholds(kafka_bootstrap, topic_prefix)
+            return any(
+                t["budget_id"] == budget_id and t["period_key"] == month
+                and t["threshold"] == threshold
+                for t in found
+            )  # fmt: skip
+
+        await wait_for(lambda: crossed(75), 90, [worker])
+        await send_usage(kafka_bootstrap, topic_prefix, [future])
+
+        async def dead() -> list[dict]:
+            records = await read_all(kafka_bootstrap, DEAD_LETTER.name(topic_prefix))
+            return [orjson.loads(r.value) for r in records]
+
+        [letter] = await wait_for(dead, 60, [worker])
+        assert letter["topic"] == USAGE.name(topic_prefix)
+        assert orjson.loads(base64.b64decode(letter["payload_b64"]))["event_id"] == "future-typo"
+        [rule] = letter["errors"]
+        assert rule.startswith("occurred_at: must not be more than 0:05:00 after received_at"), rule
+
+        # Real traffic after it is charged to the current period and crosses 90 and 100.
+        later = [usage(f"fut-{i}", tenant, now, 50, 50) for i in range(1, 6)]
+        await send_usage(kafka_bootstrap, topic_prefix, later)
+        await wait_for(lambda: crossed(100), 90, [worker])
+        assert await crossed(90)
+
+        async def charged() -> dict[str, int] | None:
+            ledger = (await ledgers(kafka_bootstrap, f"{topic_prefix}.pipeline")).get(budget_id)
+            totals = None if ledger is None else period_totals(ledger, month)
+            return totals if totals and totals["total"] == 1300 else None
+
+        await wait_for(charged, 60, [worker])
+        ledger = (await ledgers(kafka_bootstrap, f"{topic_prefix}.pipeline"))[budget_id]
+        assert list(ledger["state"]["periods"]) == [month]
+        assert ledger["state"]["late_events"] == 0
+
+        async def stopped() -> dict | None:
+            mine = [p for p in await policies(kafka_bootstrap, topic_prefix)
+                    if p["budget_id"] == budget_id]  # fmt: skip
+            return mine[-1] if mine and mine[-1]["policy"] == "hard_stop" else None
+
+        stop = await wait_for(stopped, 60, [worker])
+        assert stop["period_key"] == month
+        assert worker.alive()
+    finally:
+        workers.close()
+        await delete_prefixed_topics(kafka_bootstrap, topic_prefix)

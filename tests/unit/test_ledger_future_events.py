@@ -1,0 +1,161 @@
+"""Usage stamped far in the future (a gateway's bad clock, a typo in a backfill file).
+
+Review B, finding 1: the ledger's "now" is the newest event time it has applied, so one event a
+year ahead pruned the current period and its fired thresholds, and every real event after it
+was counted late: no threshold and no hard stop for that budget again. Three layers now stop
+it: the contract (occurred_at at most `CLOCK_SKEW` after received_at: a 4xx at ingest, a dead
+letter in the worker), the resolve stage (against the record's broker time) and the ledger fold
+(a caller's trusted time caps "now").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas import usage as usage_schema
+from schemas.base import field_errors
+from schemas.budgets import BudgetDefined, BudgetSpec
+from schemas.usage import UsageRecorded, usage_fields
+from services.common.kafka import partition_for
+from streams.budgets import Budget, BudgetIndex
+from streams.faust.dedupe_log import MemoryDedupeIndex
+from streams.faust.resolve import Resolver, UsageRecord
+from streams.ledger import ChargeLine, LedgerState, apply_charge
+from streams.periods import to_ms
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+LATE = timedelta(days=2)
+YEAR = timedelta(days=365)
+CLOCK_SKEW = timedelta(minutes=5)
+BUDGET = Budget(
+    "b1", "acme", 1, BudgetSpec(name="b", limits={"total_tokens": 1000}, at_limit="hard_stop")
+)
+
+
+def _line(offset: int, at: datetime, tokens: int) -> ChargeLine:
+    return ChargeLine((offset, 0), to_ms(at), tokens, tokens)
+
+
+def test_a_line_past_the_trusted_time_keeps_the_current_period_charging() -> None:
+    trusted = to_ms(NOW + CLOCK_SKEW)
+    first = apply_charge(
+        LedgerState("b1"), BUDGET, 0, [_line(1, NOW, 400)], LATE, newest_trusted_ms=trusted
+    )
+    assert first.state.crossed == {"2026-11": [75]}
+
+    future = apply_charge(
+        first.state, BUDGET, 0, [_line(2, NOW + YEAR, 1)], LATE, newest_trusted_ms=trusted
+    )
+    # Charged to the period it names (nothing accepted is lost); "now" stops at the trusted time.
+    assert future.applied == 1
+    assert future.state.periods["2027-11"].total == 2
+    assert future.state.periods["2026-11"].total == 800
+    assert future.state.crossed["2026-11"] == [75]
+    assert future.state.event_time_high_ms == trusted
+
+    later = NOW + timedelta(minutes=5)
+    real = [_line(3 + i, NOW + timedelta(minutes=i), 500) for i in range(5)]
+    result = apply_charge(
+        future.state, BUDGET, 0, real, LATE, newest_trusted_ms=to_ms(later + CLOCK_SKEW)
+    )
+    assert (result.applied, result.late) == (5, [])
+    assert result.state.periods["2026-11"].total == 800 + 5_000
+    assert [(c.period_key, c.threshold) for c in result.crossings] == [
+        ("2026-11", 90),
+        ("2026-11", 100),
+    ]
+    assert result.state.event_time_high_ms == trusted
+
+
+def test_now_never_moves_back_under_a_cap() -> None:
+    ahead = LedgerState("b1", event_time_high_ms=to_ms(NOW + timedelta(hours=1)))
+    result = apply_charge(ahead, BUDGET, 0, [_line(1, NOW, 1)], LATE, newest_trusted_ms=to_ms(NOW))
+    assert result.state.event_time_high_ms == to_ms(NOW + timedelta(hours=1))
+    assert result.applied == 1
+
+
+def _wire(event_id: str, occurred_at: datetime, received_at: datetime) -> dict[str, Any]:
+    return {
+        "type": "UsageRecorded", "version": 1, "event_id": event_id, "source": "gw",
+        "occurred_at": occurred_at.isoformat(), "received_at": received_at.isoformat(),
+        "tenant": "acme", "input_uncached": 10, "output": 1,
+    }  # fmt: skip
+
+
+def test_the_contract_refuses_occurred_at_past_received_at_plus_the_skew() -> None:
+    at_the_edge = _wire("e1", NOW + CLOCK_SKEW, NOW)
+    assert UsageRecorded.model_validate(at_the_edge).occurred_at == NOW + CLOCK_SKEW
+    assert usage_fields(at_the_edge) is not None
+    assert UsageRecorded.model_validate(_wire("e2", NOW - YEAR, NOW)).received_at == NOW
+
+    bad = _wire("e3", NOW + YEAR, NOW)
+    assert usage_fields(bad) is None  # the fast path leaves the reason to the model
+    with pytest.raises(ValidationError) as caught:
+        UsageRecorded.model_validate(bad)
+    [error] = field_errors(caught.value)
+    assert error.field == "occurred_at"
+    assert "must not be more than 0:05:00 after received_at" in error.rule
+    assert "365 days" in error.rule
+
+
+def test_the_default_skew_is_five_minutes() -> None:
+    assert getattr(usage_schema, "CLOCK_SKEW", None) == CLOCK_SKEW
+
+
+def _resolver(**kw: Any) -> Resolver:
+    spec = BudgetSpec.model_validate({"name": "all", "limits": {"total_tokens": 1000}})
+    defined = BudgetDefined(
+        budget_id="all", tenant="acme", revision=1, occurred_at=NOW, actor="t", spec=spec
+    )
+    index = BudgetIndex([Budget(defined.budget_id, "acme", 1, defined.spec)])
+    return Resolver("p.usage", 1, MemoryDedupeIndex(7 * 86_400_000), lambda: index, **kw)
+
+
+def _envelope(offset: int, events: list[dict[str, Any]]) -> UsageRecord:
+    value = orjson.dumps({"type": "UsageBatch", "version": 1, "events": events})
+    return UsageRecord(0, offset, to_ms(NOW), value)
+
+
+def _lines(out: Any) -> list[list[int]]:
+    [(_, raw)] = out.charges
+    return [row[:3] for row in orjson.loads(raw)["lines"]]
+
+
+def test_resolve_dead_letters_an_event_ahead_of_its_received_at() -> None:
+    events = [_wire("ok-1", NOW, NOW), _wire("typo", NOW + YEAR, NOW), _wire("ok-2", NOW, NOW)]
+    assert {partition_for(e["event_id"], 1) for e in events} == {0}
+    resolver = _resolver()
+    out = resolver.resolve([_envelope(7, events)])
+
+    [rejected] = out.rejected
+    assert (rejected.topic, rejected.offset, rejected.index) == ("p.usage", 7, 1)
+    assert rejected.errors[0].startswith("occurred_at: must not be more than 0:05:00 after")
+    assert "received_at" in rejected.errors[0]
+    assert orjson.loads(rejected.payload)["event_id"] == "typo"
+    assert _lines(out) == [[7, 0, to_ms(NOW)], [7, 2, to_ms(NOW)]]
+
+    # Not remembered as seen: sent again with its clock fixed, the event is charged.
+    resolver.keep(out)
+    again = resolver.resolve([_envelope(8, [_wire("typo", NOW, NOW)])])
+    assert (again.duplicates, again.rejected, _lines(again)) == (0, [], [[8, 0, to_ms(NOW)]])
+
+
+def test_resolve_dead_letters_an_event_ahead_of_its_broker_time() -> None:
+    events = [
+        _wire("forged", NOW + YEAR, NOW + YEAR),  # received_at as wrong: the broker time says so
+        _wire("ok-2", NOW + CLOCK_SKEW, NOW + CLOCK_SKEW),  # at the edge of the allowance
+    ]
+    out = _resolver(clock_skew=CLOCK_SKEW).resolve([_envelope(3, events)])
+    [rejected] = out.rejected
+    assert rejected.index == 0
+    assert rejected.errors[0].startswith("occurred_at: must not be more than 0:05:00 after")
+    assert "the time the broker stored the record" in rejected.errors[0]
+    assert _lines(out) == [[3, 1, to_ms(NOW + CLOCK_SKEW)]]
+
+    unchecked = _resolver().resolve([_envelope(3, events)])  # no skew: the contract only
+    assert (unchecked.rejected, len(_lines(unchecked))) == ([], 2)
