@@ -3,10 +3,14 @@
 A finished request leaves a `UsageRecord` in memory (no validation, no I/O on the hot path).
 Every `flush_interval_s` (or `flush_max_events`) the emitter builds the `UsageRecorded` events,
 appends them to the spool in one transaction, and wakes the sender. The sender packs spooled
-events into one `UsageBatch` envelope per usage partition, sends them with acks=all, and deletes
-them from the spool only once Kafka has them. When the broker is unreachable the sender backs off
-and retries; the spool holds everything meanwhile. Redelivery after a crash between send and
-delete is harmless: the pipeline dedupes by event_id.
+events into `UsageBatch` envelopes per usage partition (capped by count and bytes), sends them
+with acks=all, and deletes them from the spool only once Kafka has them. When the broker is
+unreachable the sender backs off and retries; the spool holds everything meanwhile. Redelivery
+after a crash between send and delete is harmless: the pipeline dedupes by event_id.
+
+An event too large for any envelope (the contract bounds a proxy event far below that, so only a
+changed limit or a corrupt row gets here) would block every event behind it if resent forever.
+It is set aside in the spool file's own table instead, logged and counted, and the rest drains.
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
-
 from schemas.codec import encode
 from schemas.usage import UsageRecorded, scoped_event_id
-from services.common.usage_producer import UsageProducer
+from services.common.usage_producer import EventTooLarge, UsageProducer
 from services.proxy.spool import Spool
 from services.proxy.usage import Tokens
 
@@ -110,6 +112,7 @@ class UsageEmitter:
         self._tasks: list[asyncio.Task[None]] = []
         self.sent = 0
         self.rejected = 0
+        self.set_aside = 0
 
     def record(self, record: UsageRecord) -> None:
         """Hot path: remember the request; the writer task does the rest."""
@@ -202,6 +205,10 @@ class UsageEmitter:
                 continue
             try:
                 await self.sink.send(rows)
+            except EventTooLarge as exc:  # every other row was acknowledged
+                await self._set_aside(rows, exc)
+                if not rows:
+                    continue
             except Exception as exc:  # broker down or unreachable: keep spooled, retry later
                 log.warning("usage send failed (%s); %d events stay spooled", exc, len(rows))
                 await self.sink.close()
@@ -211,6 +218,14 @@ class UsageEmitter:
             backoff = 0.2
             await asyncio.to_thread(self.spool.ack, rows[-1][0])
             self.sent += len(rows)
+
+    async def _set_aside(self, rows: list[tuple[int, str, bytes]], exc: EventTooLarge) -> None:
+        refused = set(exc.event_ids)
+        ids = [row_id for row_id, event_id, _ in rows if event_id in refused]
+        await asyncio.to_thread(self.spool.set_aside, ids, str(exc))
+        self.set_aside += len(ids)
+        rows[:] = [row for row in rows if row[1] not in refused]
+        log.error("usage: %d events set aside in the spool file: %s", len(ids), exc)
 
 
 class UsageSink:
@@ -228,7 +243,7 @@ class UsageSink:
             producer = UsageProducer(self.bootstrap, self.topic_prefix)
             await producer.start()  # stops its own client when it fails
             self._producer = producer
-        await self._producer.send_wire([orjson.loads(event) for _, _, event in rows])
+        await self._producer.send_encoded([(event_id, event) for _, event_id, event in rows])
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

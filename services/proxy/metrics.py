@@ -67,6 +67,11 @@ class ProxyCollector(Collector):
                 "Usage records the contract refused",
                 value=self.emitter.rejected,
             )
+            yield CounterMetricFamily(
+                "allotment_proxy_usage_set_aside",
+                "Usage events too large for the usage topic, kept in the spool's set_aside table",
+                value=self.emitter.set_aside,
+            )
         if self.feed is not None:
             yield CounterMetricFamily(
                 "allotment_proxy_feed_applied",

@@ -18,6 +18,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool"
     " (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, event BLOB NOT NULL)"
 )
+_SET_ASIDE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS set_aside (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL,"
+    " event BLOB NOT NULL, reason TEXT NOT NULL)"
+)
 
 
 class Spool:
@@ -31,6 +35,7 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_SET_ASIDE_SCHEMA)
 
     def append(self, events: list[tuple[str, bytes]]) -> None:
         """Store a batch of (event_id, encoded event) atomically: all of it or none of it."""
@@ -57,6 +62,31 @@ class Spool:
         """Kafka has the events up to this id: drop them."""
         with self._lock:
             self._db.execute("DELETE FROM spool WHERE id <= ?", (up_to_id,))
+
+    def set_aside(self, ids: list[int], reason: str) -> None:
+        """Move rows Kafka can never take (an event too large for the usage topic) out of the
+        queue, so the events behind them are sent. They stay in this file's `set_aside` table
+        with the reason: kept for an operator, never silently dropped."""
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT INTO set_aside (id, event_id, event, reason)"
+                    f" SELECT id, event_id, event, ? FROM spool WHERE id IN ({marks})",
+                    (reason, *ids),
+                )
+                self._db.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def set_aside_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM set_aside").fetchone()[0])
 
     def __len__(self) -> int:
         with self._lock:
