@@ -22,6 +22,9 @@ from schemas.base import field_errors
 from schemas.budgets import BudgetDefined, BudgetSpec
 from schemas.usage import UsageRecorded, usage_fields
 from services.common.kafka import partition_for
+from services.ingest.batch import map_records
+from services.ingest.keys import IngestKey
+from services.ingest.sources import native
 from streams.budgets import Budget, BudgetIndex
 from streams.faust.dedupe_log import MemoryDedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
@@ -101,6 +104,19 @@ def test_the_contract_refuses_occurred_at_past_received_at_plus_the_skew() -> No
     assert error.field == "occurred_at"
     assert "must not be more than 0:05:00 after received_at" in error.rule
     assert "365 days" in error.rule
+
+
+def test_ingest_rejects_the_record_naming_occurred_at() -> None:
+    key = IngestKey("gw", "acme", "0" * 64)
+    records = [
+        {"source_request_id": "ok", "occurred_at": NOW.isoformat(), "output": 3},
+        {"source_request_id": "typo", "occurred_at": (NOW + YEAR).isoformat(), "output": 3},
+    ]
+    batch = map_records(records, native.to_draft, key, NOW)
+    assert batch.indices == [0]
+    [rejected] = [r.to_dict() for r in batch.rejected]
+    assert (rejected["index"], rejected["field"]) == (1, "occurred_at")
+    assert rejected["rule"].startswith("must not be more than 0:05:00 after received_at")
 
 
 def test_the_default_skew_is_five_minutes() -> None:
