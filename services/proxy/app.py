@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 _DROP_REQUEST = frozenset(
     {
         b"host",
+        # The upstream client asks for the encodings it can decode: a client's "br" or "zstd"
+        # would get an answer the proxy could neither read for usage nor relay (a 502).
+        b"accept-encoding",
         b"content-length",
         b"authorization",
         b"x-api-key",
@@ -176,6 +179,9 @@ class ProxyApp:
             seconds = retry_after(verdict, now)
             if seconds is not None:
                 headers.append((b"retry-after", str(seconds).encode()))
+            # The refusal lasts until the budget resets: the official SDKs retry a 429 (the
+            # Anthropic one sleeps the whole Retry-After) unless told not to.
+            headers.append((b"x-should-retry", b"false"))
             await _reply(send, 429, route.error_body(429, refusal_message(verdict, now)), headers)
             self.requests[(route.path, 429, "hard_stop")] += 1
             self._record(

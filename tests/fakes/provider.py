@@ -14,6 +14,10 @@ Per-request control through headers (the proxy forwards them):
 - `x-fake-delay-ms`: hold the request this long before answering.
 - `x-fake-chunk-delay-ms`: pause this long between the chunks of a chat stream.
 
+With `FakeProvider(compress=True)` JSON answers are encoded as the request's Accept-Encoding
+offers, as providers behind a CDN do: `br` first (real brotli when the module is installed,
+otherwise bytes only a brotli decoder would be asked to read), then `gzip`.
+
 Default token counts are deterministic: input = len(body) // 8 (at least 1), output =
 min(max_tokens, 20). Run standalone with `python tests/fakes/provider.py --port 8011`.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -58,6 +63,7 @@ class FakeProvider:
     host: str = "127.0.0.1"
     port: int = 0
     record: bool = True
+    compress: bool = False
     received: list[Received] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -67,7 +73,7 @@ class FakeProvider:
         return f"http://{self.host}:{self.port}"
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_encode_as_offered] if self.compress else [])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -316,6 +322,28 @@ class FakeProvider:
             )
         await resp.write(_event("message_stop", {"type": "message_stop"}))
         return resp
+
+
+@web.middleware
+async def _encode_as_offered(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    if response.prepared or not isinstance(response, web.Response) or response.body is None:
+        return response  # a stream already on its way
+    offered = {
+        p.split(";")[0].strip() for p in request.headers.get("accept-encoding", "").split(",")
+    }
+    body = bytes(response.body)  # type: ignore[arg-type]
+    if "br" in offered:
+        try:
+            import brotli  # type: ignore[import-not-found]
+        except ImportError:
+            encoded = b"\x8b\x03\x80not-decodable-without-brotli\x03"
+        else:
+            encoded = brotli.compress(body)
+        response.body, response.headers["content-encoding"] = encoded, "br"
+    elif "gzip" in offered:
+        response.body, response.headers["content-encoding"] = gzip.compress(body), "gzip"
+    return response
 
 
 def _openai_usage(usage: Usage) -> dict[str, Any]:
