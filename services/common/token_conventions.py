@@ -103,7 +103,17 @@ def count(value: Any, field: str, key: str = "", default: int = 0, *, policy: Po
     elif isinstance(value, float) and value.is_integer():
         result = int(value)
     elif isinstance(value, str) and value.strip().removeprefix("-").isdecimal():
-        result = int(value.strip())
+        text = value.strip()
+        digits = text.removeprefix("-").lstrip("0")
+        if len(digits) > _MAX_DIGITS:  # int() would refuse past 4,300 digits anyway
+            negative = text.startswith("-")
+            policy(
+                _name(field, key),
+                f"must be {'>= 0' if negative else f'<= {MAX_TOKENS}'} "
+                f"(got a {len(digits)}-digit number)",
+            )
+            return 0 if negative else MAX_TOKENS
+        result = -int(digits or "0") if text.startswith("-") else int(digits or "0")
     else:
         policy(_name(field, key), f"must be a whole number of tokens (got {value!r})")
         return 0
@@ -114,6 +124,9 @@ def count(value: Any, field: str, key: str = "", default: int = 0, *, policy: Po
         policy(_name(field, key), f"must be <= {MAX_TOKENS} (got {result})")
         return MAX_TOKENS
     return result
+
+
+_MAX_DIGITS = len(str(MAX_TOKENS))
 
 
 def _get(obj: Any, key: str) -> Any:

@@ -8,6 +8,7 @@ parse is one rejected record, not a rejected request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,8 @@ from schemas.usage import UsageRecorded
 from services.ingest.errors import BadPayload, RecordRejected
 from services.ingest.keys import IngestKey
 from services.ingest.sources.base import Draft, build_event
+
+log = logging.getLogger(__name__)
 
 MAX_RECORDS = 10_000
 SLICE = 100
@@ -119,6 +122,14 @@ def map_records(
             event = build_event(draft, key, received_at)
         except RecordRejected as exc:
             result.rejected.append(Rejection(index, exc.field, exc.rule))
+            continue
+        except Exception as exc:
+            # A mapper missed a check: this record is rejected, never the whole batch (the
+            # explicit checks name the field; this names the record and logs the cause).
+            log.exception("ingest: record %d failed to map; rejected", index)
+            result.rejected.append(
+                Rejection(index, "(record)", f"could not be read ({type(exc).__name__})")
+            )
             continue
         result.events.append(event)
         result.indices.append(index)

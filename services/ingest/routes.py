@@ -198,8 +198,10 @@ def _verify_signature(key: IngestKey, body: bytes, signature: str | None) -> Non
         raise BadSignature("Helicone-Signature", f"key {key.key_id!r} has no helicone secret")
     if not signature:
         raise BadSignature("Helicone-Signature", "is required (hex HMAC-SHA256 of the body)")
-    expected = hmac.new(key.helicone_secret.encode(), body, sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    expected = hmac.new(key.helicone_secret.encode(), body, sha256).hexdigest().encode()
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a header may carry any).
+    presented = signature.strip().lower().encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(expected, presented):
         raise BadSignature("Helicone-Signature", "does not match the body")
 
 

@@ -8,6 +8,7 @@ and validates against the contract, so every source obeys the same rules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from schemas.usage import UsageRecorded, scoped_event_id
 from services.ingest.errors import RecordRejected
 from services.ingest.keys import IngestKey
 from services.ingest.tokens import TokenParts
+
+_MAX_EPOCH_DIGITS = 24  # nanoseconds until long after any usable date
 
 
 @dataclass(slots=True)
@@ -67,7 +70,10 @@ def parse_time(value: Any, field_name: str, *, assume_utc: bool = False) -> date
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise RecordRejected(field_name, f"is not a usable epoch time ({value!r})") from None
         if seconds > 1e17:
             seconds /= 1e9
         elif seconds > 1e14:
@@ -80,7 +86,9 @@ def parse_time(value: Any, field_name: str, *, assume_utc: bool = False) -> date
             raise RecordRejected(field_name, f"is not a usable epoch time ({value!r})") from None
     elif isinstance(value, str) and value.strip():
         text = value.strip()
-        if text.isdigit():
+        if text.isdecimal():
+            if len(text) > _MAX_EPOCH_DIGITS:  # also spares int() thousands of digits
+                raise RecordRejected(field_name, f"is not a usable epoch time ({text[:30]}...)")
             return parse_time(int(text), field_name, assume_utc=assume_utc)
         try:
             parsed = datetime.fromisoformat(text)  # 3.11+: accepts "Z" and a space separator
@@ -103,8 +111,10 @@ def usd_to_micros(value: Any, field_name: str, scale: float = 1.0) -> int | None
         raise RecordRejected(field_name, "must be a number")
     try:
         amount = float(value) * scale
-    except ValueError:
-        raise RecordRejected(field_name, f"must be a number (got {value!r})") from None
+    except (ValueError, OverflowError):
+        raise RecordRejected(field_name, f"must be a number (got {str(value)[:40]!r})") from None
+    if not math.isfinite(amount * 1_000_000):
+        raise RecordRejected(field_name, f"must be a finite number (got {str(value)[:40]!r})")
     if amount < 0:
         raise RecordRejected(field_name, f"must be >= 0 (got {value!r})")
     return round(amount * 1_000_000)

@@ -65,31 +65,88 @@ AGGREGATE_OPERATIONS = {"invoke_agent", "create_agent", "execute_tool"}
 MODEL_SPAN_KINDS = {"LLM", "EMBEDDING"}
 
 
-def _any_value(value: Mapping[str, Any]) -> Any:
+class _Malformed(Exception):
+    """A part of an OTLP JSON export that breaks the encoding; `field` is its path."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+_INT64_DIGITS = 19
+
+
+def _int64(value: Any, field: str) -> int:
+    """An OTLP JSON int64/fixed64: a JSON number or a decimal string (protobuf's JSON mapping
+    allows both)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text.removeprefix("-")
+        if digits.isdecimal() and len(digits) <= _INT64_DIGITS + 1:
+            return int(text)
+    raise _Malformed(field, f"must be an integer (a number or a decimal string), got {value!r:.40}")
+
+
+def _any_value(value: Any, field: str) -> Any:
     """An OTLP JSON AnyValue as plain Python (int64 arrives as a decimal string)."""
+    if not isinstance(value, Mapping):
+        raise _Malformed(field, "must be an AnyValue object")
     if "stringValue" in value:
+        if not isinstance(value["stringValue"], str):
+            raise _Malformed(f"{field}.stringValue", "must be a string")
         return value["stringValue"]
     if "intValue" in value:
-        return int(value["intValue"])
+        return _int64(value["intValue"], f"{field}.intValue")
     if "doubleValue" in value:
-        return float(value["doubleValue"])
+        double = value["doubleValue"]
+        if isinstance(double, int | float | str) and not isinstance(double, bool):
+            try:
+                return float(double)
+            except ValueError:
+                pass
+        raise _Malformed(f"{field}.doubleValue", "must be a number")
     if "boolValue" in value:
-        return bool(value["boolValue"])
+        if not isinstance(value["boolValue"], bool):
+            raise _Malformed(f"{field}.boolValue", "must be true or false")
+        return value["boolValue"]
     if "arrayValue" in value:
-        return [_any_value(v) for v in value["arrayValue"].get("values", [])]
+        values = _list((value["arrayValue"] or {}), "values", f"{field}.arrayValue")
+        return [_any_value(v, f"{field}.arrayValue.values[{n}]") for n, v in enumerate(values)]
     if "kvlistValue" in value:
-        return _json_attributes(value["kvlistValue"].get("values", []))
+        values = _list(value["kvlistValue"] or {}, "values", f"{field}.kvlistValue")
+        return _json_attributes(values, f"{field}.kvlistValue.values")
     return None
 
 
-def _json_attributes(items: Any) -> dict[str, Any]:
+def _list(container: Any, key: str, field: str) -> list[Any]:
+    """`container[key]` as a list (absent or null is empty)."""
+    if not isinstance(container, Mapping):
+        raise _Malformed(field, "must be an object")
+    items = container.get(key)
+    if items is None:
+        return []
     if not isinstance(items, list):
+        raise _Malformed(f"{field}.{key}", "must be an array")
+    return items
+
+
+def _json_attributes(items: Any, field: str) -> dict[str, Any]:
+    if items is None:
         return {}
-    return {
-        str(kv.get("key")): _any_value(kv.get("value") or {})
-        for kv in items
-        if isinstance(kv, Mapping)
-    }
+    if not isinstance(items, list):
+        raise _Malformed(field, "must be an array of {key, value}")
+    attributes: dict[str, Any] = {}
+    for n, kv in enumerate(items):
+        if not isinstance(kv, Mapping) or not isinstance(kv.get("key"), str):
+            raise _Malformed(f"{field}[{n}]", "must be an object with a string key")
+        raw = kv.get("value")
+        attributes[kv["key"]] = None if raw is None else _any_value(raw, f"{field}[{n}].value")
+    return attributes
 
 
 def _hex_id(value: Any, size: int) -> str:
@@ -104,8 +161,41 @@ def _hex_id(value: Any, size: int) -> str:
     return raw.hex() if len(raw) == size else text.lower()
 
 
+def _id(span: Mapping[str, Any], key: str) -> str:
+    value = span.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Malformed(key, "must be a hex string")
+    return value.lower()
+
+
+def _json_span(span: Any, path: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """One span as a dict; a span that breaks the encoding carries `invalid` and is rejected
+    on its own (its neighbours go on)."""
+    flat: dict[str, Any] = {"path": path, "resource": resource, "attributes": {}}
+    try:
+        if not isinstance(span, Mapping):
+            raise _Malformed("(span)", "must be an object")
+        start = span.get("startTimeUnixNano")
+        flat.update(
+            trace_id=_id(span, "traceId"),
+            span_id=_id(span, "spanId"),
+            name=span.get("name"),
+            start_ns=0 if start in (None, "") else _int64(start, "startTimeUnixNano"),
+            attributes=_json_attributes(span.get("attributes"), "attributes"),
+        )
+    except _Malformed as exc:
+        flat["invalid"] = (exc.field, exc.rule)
+    return flat
+
+
 def spans_from_json(body: bytes) -> list[dict[str, Any]]:
-    """Flatten an OTLP JSON export into span dicts (ids as hex, times in ns)."""
+    """Flatten an OTLP JSON export into span dicts (ids as hex, times in ns).
+
+    Raises `BadPayload` (400) when the export's structure is broken; a broken span, or a
+    resource whose attributes break the encoding, rejects only the spans concerned.
+    """
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -113,21 +203,29 @@ def spans_from_json(body: bytes) -> list[dict[str, Any]]:
     if not isinstance(document, Mapping):
         raise BadPayload("OTLP JSON body must be an object with resourceSpans")
     spans = []
-    for r, rs in enumerate(document.get("resourceSpans") or []):
-        resource = _json_attributes((rs.get("resource") or {}).get("attributes"))
-        for s, ss in enumerate(rs.get("scopeSpans") or []):
-            for i, span in enumerate(ss.get("spans") or []):
-                spans.append(
-                    {
-                        "path": f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]",
-                        "trace_id": str(span.get("traceId", "")).lower(),
-                        "span_id": str(span.get("spanId", "")).lower(),
-                        "name": span.get("name"),
-                        "start_ns": int(span.get("startTimeUnixNano") or 0),
-                        "attributes": _json_attributes(span.get("attributes")),
-                        "resource": resource,
-                    }
+    try:
+        for r, rs in enumerate(_list(document, "resourceSpans", "(body)")):
+            where = f"resourceSpans[{r}]"
+            resource_error = None
+            try:
+                resource_doc = rs.get("resource") if isinstance(rs, Mapping) else None
+                resource = _json_attributes(
+                    (resource_doc or {}).get("attributes")
+                    if isinstance(resource_doc or {}, Mapping)
+                    else [],
+                    "resource.attributes",
                 )
+            except _Malformed as exc:
+                resource, resource_error = {}, (exc.field, exc.rule)
+            for s, ss in enumerate(_list(rs, "scopeSpans", where)):
+                scope = f"{where}.scopeSpans[{s}]"
+                for i, span in enumerate(_list(ss, "spans", scope)):
+                    flat = _json_span(span, f"{scope}.spans[{i}]", resource)
+                    if resource_error is not None:
+                        flat["invalid"] = resource_error
+                    spans.append(flat)
+    except _Malformed as exc:
+        raise BadPayload(f"OTLP JSON {exc.field}: {exc.rule}") from None
     return spans
 
 
@@ -179,7 +277,8 @@ def _first(attrs: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
 
 
 def _is_model_call(attrs: Mapping[str, Any]) -> bool:
-    if attrs.get("gen_ai.operation.name") in AGGREGATE_OPERATIONS:
+    operation = attrs.get("gen_ai.operation.name")
+    if isinstance(operation, str) and operation in AGGREGATE_OPERATIONS:
         return False
     kind = attrs.get("openinference.span.kind") or attrs.get("fi.span.kind")
     return kind is None or str(kind).upper() in MODEL_SPAN_KINDS
@@ -187,6 +286,8 @@ def _is_model_call(attrs: Mapping[str, Any]) -> bool:
 
 def to_draft(span: Mapping[str, Any]) -> Draft | None:
     """A span's usage, or None when the span is not a model call with token counts."""
+    if "invalid" in span:
+        raise RecordRejected(*span["invalid"])
     attrs = {**span.get("resource", {}), **span.get("attributes", {})}
     in_name, in_value = _first(attrs, INPUT)
     out_name, out_value = _first(attrs, OUTPUT)
