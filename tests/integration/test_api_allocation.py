@@ -191,3 +191,64 @@ async def test_the_status_of_a_rolling_budget_sums_its_window(
             "2026-11-05",
             "2026-11-01",
         ]
+
+
+async def test_spent_and_allocated_tokens_are_neither_reserved_nor_given_back(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    """A team (100) hands 60 to search and 40 to chat; search spent 45 of its 60."""
+    now = [datetime(2026, 11, 5, 12, tzinfo=UTC)]
+    tenant = unique("acme")
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url, lambda: now[0]) as h:
+        key = h.key("tenant-admin", [tenant], principal="lead")
+        base = f"/v1/tenants/{tenant}"
+        org, team, a, b = unique("org"), unique("team"), unique("search"), unique("chat")
+        for budget_id, body in (
+            (org, spec(1000)),
+            (team, spec(100, org, selector={"feature": ["search", "chat"]})),
+            (a, spec(60, team, selector={"feature": ["search"]})),
+            (b, spec(40, team, selector={"feature": ["chat"]})),
+        ):
+            created = await h.client.post(
+                f"{base}/budgets",
+                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
+                headers=key,
+            )
+            assert created.status_code == 201, created.text
+        await h.produce(USAGE, [(e.event_id, e) for e in [usage(tenant, "search", 45, 3, 0)]])
+        await h.project()
+        assert (await status(h, tenant, a, key))["consumed"]["total"] == 45
+
+        async def reserve(budget: str, tokens: int) -> Any:
+            body = {
+                "reservation_id": f"r-{tokens}",
+                "tokens": tokens,
+                "starts_at": "2026-11-27T00:00:00Z",
+                "ends_at": "2026-11-30T00:00:00Z",
+                "reason": "sale traffic",
+            }
+            return await h.client.post(
+                f"{base}/budgets/{budget}/reservations", json=body, headers=key
+            )
+
+        spent = await reserve(a, 16)
+        assert spent.status_code == 422, spent.text
+        error = spent.json()["errors"][0]
+        assert error["field"] == "tokens" and "15 unspent" in error["rule"], error
+        assert "45 consumed in 2026-11" in error["rule"]
+        assert (await reserve(team, 1)).status_code == 422  # all of it is its children's
+        assert (await reserve(a, 15)).status_code == 201
+
+        now[0] = datetime(2026, 11, 20, tzinfo=UTC)
+        moved = await h.client.post(f"{base}/rebalance", json={"reason": "mid"}, headers=key)
+        assert moved.status_code == 200, moved.text
+        assert [
+            (e["from_budget_id"], e["to_budget_id"], e["tokens"]) for e in moved.json()["events"]
+        ] == [
+            (b, team, 20),
+            (team, org, 20),  # only what chat gave back; search's 60 stay search's
+        ]
+        await h.project()
+        assert (await status(h, tenant, team, key))["pool"] == {"total": 0}
+        assert (await status(h, tenant, team, key))["effective_limits"] == {"total": 80}
+        assert (await status(h, tenant, org, key))["pool"] == {"total": 920}

@@ -26,7 +26,7 @@ budgets:
   - id: {team}
     name: Support copilot
     parent: {org}
-    limits: {{total_tokens: 400}}
+    limits: {{total_tokens: {team_limit}}}
     period: {{kind: month, timezone: Europe/Berlin}}
 """
 
@@ -57,7 +57,9 @@ async def test_plan_apply_and_reapply_change_nothing(
     key = create_key(engine, "platform-team", "tenant-admin", [tenant])
     engine.dispose()
     budgets = tmp_path / "budgets.yaml"
-    budgets.write_text(FILE.format(tenant=tenant, org=org, team=team, org_limit=1000))
+    budgets.write_text(
+        FILE.format(tenant=tenant, org=org, team=team, org_limit=1000, team_limit=400)
+    )
     app = create_app(StackSettings(kafka_bootstrap, database_url, topic_prefix), None, True)
 
     def scenario() -> None:
@@ -71,7 +73,9 @@ async def test_plan_apply_and_reapply_change_nothing(
             assert "no changes" in cli("plan", str(budgets), *common)
             assert "no changes" in cli("apply", str(budgets), *common)
 
-            budgets.write_text(FILE.format(tenant=tenant, org=org, team=team, org_limit=2000))
+            budgets.write_text(
+                FILE.format(tenant=tenant, org=org, team=team, org_limit=2000, team_limit=400)
+            )
             planned = cli("plan", str(budgets), *common)
             assert f"~ amend {org}" in planned and "1000 -> 2000" in planned
             assert team not in planned
@@ -82,5 +86,48 @@ async def test_plan_apply_and_reapply_change_nothing(
             ).json()
             assert (audit[0]["event_type"], audit[0]["reason"]) == ("BudgetAmended", "FY27 growth")
             assert audit[0]["actor"] == "platform-team"
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_apply_shrinks_a_tree_and_refuses_a_bad_one_before_any_write(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    tenant, org, team = unique("acme"), unique("org"), unique("support")
+    engine = make_engine(database_url)
+    key = create_key(engine, "platform-team", "tenant-admin", [tenant])
+    engine.dispose()
+    budgets = tmp_path / "budgets.yaml"
+
+    def write(org_limit: int, team_limit: int) -> None:
+        text = FILE.format(
+            tenant=tenant, org=org, team=team, org_limit=org_limit, team_limit=team_limit
+        )
+        budgets.write_text(text)
+
+    app = create_app(StackSettings(kafka_bootstrap, database_url, topic_prefix), None, True)
+
+    def scenario() -> None:
+        with served(app) as url:
+            common = ["--url", url, "--key", key]
+            write(1000, 800)
+            cli("apply", str(budgets), *common)
+            wait_for_versions(url, key, tenant, {org: 1, team: 1})
+
+            write(500, 400)  # both shrink: the team must go first
+            planned = cli("plan", str(budgets), *common)
+            assert planned.index(f"~ amend {team}") < planned.index(f"~ amend {org}")
+            assert "applied 2 change(s)" in cli("apply", str(budgets), *common)
+            wait_for_versions(url, key, tenant, {org: 2, team: 2})
+
+            # The org would grow but the team would hold more than it: the org's write alone
+            # would pass, yet nothing is written.
+            write(2000, 2500)
+            result = CliRunner().invoke(build(), ["apply", str(budgets), *common])
+            assert result.exit_code == 2, result.output
+            assert f"budgets[{org}].spec.limits.total_tokens" in result.output
+            assert "nothing applied" in result.output
+            time.sleep(1)  # give a wrong write time to reach the read model before looking
+            wait_for_versions(url, key, tenant, {org: 2, team: 2})
 
     await asyncio.to_thread(scenario)
