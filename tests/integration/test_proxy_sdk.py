@@ -3,6 +3,7 @@ provider behind it, budgets and policies read from the real Kafka topics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +111,7 @@ async def test_degrade_rewrites_the_model_upstream(
     )
     assert raw.headers["x-allotment-policy"] == "degrade_route"
     assert raw.headers["x-allotment-routed"] == "gpt-4o -> gpt-4o-mini"
+    assert "x-should-retry" not in raw.headers  # only a hard_stop refusal says it
     upstream = fake.last("/v1/chat/completions").body
     assert upstream["model"] == "gpt-4o-mini"
     assert upstream["messages"][0]["role"] == "system"  # the concise variant
@@ -142,21 +144,34 @@ async def test_hard_stop_answers_429_with_retry_after_in_each_providers_shape(
         ],
     )
     async with running_proxy(kafka_bootstrap, topic_prefix, fake.url, tmp_path, tenant) as run:
+        # The SDKs as users build them (default max_retries=2): `x-should-retry: false` makes
+        # them fail at once. Without it Anthropic's sleeps out Retry-After (3 hours here, so the
+        # deadline fails the test) and OpenAI's asks twice more.
+        answered = run.proxy.app.requests  # type: ignore[union-attr]
+        default_oai = openai.AsyncOpenAI(base_url=f"{run.url}/v1", api_key=run.secret)
         with pytest.raises(openai.RateLimitError) as caught:
-            await oai(run).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            await asyncio.wait_for(
+                default_oai.chat.completions.create(model="gpt-4o", messages=MESSAGES), 30
+            )
         response = caught.value.response
         retry_after = int(response.headers["retry-after"])
         assert 3 * 3600 - 60 < retry_after <= 3 * 3600
+        assert response.headers["x-should-retry"] == "false"
+        assert answered[("/v1/chat/completions", 429, "hard_stop")] == 1  # not retried
         message = caught.value.body["message"]  # type: ignore[index]
         assert "capped budget" in message and "1,000,500 of 1,000,000" in message
         assert "resets at" in message
 
+        default_ant = anthropic.AsyncAnthropic(base_url=run.url, api_key=run.secret)
         with pytest.raises(anthropic.RateLimitError) as refused:
-            await ant(run).messages.create(model="claude", max_tokens=10, messages=MESSAGES)
+            await asyncio.wait_for(
+                default_ant.messages.create(model="claude", max_tokens=10, messages=MESSAGES), 30
+            )
         body = refused.value.body
         assert body["type"] == "error"  # type: ignore[index]
         assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-        assert refused.value.response.headers["retry-after"]
+        assert 3 * 3600 - 60 < int(refused.value.response.headers["retry-after"]) <= 3 * 3600
+        assert answered[("/v1/messages", 429, "hard_stop")] == 1
         assert fake.received == []  # nothing went upstream
 
         events = await read_usage(kafka_bootstrap, topic_prefix, 2)
