@@ -36,6 +36,7 @@ from schemas.errors import AllotmentError, FieldError, InvalidEvent
 from schemas.usage import UsageRecorded, ahead_problem, usage_fields
 from services.common.kafka import partition_for
 from streams.budgets import Budget, BudgetIndex
+from streams.faust.app import InvalidWorkerConfig
 from streams.faust.deadletter import Rejected, reason_of
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex, RecordCutter
 from streams.ledger import Position
@@ -156,6 +157,8 @@ class Resolver:
         self.dedupe = dedupe
         self._budgets = budgets
         self._committed = committed
+        if clock_skew is not None and clock_skew < timedelta(0):
+            raise InvalidWorkerConfig("clock_skew", "must not be negative")
         self.clock_skew = clock_skew
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not

@@ -26,6 +26,7 @@ from services.ingest.batch import map_records
 from services.ingest.keys import IngestKey
 from services.ingest.sources import native
 from streams.budgets import Budget, BudgetIndex
+from streams.faust.app import InvalidWorkerConfig
 from streams.faust.dedupe_log import MemoryDedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.ledger import ChargeLine, LedgerState, apply_charge
@@ -175,3 +176,5 @@ def test_resolve_dead_letters_an_event_ahead_of_its_broker_time() -> None:
 
     unchecked = _resolver().resolve([_envelope(3, events)])  # no skew: the contract only
     assert (unchecked.rejected, len(_lines(unchecked))) == ([], 2)
+    with pytest.raises(InvalidWorkerConfig, match="clock_skew: must not be negative"):
+        _resolver(clock_skew=-CLOCK_SKEW)
