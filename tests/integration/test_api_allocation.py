@@ -36,6 +36,19 @@ async def status(h: Harness, tenant: str, budget: str, key: dict[str, str]) -> d
     return body
 
 
+async def define(
+    h: Harness, tenant: str, key: dict[str, str], *budgets: tuple[str, dict[str, Any]]
+) -> None:
+    """Create the budgets in order (parents first), each answered 201."""
+    for budget_id, body in budgets:
+        created = await h.client.post(
+            f"/v1/tenants/{tenant}/budgets",
+            json={"budget_id": budget_id, "spec": body, "reason": "plan"},
+            headers=key,
+        )
+        assert created.status_code == 201, created.text
+
+
 async def test_overflow_reservation_and_rebalance_move_effective_limits(
     kafka_bootstrap: str, topic_prefix: str, database_url: str
 ) -> None:
@@ -45,17 +58,14 @@ async def test_overflow_reservation_and_rebalance_move_effective_limits(
         key = h.key("tenant-admin", [tenant], principal="lead")
         base = f"/v1/tenants/{tenant}"
         org, a, b = unique("org"), unique("search"), unique("chat")
-        for budget_id, body in (
+        await define(
+            h,
+            tenant,
+            key,
             (org, spec(1000)),
             (a, spec(400, org, overflow_cap_tokens=150, selector={"feature": ["search"]})),
             (b, spec(400, org, selector={"feature": ["chat"]})),
-        ):
-            created = await h.client.post(
-                f"{base}/budgets",
-                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
-                headers=key,
-            )
-            assert created.status_code == 201, created.text
+        )
 
         async def draw(budget: str, draw_id: str, tokens: int) -> Any:
             return await h.client.post(
@@ -145,13 +155,7 @@ async def test_the_api_rebalances_on_its_own_timer(
     ) as h:
         key = h.key("tenant-admin", [tenant])
         org, idle = unique("org"), unique("idle")
-        for budget_id, body in ((org, spec(1000)), (idle, spec(400, org))):
-            created = await h.client.post(
-                f"/v1/tenants/{tenant}/budgets",
-                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
-                headers=key,
-            )
-            assert created.status_code == 201
+        await define(h, tenant, key, (org, spec(1000)), (idle, spec(400, org)))
         moves: list[AllocationMoved] = []
         for _ in range(100):
             events = await h.read_topic(BUDGET_EVENTS)
@@ -203,18 +207,15 @@ async def test_spent_and_allocated_tokens_are_neither_reserved_nor_given_back(
         key = h.key("tenant-admin", [tenant], principal="lead")
         base = f"/v1/tenants/{tenant}"
         org, team, a, b = unique("org"), unique("team"), unique("search"), unique("chat")
-        for budget_id, body in (
+        await define(
+            h,
+            tenant,
+            key,
             (org, spec(1000)),
             (team, spec(100, org, selector={"feature": ["search", "chat"]})),
             (a, spec(60, team, selector={"feature": ["search"]})),
             (b, spec(40, team, selector={"feature": ["chat"]})),
-        ):
-            created = await h.client.post(
-                f"{base}/budgets",
-                json={"budget_id": budget_id, "spec": body, "reason": "plan"},
-                headers=key,
-            )
-            assert created.status_code == 201, created.text
+        )
         await h.produce(USAGE, [(e.event_id, e) for e in [usage(tenant, "search", 45, 3, 0)]])
         await h.project()
         assert (await status(h, tenant, a, key))["consumed"]["total"] == 45

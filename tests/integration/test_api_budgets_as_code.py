@@ -49,13 +49,19 @@ def wait_for_versions(url: str, key: str, tenant: str, want: dict[str, int]) -> 
         time.sleep(0.2)
 
 
-async def test_plan_apply_and_reapply_change_nothing(
-    kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
-) -> None:
+def a_tenant(database_url: str) -> tuple[str, str, str, str]:
+    """A fresh tenant, org and team id, and a tenant-admin key for it."""
     tenant, org, team = unique("acme"), unique("org"), unique("support")
     engine = make_engine(database_url)
     key = create_key(engine, "platform-team", "tenant-admin", [tenant])
     engine.dispose()
+    return tenant, org, team, key
+
+
+async def test_plan_apply_and_reapply_change_nothing(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    tenant, org, team, key = a_tenant(database_url)
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(
         FILE.format(tenant=tenant, org=org, team=team, org_limit=1000, team_limit=400)
@@ -93,10 +99,7 @@ async def test_plan_apply_and_reapply_change_nothing(
 async def test_apply_shrinks_a_tree_and_refuses_a_bad_one_before_any_write(
     kafka_bootstrap: str, topic_prefix: str, database_url: str, tmp_path: Path
 ) -> None:
-    tenant, org, team = unique("acme"), unique("org"), unique("support")
-    engine = make_engine(database_url)
-    key = create_key(engine, "platform-team", "tenant-admin", [tenant])
-    engine.dispose()
+    tenant, org, team, key = a_tenant(database_url)
     budgets = tmp_path / "budgets.yaml"
 
     def write(org_limit: int, team_limit: int) -> None:
