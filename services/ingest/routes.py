@@ -28,7 +28,6 @@ ExportTraceServiceResponse whose `partial_success` counts and names the rejected
 
 from __future__ import annotations
 
-import gzip
 import hmac
 import zlib
 from collections.abc import Callable
@@ -178,19 +177,61 @@ class IngestRoutes:
 
 async def read_body(request: Request, decompress: bool = True) -> bytes:
     """The request body, gunzipped when sent with `Content-Encoding: gzip` (OTLP exporters
-    and collectors often compress); bodies over `MAX_BODY_BYTES` are refused."""
+    and collectors often compress); bodies over `MAX_BODY_BYTES` are refused (413).
+
+    Read chunk by chunk with a running count, and gunzipped with a bounded inflater: a body
+    sent without Content-Length, or a small gzip that expands to gigabytes, is refused as soon
+    as it passes the limit, never held whole first.
+    """
+    limit = MAX_BODY_BYTES
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BodyTooLarge(f"body is larger than {MAX_BODY_BYTES} bytes")
-    body = await request.body()
-    if decompress and request.headers.get("content-encoding", "").lower() == "gzip":
+    if declared and declared.isdecimal() and len(declared) < 20 and int(declared) > limit:
+        raise BodyTooLarge(f"body is larger than {limit} bytes")
+    gunzip = (
+        _BoundedGunzip(limit)
+        if decompress and request.headers.get("content-encoding", "").lower() == "gzip"
+        else None
+    )
+    body = bytearray()
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge(f"body is larger than {limit} bytes")
+        if gunzip is None:
+            body += chunk
+        else:
+            gunzip.feed(chunk)
+    return gunzip.finish() if gunzip is not None else bytes(body)
+
+
+class _BoundedGunzip:
+    """Gunzip (one or more members, like `gzip.decompress`) into at most `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out = bytearray()
+        self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.fed = False
+
+    def feed(self, data: bytes) -> None:
         try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as exc:
+            while data:
+                if self.inflater.eof:  # a further gzip member follows the last one
+                    self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self.fed = True
+                room = self.limit + 1 - len(self.out)
+                self.out += self.inflater.decompress(data, room)
+                if len(self.out) > self.limit:
+                    raise BodyTooLarge(f"body is larger than {self.limit} bytes once gunzipped")
+                data = self.inflater.unused_data if self.inflater.eof else b""
+        except zlib.error as exc:
             raise BadPayload(f"Content-Encoding gzip: body does not decompress ({exc})") from None
-    if len(body) > MAX_BODY_BYTES:
-        raise BodyTooLarge(f"body is larger than {MAX_BODY_BYTES} bytes")
-    return body
+
+    def finish(self) -> bytes:
+        if self.fed and not self.inflater.eof:
+            raise BadPayload("Content-Encoding gzip: body does not decompress (truncated)")
+        return bytes(self.out)
 
 
 def _verify_signature(key: IngestKey, body: bytes, signature: str | None) -> None:

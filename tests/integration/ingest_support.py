@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
 from fakes.net import free_port
 
+from schemas.usage import UsageRecorded
 from services.ingest.app import create_app
 from services.ingest.keys import KeyRing, parse_keys
 from services.ingest.publisher import KafkaUsageSink, UsageSink
@@ -48,3 +49,16 @@ def serve(keys: KeyRing, sink: UsageSink) -> Iterator[str]:
 
 def kafka_sink(bootstrap: str, prefix: str) -> KafkaUsageSink:
     return KafkaUsageSink(bootstrap, prefix, timeout_s=20)
+
+
+class MemorySink:
+    """Accepts everything in memory: for tests about reading input, not about Kafka."""
+
+    def __init__(self) -> None:
+        self.events: list[UsageRecorded] = []
+
+    async def publish(self, events: Sequence[UsageRecorded]) -> None:
+        self.events.extend(events)
+
+    async def stop(self) -> None:
+        return None

@@ -8,16 +8,14 @@ with values of the wrong kind, so the fuzzing reaches past each mapper's first c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_support import key_ring, serve
+from ingest_support import MemorySink, key_ring, serve
 
-from schemas.usage import UsageRecorded
 from services.ingest.keys import hash_key
 
 KEY = "fuzz-ingest-key"
@@ -295,19 +293,6 @@ OTLP_BODIES = st.one_of(
 )
 
 
-class _MemorySink:
-    """Accepts everything: the fuzzing is about reading input, not about Kafka."""
-
-    def __init__(self) -> None:
-        self.events: list[UsageRecorded] = []
-
-    async def publish(self, events: Sequence[UsageRecorded]) -> None:
-        self.events.extend(events)
-
-    async def stop(self) -> None:
-        return None
-
-
 def _keys():
     return key_ring(
         {
@@ -339,7 +324,7 @@ FUZZ = settings(
 
 
 def test_random_json_on_every_record_route_never_gives_5xx():
-    with serve(_keys(), _MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with serve(_keys(), MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
 
         @FUZZ
         @given(route=st.sampled_from(ROUTES), document=BODIES)
@@ -358,7 +343,7 @@ def test_random_json_on_every_record_route_never_gives_5xx():
 
 def test_good_records_survive_their_mutated_neighbours():
     """A batch of one good record and mutated copies: never 5xx, and the good one is kept."""
-    with serve(_keys(), _MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with serve(_keys(), MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
 
         @FUZZ
         @given(case=mutated())
@@ -379,7 +364,7 @@ def test_good_records_survive_their_mutated_neighbours():
 
 
 def test_random_otlp_json_never_gives_5xx():
-    with serve(_keys(), _MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with serve(_keys(), MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
 
         @FUZZ
         @given(document=OTLP_BODIES)
@@ -393,7 +378,7 @@ def test_random_otlp_json_never_gives_5xx():
 
 
 def test_a_signature_with_non_ascii_characters_is_refused_not_a_crash():
-    with serve(_keys(), _MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with serve(_keys(), MemorySink()) as base, httpx.Client(base_url=base, timeout=30) as http:
         response = http.post(
             "/v1/ingest/helicone?key_id=fuzz",
             content=b"{}",
