@@ -174,3 +174,29 @@ def test_rebalance_conserves_the_tree_and_keeps_every_pool(
             assert left - sum(allocated) >= own, moves
         assert left >= consumed[giver]["total"], moves
     assert rebalance(specs, state, consumed)[1] == []  # one run does it all
+
+
+async def test_the_api_reads_consumption_of_the_period_the_reservation_starts_in() -> None:
+    from services.api.commands import _consumed_by_start
+
+    asked: list[dict[str, str]] = []
+
+    async def consumption(tenant: str, keys: dict[str, str]) -> dict[str, dict[str, int]]:
+        asked.append(keys)
+        return {b: {"total": 10} for b in keys}
+
+    weekly = Period(kind="rolling", window_days=7, timezone="UTC")
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    starts = datetime(2026, 11, 22, tzinfo=UTC)  # its window: Nov 16-22, of which 16-20 are past
+    got = await _consumed_by_start(consumption, "t", ["w", "kid"], weekly, starts, now)
+    assert got == {"w": {"total": 50}, "kid": {"total": 50}}
+    assert [k["w"] for k in asked] == [f"2026-11-{d}" for d in range(16, 21)]
+
+    asked.clear()
+    month = Period(kind="month", timezone="UTC")
+    assert await _consumed_by_start(consumption, "t", ["m"], month, starts, now) == {
+        "m": {"total": 10}
+    }
+    december = datetime(2026, 12, 2, tzinfo=UTC)
+    assert await _consumed_by_start(consumption, "t", ["m"], month, december, now) == {}
+    assert [k["m"] for k in asked] == ["2026-11"]
