@@ -30,6 +30,8 @@ from services.ingest.publisher import UsageSink
 from services.ingest.sources import helicone, litellm_spendlogs, native
 from services.ingest.sources.base import Draft
 
+FINGERPRINT_BYTES = 64 * 1024
+
 SOURCES: dict[str, Callable[[Any], Draft | None]] = {
     "jsonl": native.to_draft,
     "helicone": helicone.to_draft,
@@ -41,6 +43,8 @@ class Reader(Protocol):
     """Batches of records after a cursor; each batch comes with the cursor that follows it."""
 
     def total(self) -> int | None: ...
+
+    def fingerprint(self, length: int | None = None) -> str | None: ...
 
     def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]: ...
 
@@ -60,6 +64,13 @@ class FileReader:
         with self.path.open("rb") as handle:
             head = handle.read(4096).lstrip()
         return head[:1] == b"["
+
+    def fingerprint(self, length: int | None = None) -> str | None:
+        """`<n>:<sha256 of the first n bytes>`, n = min(size, 64 KiB) unless given: a checkpoint
+        resumes only onto the file it was written for (appending keeps its first bytes)."""
+        with self.path.open("rb") as handle:
+            head = handle.read(FINGERPRINT_BYTES if length is None else length)
+        return f"{len(head)}:{hashlib.sha256(head).hexdigest()}"
 
     def total(self) -> int | None:
         if self._is_array():
@@ -130,6 +141,10 @@ class SpendLogsReader:
 
         dsn = self.dsn.replace("postgresql+psycopg://", "postgresql://", 1)
         return psycopg.connect(dsn, row_factory=dict_row)
+
+    def fingerprint(self, length: int | None = None) -> str | None:
+        """None: the keyset cursor names the rows themselves, whatever else the table holds."""
+        return None
 
     def total(self) -> int | None:
         with self._connect() as conn:
@@ -209,6 +224,21 @@ def input_id(kind: str, location: str) -> str:
     return f"{kind}:{hashlib.sha256(location.encode()).hexdigest()[:16]}"
 
 
+def _same_content(checkpoint: Checkpoint, reader: Reader, recorded: Any) -> None:
+    """Refuse to resume onto other content at the same path (a re-export): its cursor would
+    skip records that were never imported."""
+    if not isinstance(recorded, str) or ":" not in recorded:
+        return  # a checkpoint from before fingerprints, or an input without one
+    length = recorded.split(":", 1)[0]
+    current = reader.fingerprint(int(length) if length.isdecimal() else None)
+    if current is not None and current != recorded:
+        raise IngestConfigError(
+            str(checkpoint.path),
+            "was written for other content at this path (the input's first "
+            f"{length} bytes changed); pass --restart to import it from the start",
+        )
+
+
 async def run_import(
     reader: Reader,
     to_draft: Callable[[Any], Draft | None],
@@ -219,6 +249,8 @@ async def run_import(
 ) -> ImportReport:
     """Import every batch after the checkpoint; the checkpoint moves only after Kafka acked."""
     state = checkpoint.load() or {"cursor": None, "accepted": 0, "rejected": 0, "done": False}
+    _same_content(checkpoint, reader, state.get("fingerprint"))
+    state["fingerprint"] = reader.fingerprint()
     report = ImportReport(resumed_from=state["cursor"], accepted=0)
     if state.get("done"):
         report.already_done = True
@@ -239,6 +271,7 @@ async def run_import(
             "accepted": int(state["accepted"]) + len(batch.events),
             "rejected": int(state["rejected"]) + len(batch.rejected),
             "done": False,
+            "fingerprint": state["fingerprint"],
         }
         checkpoint.save(state)
         if on_progress:
