@@ -80,6 +80,19 @@ async def _topic_config(bootstrap: str, topic: str, timeout: float = 20.0) -> di
         await admin.close()
 
 
+async def _config_when(
+    bootstrap: str, topic: str, key: str, value: str, timeout: float = 20.0
+) -> dict[str, str]:
+    """The topic's config once `key` reads `value`: the broker answers an alter before its own
+    metadata shows the change, so a describe (or a produce) right after may see the old one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (config := await _topic_config(bootstrap, topic)).get(key) != value:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{topic}: {key} is {config.get(key)!r}, not {value!r}")
+        await asyncio.sleep(0.1)
+    return config
+
+
 async def until_listed(admin: AIOKafkaAdminClient, name: str, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while name not in await admin.list_topics():
@@ -107,7 +120,7 @@ async def test_a_fresh_usage_topic_takes_what_the_producer_builds(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     config = await _topic_config(kafka_bootstrap, USAGE.name(topic_prefix))
-    assert config["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)
+    assert config["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)  # set when created
 
 
 async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config(
@@ -122,8 +135,8 @@ async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config
         await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
         await until_listed(admin, name)
         assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
-        after = await _topic_config(kafka_bootstrap, name)
-        assert after["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)
+        limit = str(USAGE_MAX_MESSAGE_BYTES)
+        after = await _config_when(kafka_bootstrap, name, "max.message.bytes", limit)
         assert (after["retention.ms"], after["message.timestamp.type"]) == ("-1", "LogAppendTime")
     finally:
         await admin.delete_topics([name])
@@ -162,9 +175,9 @@ async def test_a_topic_that_takes_less_is_met_by_splitting_and_resending(
 ) -> None:
     """A deployment whose usage topic was never aligned (or an operator's lower limit): the
     refused envelopes are split and sent again through a new producer, not retried as they are."""
-    await _set_topic_config(
-        kafka_bootstrap, USAGE.name(topic_prefix), {"max.message.bytes": "200000"}
-    )
+    topic = USAGE.name(topic_prefix)
+    await _set_topic_config(kafka_bootstrap, topic, {"max.message.bytes": "200000"})
+    await _config_when(kafka_bootstrap, topic, "max.message.bytes", "200000")
     run = uuid.uuid4().hex[:6]
     async with UsageProducer(kafka_bootstrap, topic_prefix) as producer:
         await producer.send_wire([_event(i, run) for i in range(1500)])
