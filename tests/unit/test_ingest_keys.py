@@ -120,3 +120,19 @@ def test_a_mixed_batch_rejects_each_bad_record_and_keeps_the_rest():
     ids = batch.event_ids()
     assert ids[1] is None and ids[0] and ids[4]
     assert all(e.tenant == "acme" for e in batch.events)
+
+
+def test_one_secret_cannot_belong_to_two_keys():
+    shared = hash_key("shared")
+    with pytest.raises(IngestConfigError, match="appears twice") as caught:
+        parse_keys(
+            {
+                "keys": [
+                    {"id": "acme-gw", "tenant": "acme", "key_sha256": shared},
+                    {"id": "globex-gw", "tenant": "globex", "key_sha256": shared.upper()},
+                ]
+            },
+            {},
+        )
+    assert caught.value.where == "keys.globex-gw.key_sha256"
+    assert "acme-gw" in caught.value.rule
