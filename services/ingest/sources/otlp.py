@@ -21,7 +21,9 @@ models: `gen_ai.request.model` / `gen_ai.response.model` | `llm.model_name`.
 Only model calls count. Agent, chain and tool spans may carry the sum of their children's usage
 (`gen_ai.operation.name` invoke_agent / create_agent / execute_tool, OpenInference or traceAI
 span kinds other than LLM and EMBEDDING) and are skipped, so nothing is counted twice. The
-request id is `<trace id>/<span id>`: a re-exported span maps to the same event.
+request id is `<trace id>/<span id>` in lower-case hex (OTLP/JSON's hex ids as sent, base64 ids
+from protobuf's own JSON mapping decoded): a re-exported span maps to the same event, over
+protobuf or JSON.
 """
 
 from __future__ import annotations
@@ -149,25 +151,32 @@ def _json_attributes(items: Any, field: str) -> dict[str, Any]:
     return attributes
 
 
-def _hex_id(value: Any, size: int) -> str:
-    """OTLP JSON ids are hex; some senders use protobuf-JSON base64 instead, also accepted."""
-    text = str(value or "")
-    if len(text) == size * 2 and all(c in "0123456789abcdefABCDEF" for c in text):
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex_id(text: str, size: int) -> str:
+    """An id as lower-case hex, the protobuf path's form, so a span has one event id whichever
+    encoding carried it. OTLP/JSON ids are hex (kept as they are, lower-cased); senders using
+    protobuf's own JSON mapping send base64, decoded here. Anything else is kept as given (not
+    lower-cased: that would merge distinct ids), or lower-cased when it is all hex."""
+    if len(text) == size * 2 and _HEX.issuperset(text):
         return text.lower()
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        return text.lower()
-    return raw.hex() if len(raw) == size else text.lower()
+        raw = b""
+    if len(raw) == size:
+        return raw.hex()
+    return text.lower() if _HEX.issuperset(text) else text
 
 
-def _id(span: Mapping[str, Any], key: str) -> str:
+def _id(span: Mapping[str, Any], key: str, size: int) -> str:
     value = span.get(key)
     if value is None:
         return ""
     if not isinstance(value, str):
         raise _Malformed(key, "must be a hex string")
-    return value.lower()
+    return _hex_id(value, size)
 
 
 def _json_span(span: Any, path: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +188,8 @@ def _json_span(span: Any, path: str, resource: dict[str, Any]) -> dict[str, Any]
             raise _Malformed("(span)", "must be an object")
         start = span.get("startTimeUnixNano")
         flat.update(
-            trace_id=_id(span, "traceId"),
-            span_id=_id(span, "spanId"),
+            trace_id=_id(span, "traceId", 16),
+            span_id=_id(span, "spanId", 8),
             name=span.get("name"),
             start_ns=0 if start in (None, "") else _int64(start, "startTimeUnixNano"),
             attributes=_json_attributes(span.get("attributes"), "attributes"),
