@@ -38,15 +38,10 @@ ENVELOPE_MAX_BYTES = USAGE_MAX_MESSAGE_BYTES - 128 * 1024
 aiokafka putting a few small envelopes of one partition into one record batch (16 KB)."""
 _HEAD = b'{"type":"UsageBatch","version":1,"events":['
 _TAIL = b"]}"
-
-
-def event_room(max_bytes: int = ENVELOPE_MAX_BYTES) -> int:
-    """The largest encoded event an envelope of `max_bytes` can carry on its own."""
-    return max_bytes - len(_HEAD) - len(_TAIL)
-
-
-MAX_EVENT_BYTES = event_room()
 _MAX_ROUNDS = 64  # split-and-resend rounds before giving up (each round halves something)
+
+Item = Mapping[str, Any] | tuple[str, bytes]
+"""A usage event in wire form, or already encoded as (event_id, JSON bytes) (the proxy's spool)."""
 
 
 class UsageNotAcknowledged(AllotmentError):
@@ -76,75 +71,73 @@ class EventTooLarge(UsageNotAcknowledged):
             topic,
             -1,
             len(sizes),
-            f"event too large: encoded size {largest} bytes is over the {limit} bytes an "
-            f"envelope may carry (first: {self.event_ids[0]})",
+            f"event too large for the usage topic: alone in an envelope it takes {largest} "
+            f"bytes, over the {limit} an envelope may have (first: {self.event_ids[0]})",
         )
 
 
 @dataclass(slots=True)
 class Envelope:
-    """One message: its partition, key and value, and the encoded events it carries (kept so a
-    refused envelope can be split and sent again)."""
+    """One message: its partition, key and value, and the events it carries (kept so a refused
+    envelope can be split and sent again)."""
 
     partition: int
     key: bytes
     value: bytes
-    events: list[tuple[str, bytes]]
+    events: list[Item]
 
 
-def encode_events(events: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes]]:
-    """(event_id, JSON bytes) per wire-form event: the unit envelopes are packed from."""
-    return [(str(event["event_id"]), orjson.dumps(event)) for event in events]
+def _event_id(item: Item) -> str:
+    return item[0] if isinstance(item, tuple) else str(item["event_id"])
 
 
-def oversized(
-    encoded: Iterable[tuple[str, bytes]], max_bytes: int = ENVELOPE_MAX_BYTES
-) -> dict[str, int]:
-    """The encoded events too large for any envelope: event_id -> encoded size."""
-    room = event_room(max_bytes)
-    return {eid: len(data) for eid, data in encoded if len(data) > room}
+def _value(chunk: list[Item]) -> bytes:
+    if isinstance(chunk[0], tuple):
+        return _HEAD + b",".join(data for _, data in chunk) + _TAIL  # type: ignore[misc]
+    return orjson.dumps({"type": "UsageBatch", "version": 1, "events": chunk})
 
 
-def pack_encoded(
-    encoded: Iterable[tuple[str, bytes]],
-    partitions: int,
-    envelope_size: int,
-    max_bytes: int = ENVELOPE_MAX_BYTES,
-) -> list[Envelope]:
-    """Group encoded events into envelopes per destination partition, each holding at most
-    `envelope_size` events and `max_bytes` bytes.
+def pack_items(
+    items: Iterable[Item], partitions: int, envelope_size: int, max_bytes: int = ENVELOPE_MAX_BYTES
+) -> tuple[list[Envelope], dict[str, int]]:
+    """Group events into envelopes per destination partition, each of at most `envelope_size`
+    events and `max_bytes` bytes; returns the envelopes and the events too large to travel even
+    alone (event_id -> size of its one-event envelope).
 
     Events keep the caller's order within a partition, so an event's position inside its
     partition follows it. The key is the first event's id: it names the envelope for humans;
-    the partition is set explicitly. Raises `EventTooLarge` for an event that cannot fit alone
-    (filter those out first with `oversized` to send the rest).
+    the partition is set explicitly. A chunk over `max_bytes` is halved until it fits: events
+    are rarely large, and the common case stays one encoding per chunk.
     """
     if not 1 <= envelope_size <= MAX_ENVELOPE_SIZE:
         raise ValueError(f"envelope_size: must be within 1..{MAX_ENVELOPE_SIZE}")
-    room = event_room(max_bytes)
-    groups: dict[int, list[tuple[str, bytes]]] = {}
-    for item in encoded:
-        if len(item[1]) > room:
-            raise EventTooLarge(USAGE.suffix, {item[0]: len(item[1])}, room)
-        groups.setdefault(partition_for(item[0], partitions), []).append(item)
-    packed = []
+    groups: dict[int, list[Item]] = {}
+    for item in items:
+        groups.setdefault(partition_for(_event_id(item), partitions), []).append(item)
+    packed: list[Envelope] = []
+    too_large: dict[str, int] = {}
     for partition, group in groups.items():
-        chunk: list[tuple[str, bytes]] = []
-        size = 0
-        for item in group:
-            grown = size + len(item[1]) + (1 if chunk else 0)  # the comma between events
-            if chunk and (len(chunk) == envelope_size or grown > room):
-                packed.append(_envelope(partition, chunk))
-                chunk, grown = [], len(item[1])
-            chunk.append(item)
-            size = grown
-        packed.append(_envelope(partition, chunk))
-    return packed
+        for start in range(0, len(group), envelope_size):
+            _fit(partition, group[start : start + envelope_size], max_bytes, packed, too_large)
+    return packed, too_large
 
 
-def _envelope(partition: int, chunk: list[tuple[str, bytes]]) -> Envelope:
-    value = _HEAD + b",".join(data for _, data in chunk) + _TAIL
-    return Envelope(partition, chunk[0][0].encode(), value, chunk)
+def _fit(
+    partition: int,
+    chunk: list[Item],
+    max_bytes: int,
+    packed: list[Envelope],
+    too_large: dict[str, int],
+) -> None:
+    value = _value(chunk)
+    if len(value) <= max_bytes:
+        packed.append(Envelope(partition, _event_id(chunk[0]).encode(), value, chunk))
+    elif len(chunk) == 1:
+        too_large[_event_id(chunk[0])] = len(value)
+    else:
+        middle = len(chunk) // 2
+        _fit(partition, chunk[:middle], max_bytes, packed, too_large)
+        _fit(partition, chunk[middle:], max_bytes, packed, too_large)
 
 
 def pack_envelopes(
@@ -153,8 +146,11 @@ def pack_envelopes(
     envelope_size: int,
     max_bytes: int = ENVELOPE_MAX_BYTES,
 ) -> list[tuple[int, bytes, bytes]]:
-    """Wire-form events packed as `pack_encoded` does: (partition, key, value) triples."""
-    packed = pack_encoded(encode_events(events), partitions, envelope_size, max_bytes)
+    """Wire-form events packed as `pack_items` does: (partition, key, value) triples. Raises
+    `EventTooLarge` if an event cannot travel even alone."""
+    packed, too_large = pack_items(events, partitions, envelope_size, max_bytes)
+    if too_large:
+        raise EventTooLarge(USAGE.suffix, too_large, max_bytes)
     return [(e.partition, e.key, e.value) for e in packed]
 
 
@@ -219,10 +215,14 @@ class UsageProducer:
 
     async def send_wire(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Send events already in wire form (validated by the caller)."""
-        return await self.send_encoded(encode_events(events))
+        return await self.send_items(list(events))
 
     async def send_encoded(self, encoded: Sequence[tuple[str, bytes]]) -> int:
-        """Send (event_id, JSON bytes) pairs; returns how many envelopes were acknowledged.
+        """Send events already encoded, as (event_id, JSON bytes) pairs."""
+        return await self.send_items(list(encoded))
+
+    async def send_items(self, items: list[Item]) -> int:
+        """Send events; returns how many envelopes the broker acknowledged.
 
         Events too large for any envelope are left out and reported by `EventTooLarge` once
         every other event is acknowledged. An envelope the broker refuses as too large (a
@@ -230,9 +230,7 @@ class UsageProducer:
         """
         if self._producer is None:
             raise RuntimeError("UsageProducer.start() was not called")
-        too_large = oversized(encoded, self.max_bytes)
-        fitting = [item for item in encoded if item[0] not in too_large] if too_large else encoded
-        pending = pack_encoded(fitting, self._partitions, self.envelope_size, self.max_bytes)
+        pending, too_large = pack_items(items, self._partitions, self.envelope_size, self.max_bytes)
         sent = 0
         for _ in range(_MAX_ROUNDS):
             failed = await self._produce(pending)
@@ -252,13 +250,15 @@ class UsageProducer:
                 if not isinstance(exc, MessageSizeTooLargeError):
                     pending.append(envelope)
                 elif len(envelope.events) == 1:
-                    too_large[envelope.events[0][0]] = len(envelope.events[0][1])
+                    too_large[_event_id(envelope.events[0])] = len(envelope.value)
                 else:
-                    pending.extend(_halves(envelope))
+                    middle = len(envelope.events) // 2
+                    for half in (envelope.events[:middle], envelope.events[middle:]):
+                        _fit(envelope.partition, half, self.max_bytes, pending, too_large)
         else:
             raise UsageNotAcknowledged(self.topic, -1, len(pending), "still too large")
         if too_large:
-            raise EventTooLarge(self.topic, too_large, event_room(self.max_bytes))
+            raise EventTooLarge(self.topic, too_large, self.max_bytes)
         return sent
 
     async def _produce(self, envelopes: list[Envelope]) -> list[tuple[Envelope, BaseException]]:
@@ -287,9 +287,3 @@ class UsageProducer:
         await self.stop()
         await self.start()
         self.restarts += 1
-
-
-def _halves(envelope: Envelope) -> list[Envelope]:
-    middle = len(envelope.events) // 2
-    parts = (envelope.events[:middle], envelope.events[middle:])
-    return [_envelope(envelope.partition, part) for part in parts]
