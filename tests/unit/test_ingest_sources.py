@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from services.ingest.attribution import AttributionMap
@@ -315,6 +316,73 @@ PORTKEY_CASES = [
     (
         {"id": "p3", "created_at": "2026-11-26T09:30:00Z", "req_units": 8, "res_units": 2},
         (8, 0, 0, 2, 0),
+    ),
+    # A /chat/completions call to Claude as Portkey logs it: its Anthropic transform answers
+    # OpenAI-shaped usage, prompt_tokens WITHOUT the cache parts, which stay top-level.
+    (
+        {
+            "id": "p4",
+            "created_at": "2026-11-26T09:30:00Z",
+            "ai_org": "anthropic",
+            "ai_model": "claude-sonnet-4-5",
+            "is_success": 1,
+            "req_units": 7000,
+            "res_units": 300,
+            "total_units": 7300,
+            "cost": 0.58,
+            "cost_currency": "USD",
+            "response.body": orjson.dumps(
+                {
+                    "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                    "object": "chat.completion",
+                    "model": "claude-sonnet-4-5-20250929",
+                    "provider": "anthropic",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {
+                        "prompt_tokens": 1200,
+                        "completion_tokens": 300,
+                        "total_tokens": 7300,
+                        "cache_read_input_tokens": 5000,
+                        "cache_creation_input_tokens": 800,
+                    },
+                }
+            ).decode(),
+        },
+        (1200, 5000, 800, 300, 0),
+    ),
+    # Without cache use the transform leaves the cache keys out.
+    (
+        {
+            "id": "p5",
+            "created_at": "2026-11-26T09:30:00Z",
+            "ai_org": "anthropic",
+            "response": {
+                "body": {"usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}
+            },
+        },
+        (40, 0, 0, 9, 0),
+    ),
+    # Claude over Bedrock: Portkey's Bedrock transform puts both cache parts INSIDE
+    # prompt_tokens, the read also in prompt_tokens_details.
+    (
+        {
+            "id": "p6",
+            "created_at": "2026-11-26T09:30:00Z",
+            "ai_org": "bedrock",
+            "response": {
+                "body": {
+                    "usage": {
+                        "prompt_tokens": 7000,
+                        "completion_tokens": 300,
+                        "total_tokens": 7300,
+                        "prompt_tokens_details": {"cached_tokens": 5000},
+                        "cache_read_input_tokens": 5000,
+                        "cache_creation_input_tokens": 800,
+                    }
+                }
+            },
+        },
+        (1200, 5000, 800, 300, 0),
     ),
 ]
 

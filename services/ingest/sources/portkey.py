@@ -6,9 +6,19 @@ Documented columns: `created_at`, `request.body`, `response.body`, `is_success`,
 dotted column names; both are read. The request id is `id` (or `request_id`/`log_id`), else
 the provider's response id, else the span, else a digest of the record.
 
-Exact tokens come from the provider `usage` in the response body (Anthropic's rule when
-`ai_org` is anthropic, else recognised by its keys). Without a body, `req_units`/`res_units`
-are used as uncached input and output: Portkey's units carry no cache breakdown.
+Exact tokens come from the provider `usage` in the response body. Portkey stores the body
+it answered with, which for `/chat/completions` is OpenAI-shaped whatever the provider, with
+each provider transform's own rule for what `prompt_tokens` holds (read from
+Portkey-AI/gateway src/providers/*/chatComplete.ts):
+
+- anthropic: `prompt_tokens` EXCLUDES the cache parts, which are top-level
+  `cache_read_input_tokens` / `cache_creation_input_tokens`; a native Messages body
+  (`input_tokens`, via `/messages`) is read with Anthropic's own rule;
+- bedrock: `prompt_tokens` INCLUDES both cache parts, the same top-level keys name them;
+- others: recognised by their keys (OpenAI's rule for `prompt_tokens`).
+
+Without a body, `req_units`/`res_units` are used as uncached input and output: Portkey's units
+carry no cache breakdown.
 
 Default attribution: user ← `metadata._user` (Portkey's reserved user key), virtual key ←
 `virtual_key`; everything in `metadata` is available as `metadata.<key>`.
@@ -25,7 +35,7 @@ import orjson
 from services.ingest.attribution import flatten
 from services.ingest.errors import RecordRejected
 from services.ingest.sources.base import Draft, opt_str, parse_time, usd_to_micros
-from services.ingest.tokens import TokenParts, anthropic, count, provider_usage
+from services.ingest.tokens import TokenParts, anthropic, count, from_inclusive, provider_usage
 
 SOURCE = "portkey"
 
@@ -41,13 +51,56 @@ def _body(record: Mapping[str, Any], side: str) -> Any:
     return body
 
 
+USAGE = "response.body.usage"
+
+
+def _unified_anthropic(usage: Mapping[str, Any]) -> TokenParts:
+    """Portkey's OpenAI-shaped usage of an Anthropic call (AnthropicChatCompleteResponseTransform):
+    `prompt_tokens` is Anthropic's `input_tokens` (cache EXCLUDED), `completion_tokens` its
+    output, and the cache parts stay at the top level (only when not zero)."""
+    return TokenParts(
+        input_uncached=count(usage.get("prompt_tokens"), USAGE, "prompt_tokens"),
+        cache_read=count(usage.get("cache_read_input_tokens"), USAGE, "cache_read_input_tokens"),
+        cache_write=count(
+            usage.get("cache_creation_input_tokens"), USAGE, "cache_creation_input_tokens"
+        ),
+        output=count(usage.get("completion_tokens"), USAGE, "completion_tokens"),
+    )
+
+
+def _bedrock(usage: Mapping[str, Any]) -> TokenParts:
+    """Portkey's usage of a Bedrock Converse call: `prompt_tokens` INCLUDES both cache parts
+    (inputTokens + cacheRead + cacheWrite); the read is also in
+    `prompt_tokens_details.cached_tokens` (not in streamed answers), and both parts are at the
+    top level when not zero."""
+    details = usage.get("prompt_tokens_details")
+    read_key = "cache_read_input_tokens"
+    read = usage.get(read_key)
+    if isinstance(details, Mapping) and details.get("cached_tokens") is not None:
+        read_key, read = "prompt_tokens_details.cached_tokens", details["cached_tokens"]
+    return from_inclusive(
+        count(usage.get("prompt_tokens"), USAGE, "prompt_tokens"),
+        count(read, USAGE, read_key),
+        count(usage.get("cache_creation_input_tokens"), USAGE, "cache_creation_input_tokens"),
+        count(usage.get("completion_tokens"), USAGE, "completion_tokens"),
+        0,
+        input_field="prompt_tokens",
+        output_field="completion_tokens",
+        prefix=USAGE,
+    )
+
+
 def _tokens(record: Mapping[str, Any]) -> TokenParts:
     response = _body(record, "response")
     usage = response.get("usage") if isinstance(response, Mapping) else None
     if isinstance(usage, Mapping):
-        if str(record.get("ai_org", "")).lower() == "anthropic":
-            return anthropic(usage, "response.body.usage")
-        return provider_usage(usage, "response.body.usage")
+        provider = str(record.get("ai_org", "")).lower()
+        openai_shaped = "prompt_tokens" in usage or "completion_tokens" in usage
+        if provider == "anthropic":
+            return _unified_anthropic(usage) if openai_shaped else anthropic(usage, USAGE)
+        if provider == "bedrock" and openai_shaped:
+            return _bedrock(usage)
+        return provider_usage(usage, USAGE)
     if "req_units" not in record and "res_units" not in record:
         raise RecordRejected("req_units", "is required when response.body carries no usage")
     return TokenParts(
