@@ -72,7 +72,8 @@ class EventTooLarge(UsageNotAcknowledged):
             -1,
             len(sizes),
             f"event too large for the usage topic: alone in an envelope it takes {largest} "
-            f"bytes, over the {limit} an envelope may have (first: {self.event_ids[0]})",
+            f"bytes; an envelope may have {limit} at most, or less if the topic's "
+            f"max.message.bytes is lower (first: {self.event_ids[0]})",
         )
 
 
@@ -175,6 +176,7 @@ class UsageProducer:
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
+        self._restarting = asyncio.Lock()
         self.restarts = 0
 
     async def start(self) -> None:
@@ -233,7 +235,7 @@ class UsageProducer:
         pending, too_large = pack_items(items, self._partitions, self.envelope_size, self.max_bytes)
         sent = 0
         for _ in range(_MAX_ROUNDS):
-            failed = await self._produce(pending)
+            producer, failed = await self._produce(pending)
             sent += len(pending) - len(failed)
             if not failed:
                 break
@@ -244,7 +246,7 @@ class UsageProducer:
                 )
             # A refused batch breaks an idempotent producer's sequence on its partition (the
             # next batches fail OutOfOrderSequenceNumber): resend through a new producer.
-            await self._restart()
+            await self._restart(producer)
             pending = []
             for envelope, exc in failed:
                 if not isinstance(exc, MessageSizeTooLargeError):
@@ -261,8 +263,11 @@ class UsageProducer:
             raise EventTooLarge(self.topic, too_large, self.max_bytes)
         return sent
 
-    async def _produce(self, envelopes: list[Envelope]) -> list[tuple[Envelope, BaseException]]:
-        """Send every envelope; the ones that failed, with their error."""
+    async def _produce(
+        self, envelopes: list[Envelope]
+    ) -> tuple[AIOKafkaProducer, list[tuple[Envelope, BaseException]]]:
+        """Send every envelope; the producer used, and the envelopes that failed with their
+        error."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("UsageProducer.start() was not called")
@@ -281,9 +286,12 @@ class UsageProducer:
         for (envelope, _), result in zip(waiting, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append((envelope, result))
-        return failed
+        return producer, failed
 
-    async def _restart(self) -> None:
-        await self.stop()
-        await self.start()
-        self.restarts += 1
+    async def _restart(self, broken: AIOKafkaProducer) -> None:
+        """Replace `broken` by a new producer, once, however many sends saw it fail."""
+        async with self._restarting:
+            if self._producer is broken:
+                await self.stop()
+                await self.start()
+                self.restarts += 1
