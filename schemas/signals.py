@@ -64,6 +64,9 @@ class PolicyChanged(Event):
     """The routing policy in force for a budget changed. Latest per budget wins (compacted).
 
     `reset_at` is the budget's next period reset; the proxy derives Retry-After from it.
+    `budget_revision` is the budget revision the policy was decided under (added to version 1,
+    optional: events written before it have none). It tells an amendment that relaxed the
+    budget apart from a replay passing an earlier point of the period.
     """
 
     TYPE: ClassVar[str] = "PolicyChanged"
@@ -87,6 +90,7 @@ class PolicyChanged(Event):
     model_map: dict[str, Name] = Field(default_factory=dict)
     concise_prompt: bool = False
     cache_ttl_seconds: int | None = None
+    budget_revision: int | None = Field(default=None, ge=1)
 
 
 class ForecastUpdated(Event):

@@ -54,6 +54,9 @@ class PolicyDecision:
     metric: Metric | None = None
     consumed: int = 0
     limit: int = 0
+    budget_revision: int | None = None
+    """The budget revision decided under: a milder decision of a newer revision is a change of
+    configuration, not a replay (`streams.faust.charging.should_publish`)."""
 
     def to_event(self, effective_at: datetime) -> PolicyChanged:
         """The `PolicyChanged` announcing this decision, effective at `effective_at`."""
@@ -74,6 +77,7 @@ class PolicyDecision:
             model_map=dict(self.model_map),
             concise_prompt=self.concise_prompt,
             cache_ttl_seconds=self.cache_ttl_seconds,
+            budget_revision=self.budget_revision,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class PolicyDecision:
             "metric": self.metric,
             "consumed": self.consumed,
             "limit": self.limit,
+            "budget_revision": self.budget_revision,
         }
 
     @classmethod
@@ -167,6 +172,7 @@ def decide(
         metric=metric,
         consumed=consumed,
         limit=limit,
+        budget_revision=budget.revision,
     )
 
 

@@ -11,6 +11,7 @@ writes) is durable before its offset is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
@@ -30,7 +31,13 @@ from services.common.kafka import partition_for
 from streams.budgets import Budget
 from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
-from streams.faust.charging import Charger, StoredLedger, policy_event, should_publish
+from streams.faust.charging import (
+    Charger,
+    StoredLedger,
+    decided_before,
+    policy_event,
+    should_publish,
+)
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
 from streams.faust.delivery import SendFailures, crash_on_error, delivered, exit_to_reread
@@ -41,6 +48,9 @@ from streams.faust.topics import PipelineTopics, declare_topics
 from streams.periods import period_of
 
 log = logging.getLogger("allotment.worker")
+
+UNKNOWN_BUDGET_WAIT = 5.0
+"""Seconds a charge for a budget this worker has not read waits before it is dead-lettered."""
 
 
 @contextlib.contextmanager
@@ -132,6 +142,7 @@ class Pipeline:
             self.allocations.limits,
         )
         self._earliest: dict[Any, int] = {}
+        self._redecided: dict[str, int] = {}  # budget id -> revision the timer re-decided
         self.offsets = OffsetGuard(self._committed_offset)
         self.tables.dedupe.on_recover(self._rebuild_dedupe_index)
         app.on_partitions_revoked.connect(self._close_dedupe_index)
@@ -275,9 +286,13 @@ class Pipeline:
             )
             await self.dead_letter(rejected)
             return
-        budget = self.tables.budget_view.index().get(charge.budget_id)
+        budget = await self.budget_for(charge.budget_id)
         if budget is None:
-            log.error("charge for an unknown budget", extra={"budget_id": charge.budget_id})
+            # Nothing to fold it into: kept with the reason, never dropped.
+            reason = f"budget_id: {charge.budget_id} is not a budget this worker knows"
+            rejected = Rejected(message.topic, message.partition, message.offset, reason,
+                                message.value or b"")  # fmt: skip
+            await self.dead_letter(rejected)
             return
         key = charge.budget_id.encode()
         try:
@@ -310,34 +325,66 @@ class Pipeline:
                 extra={"budget_id": charge.budget_id, "late": outcome.late},
             )
 
+    async def budget_for(self, budget_id: str) -> Budget | None:
+        """The charged budget, live or retired (a charge resolved before the retirement still
+        counts), waiting up to `UNKNOWN_BUDGET_WAIT` seconds for one this worker has not read.
+
+        Resolve charges only budgets it knows, so an unknown one is either a definition this
+        worker's budget table has not read yet (resolve ran on another worker: wait for it) or
+        a retired budget whose definition compaction removed before this worker read it.
+        """
+        view = self.tables.budget_view
+        budget = view.find(budget_id)
+        waited = 0.0
+        while budget is None and waited < UNKNOWN_BUDGET_WAIT:
+            await asyncio.sleep(0.1)
+            waited += 0.1
+            budget = view.find(budget_id)
+        return budget
+
     def owned_charge_partitions(self) -> set[int]:
         name = self.topics.charges.get_topic_name()
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
 
     async def reset_policies(self, now: datetime) -> None:
-        """Return budgets to their period's policy once `reset_at` passed, or once allocation
-        changed their tenant's limits (a draw that lifts a hard stop).
+        """Re-decide budgets whose policy may be out of date: `reset_at` passed, allocation
+        changed their tenant's limits (a draw that lifts a hard stop), or the budget was
+        amended since its policy was decided (a raised limit, another at-limit action).
 
-        A hard-stopped budget gets no traffic, so no charge would ever reset it; this timer does,
-        for the budgets whose charges partition this worker owns.
+        A hard-stopped budget gets no traffic, so no charge would ever re-decide it; this timer
+        does, for the budgets whose charges partition this worker owns. An amendment is
+        re-decided once per revision: when nothing the proxy sees changed, nothing is published
+        and the policy keeps its older revision. A retired budget is left alone: the proxy
+        matches live budgets only, so its policy no longer routes anything.
         """
         owned = self.owned_charge_partitions()
         index = self.tables.budget_view.index()
         touched, self.allocations.touched = self.allocations.touched, set()
         for key, raw in list(self.tables.policies.items()):
             current = orjson.loads(raw)
-            reset_at = current.get("reset_at")
-            if current.get("policy") == "allow" or reset_at is None:
-                continue
-            if datetime.fromisoformat(reset_at) > now and current.get("tenant") not in touched:
-                continue
             budget_id = key.decode()
             budget = index.get(budget_id)
-            if budget is None or partition_for(budget_id, self.config.partitions) not in owned:
+            if budget is None:
                 continue
+            reset_at = current.get("reset_at")
+            due = (
+                current.get("policy") != "allow"
+                and reset_at is not None
+                and (datetime.fromisoformat(reset_at) <= now or current.get("tenant") in touched)
+            )
+            amended = (
+                decided_before(current, budget)
+                and self._redecided.get(budget_id) != budget.revision
+            )
+            if not (due or amended):
+                continue
+            if partition_for(budget_id, self.config.partitions) not in owned:
+                continue
+            self._redecided[budget_id] = budget.revision
             new = self.redecide(budget, now)
             if new is not None:
-                log.info("policy reset", extra={"budget_id": budget_id, "policy": new["policy"]})
+                log.info("policy re-decided", extra={"budget_id": budget_id,
+                                                     "policy": new["policy"]})  # fmt: skip
 
     def redecide(self, budget: Budget, now: datetime) -> dict[str, Any] | None:
         """Decide `budget`'s policy at `now` outside a charge (a timer, a forecast) and publish

@@ -151,24 +151,43 @@ def should_publish(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Whether `new` must be published over `current` (what the policies topic holds).
 
     Whether the two differ for the proxy is the domain's rule (`streams.policy.policy_changed`).
-    The two guards before it are about delivery, not policy: a replay after a crash, or a
-    second worker after a rebalance, recomputes decisions the topic already moved past, and
-    must not publish them over the newer one.
+    The guards before it are about delivery, not policy: a replay after a crash, or a second
+    worker after a rebalance (or one whose budget table lags), recomputes decisions the topic
+    already moved past, and must not publish them over the newer one. A milder decision under
+    a newer budget revision is no replay: the owner relaxed the budget (raised `degrade`'s
+    start, removed it), and the proxy must hear it now, not at the period's end.
     """
     if current is None:
         return policy_changed(None, decision_of(new))
     if _instant(new.get("effective_at")) < _instant(current.get("effective_at")):
         return False  # a replay catching up: never publish over a newer decision
+    old_revision, new_revision = current.get("budget_revision"), new.get("budget_revision")
+    known = old_revision is not None and new_revision is not None
+    if known and new_revision < old_revision:
+        return False  # decided under an older configuration than the one in force
     if (
-        current.get("period_key") == new["period_key"]
+        not (known and new_revision > old_revision)
+        and current.get("period_key") == new["period_key"]
         and current.get("limit") == new.get("limit")
         and current.get("at_limit") == new.get("at_limit")
         and RESTRICTIVENESS[new["policy"]] < RESTRICTIVENESS[current["policy"]]
     ):
-        # Within a period consumption only grows: with the same limit and action, a milder
-        # policy is a replay (or a second worker) passing an earlier point, not a change.
+        # Within a period consumption only grows: under the same configuration, limit and
+        # action, a milder policy is a replay (or a second worker) passing an earlier point.
+        # A policy written before revisions were recorded counts as the same configuration.
         return False
     return policy_changed(decision_of(current), decision_of(new))
+
+
+def decided_before(current: Mapping[str, Any], budget: Budget) -> bool:
+    """Whether the policy in force was decided under an earlier revision of `budget` (or by a
+    build that did not record revisions): an amendment the policy may not reflect yet.
+
+    A hard-stopped budget gets no traffic, so no charge would re-decide it; the worker's reset
+    timer does, once per revision (`Pipeline.reset_policies`).
+    """
+    revision = current.get("budget_revision")
+    return revision is None or int(revision) < budget.revision
 
 
 def _instant(value: Any) -> datetime:
@@ -328,7 +347,9 @@ class Charger:
             late=len(result.late),
         )
         outcome.thresholds = self.unsent(budget.budget_id, crossings)
-        if result.state.event_time_high_ms > 0:
+        if result.state.event_time_high_ms > 0 and not budget.retired:
+            # A retired budget's in-flight charge still counts; it routes nothing any more
+            # (the proxy matches live budgets only), so no policy is decided for it.
             outcome.policies = self._policies(budget, result.state, result.crossings)
         return outcome
 

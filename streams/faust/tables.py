@@ -14,7 +14,8 @@
   happened; memory is rebuilt from the topic each time.
 - `policies` (in memory): its changelog topic IS the compacted policies topic (latest per budget).
 - `budgets` (global, in memory): its changelog topic IS the compacted budgets topic; every
-  worker reads all of it (configs are small).
+  worker reads all of it (configs are small). `BudgetView` reads it for the agents, and keeps
+  the last spec of each retired budget it read, for charges still in flight.
 
 The output tables use `use_partitioner=True`: their records are keyed by budget id and land
 where the default partitioner puts that key, the same partition number as the charges record
@@ -23,7 +24,7 @@ they come from, because thresholds, policies and charges have the same partition
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,39 +106,85 @@ class EmittedCrossings:
 
 
 class BudgetView:
-    """The live budgets, rebuilt into a `BudgetIndex` only when the budgets topic moved.
+    """The live budgets, rebuilt into a `BudgetIndex` only when the budgets topic moved, and
+    the retired ones the ledger may still be charging.
 
     The topic is compacted, so a reader may see only each budget's latest event: definitions
-    and amendments carry the whole spec, and a retirement ends the budget.
+    and amendments carry the whole spec, and a retirement ends the budget. A charge resolved
+    while the budget was live can reach the ledger after its retirement; it still counts, so
+    the view remembers the last spec it read of each budget, and a retired budget whose spec
+    it read is kept (`find`). One whose definition compaction removed before this worker read
+    it stays unknown (its charge is dead-lettered with the reason, `agents.py`).
     """
 
     def __init__(self) -> None:
         self.table: Any = None
         self._dirty = True
         self._index = BudgetIndex()
+        self._retired: dict[str, Budget] = {}
+        self._specs: dict[str, Budget] = {}
 
     async def on_changelog_event(self, event: EventT) -> None:
+        self.remember(event.message.value)
         self._dirty = True
 
+    def remember(self, raw: bytes | None) -> None:
+        """Keep the spec of a definition or amendment read from the budgets topic."""
+        budget = _budget_of(raw)
+        if budget is not None:
+            self._specs[budget.budget_id] = budget
+
     def index(self) -> BudgetIndex:
-        if self._dirty and self.table is not None:
-            self._dirty = False
-            self._index = BudgetIndex(_budgets_of(self.table.values()))
+        """The live budgets (what resolve matches usage against)."""
+        self._refresh()
         return self._index
 
+    def find(self, budget_id: str) -> Budget | None:
+        """A budget by id, live or retired (with its last spec), for the ledger."""
+        self._refresh()
+        return self._index.get(budget_id) or self._retired.get(budget_id)
 
-def _budgets_of(values: Iterable[bytes]) -> list[Budget]:
-    budgets = []
+    def _refresh(self) -> None:
+        if not self._dirty or self.table is None:
+            return
+        self._dirty = False
+        live, retired = _budgets_of(self.table.values(), self._specs)
+        self._index = BudgetIndex(live)
+        self._retired = {b.budget_id: b for b in retired}
+
+
+def _config_event(raw: bytes | None) -> BudgetDefined | BudgetAmended | BudgetRetired | None:
+    if not raw:
+        return None
+    try:
+        event = decode(raw)
+    except AllotmentError:
+        return None
+    return event if isinstance(event, BudgetDefined | BudgetAmended | BudgetRetired) else None
+
+
+def _budget_of(raw: bytes | None) -> Budget | None:
+    """The budget a definition or amendment states; None for anything else."""
+    event = _config_event(raw)
+    if isinstance(event, BudgetDefined | BudgetAmended):
+        return Budget(event.budget_id, event.tenant, event.revision, event.spec)
+    return None
+
+
+def _budgets_of(
+    values: Iterable[bytes], specs: Mapping[str, Budget]
+) -> tuple[list[Budget], list[Budget]]:
+    """The live budgets, and the retired ones whose last spec is in `specs`."""
+    live, retired = [], []
     for raw in values:
-        try:
-            event = decode(raw)
-        except AllotmentError:
-            continue
+        event = _config_event(raw)
         if isinstance(event, BudgetDefined | BudgetAmended):
-            budgets.append(Budget(event.budget_id, event.tenant, event.revision, event.spec))
+            live.append(Budget(event.budget_id, event.tenant, event.revision, event.spec))
         elif isinstance(event, BudgetRetired):
-            continue
-    return budgets
+            last = specs.get(event.budget_id)
+            if last is not None and last.tenant == event.tenant:
+                retired.append(Budget(last.budget_id, last.tenant, event.revision, last.spec, True))
+    return live, retired
 
 
 @dataclass
