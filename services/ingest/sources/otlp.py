@@ -20,7 +20,10 @@ models: `gen_ai.request.model` / `gen_ai.response.model` | `llm.model_name`.
 
 Only model calls count. Agent, chain and tool spans may carry the sum of their children's usage
 (`gen_ai.operation.name` invoke_agent / create_agent / execute_tool, OpenInference or traceAI
-span kinds other than LLM and EMBEDDING) and are skipped, so nothing is counted twice. The
+span kinds other than LLM and EMBEDDING) and are skipped, so nothing is counted twice. So is a
+span with usage that names no model (no gen_ai.request.model / response.model / system /
+provider.name, no llm.model_name) when spans below it in the same export carry usage: a run's
+total, such as older pydantic-ai "agent run" spans (`mark_aggregates`). The
 request id is `<trace id>/<span id>` in lower-case hex (OTLP/JSON's hex ids as sent, base64 ids
 from protobuf's own JSON mapping decoded): a re-exported span maps to the same event, over
 protobuf or JSON.
@@ -64,16 +67,62 @@ REASONING = (
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 AGGREGATE_OPERATIONS = {"invoke_agent", "create_agent", "execute_tool"}
 MODEL_SPAN_KINDS = {"LLM", "EMBEDDING"}
+MODEL_IDENTITY = (
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.system",
+    "gen_ai.provider.name",
+    "llm.model_name",
+)
 
 
 def spans_from_json(body: bytes) -> list[dict[str, Any]]:
-    """The spans of an OTLP JSON export (see `otlp_export.read_json`)."""
-    return otlp_export.read_json(body)
+    """The spans of an OTLP JSON export (see `otlp_export.read_json`), aggregates marked."""
+    return mark_aggregates(otlp_export.read_json(body))
 
 
 def spans_from_protobuf(body: bytes) -> list[dict[str, Any]]:
-    """The spans of an OTLP protobuf ExportTraceServiceRequest."""
-    return otlp_export.read_protobuf(body)
+    """The spans of an OTLP protobuf ExportTraceServiceRequest, aggregates marked."""
+    return mark_aggregates(otlp_export.read_protobuf(body))
+
+
+def _attrs(span: Mapping[str, Any]) -> dict[str, Any]:
+    return {**span.get("resource", {}), **span.get("attributes", {})}
+
+
+def _has_usage(attrs: Mapping[str, Any]) -> bool:
+    return any(attrs.get(name) is not None for name in (*INPUT, *OUTPUT))
+
+
+def mark_aggregates(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark `aggregate` the spans that only sum their children's usage.
+
+    A span with usage but no model identity (MODEL_IDENTITY) whose descendants in the same
+    export carry usage is a run, agent or workflow total (older pydantic-ai "agent run" spans,
+    hand-made wrappers), not a model call: its children are the calls. A span that names its
+    model, or has no descendant with usage here, counts as before. A parent exported in another
+    request than its children cannot be told apart and still counts.
+    """
+    parents: dict[tuple[str, str], str] = {}
+    with_usage: list[dict[str, Any]] = []
+    for span in spans:
+        if span.get("invalid") or not span.get("span_id"):
+            continue
+        parents[(span["trace_id"], span["span_id"])] = span.get("parent_span_id") or ""
+        if _has_usage(_attrs(span)):
+            with_usage.append(span)
+    above_usage: set[tuple[str, str]] = set()  # spans with a descendant that carries usage
+    for span in with_usage:
+        trace, parent = span["trace_id"], span.get("parent_span_id") or ""
+        while parent and (trace, parent) not in above_usage:  # ancestors already seen stop it
+            above_usage.add((trace, parent))
+            parent = parents.get((trace, parent), "")
+    for span in with_usage:
+        if (span["trace_id"], span["span_id"]) in above_usage and not any(
+            _attrs(span).get(name) for name in MODEL_IDENTITY
+        ):
+            span["aggregate"] = True
+    return spans
 
 
 def _first(attrs: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
@@ -95,7 +144,9 @@ def to_draft(span: Mapping[str, Any]) -> Draft | None:
     """A span's usage, or None when the span is not a model call with token counts."""
     if "invalid" in span:
         raise RecordRejected(*span["invalid"])
-    attrs = {**span.get("resource", {}), **span.get("attributes", {})}
+    if span.get("aggregate"):
+        return None
+    attrs = _attrs(span)
     in_name, in_value = _first(attrs, INPUT)
     out_name, out_value = _first(attrs, OUTPUT)
     if (in_value is None and out_value is None) or not _is_model_call(attrs):

@@ -145,6 +145,7 @@ def _json_span(span: Any, path: str, resource: dict[str, Any]) -> dict[str, Any]
         flat.update(
             trace_id=_id(span, "traceId", 16),
             span_id=_id(span, "spanId", 8),
+            parent_span_id=_id(span, "parentSpanId", 8),
             name=span.get("name"),
             start_ns=0 if start in (None, "") else _int64(start, "startTimeUnixNano"),
             attributes=_json_attributes(span.get("attributes"), "attributes"),
@@ -224,6 +225,7 @@ def read_protobuf(body: bytes) -> list[dict[str, Any]]:
                         "path": f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]",
                         "trace_id": span.trace_id.hex(),
                         "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
                         "name": span.name,
                         "start_ns": span.start_time_unix_nano,
                         "attributes": {kv.key: _pb_value(kv.value) for kv in span.attributes},
