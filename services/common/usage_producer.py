@@ -38,6 +38,9 @@ ENVELOPE_MAX_BYTES = USAGE_MAX_MESSAGE_BYTES - 128 * 1024
 aiokafka putting a few small envelopes of one partition into one record batch (16 KB)."""
 _HEAD = b'{"type":"UsageBatch","version":1,"events":['
 _TAIL = b"]}"
+MAX_EVENT_BYTES = ENVELOPE_MAX_BYTES - len(_HEAD) - len(_TAIL)
+"""Largest encoded event (orjson of its wire form) that can travel, alone in an envelope: an
+edge that checks this per record can reject a larger one by name instead of failing its batch."""
 _MAX_ROUNDS = 64  # split-and-resend rounds before giving up (each round halves something)
 
 Item = Mapping[str, Any] | tuple[str, bytes]

@@ -25,6 +25,7 @@ from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
 from services.common.kafka import ensure_topics, topic_configs
 from services.common.usage_producer import (
     ENVELOPE_MAX_BYTES,
+    MAX_EVENT_BYTES,
     EventTooLarge,
     UsageProducer,
     pack_envelopes,
@@ -199,6 +200,7 @@ async def test_an_event_too_large_for_any_envelope_is_named_and_the_rest_arrive(
         with pytest.raises(EventTooLarge) as refused:
             await producer.send_wire(events)
     assert refused.value.event_ids == [f"{run}-10"]
+    assert len(orjson.dumps(huge)) > MAX_EVENT_BYTES >= len(orjson.dumps(events[0]))
     assert "too large" in str(refused.value) and str(ENVELOPE_MAX_BYTES) in str(refused.value)
     on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 10)
     assert sorted(e.event_id for _, e in on_topic) == sorted(f"{run}-{i}" for i in range(10))
