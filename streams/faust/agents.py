@@ -34,8 +34,8 @@ from streams.faust.app import WorkerConfig
 from streams.faust.charging import (
     Charger,
     StoredLedger,
-    decided_before,
     policy_event,
+    redecision_due,
     should_publish,
 )
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
@@ -347,15 +347,12 @@ class Pipeline:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
 
     async def reset_policies(self, now: datetime) -> None:
-        """Re-decide budgets whose policy may be out of date: `reset_at` passed, allocation
-        changed their tenant's limits (a draw that lifts a hard stop), or the budget was
-        amended since its policy was decided (a raised limit, another at-limit action).
+        """Re-decide the budgets whose policy may be out of date (`redecision_due`): `reset_at`
+        passed, allocation changed their tenant's limits, or the budget was amended since.
 
         A hard-stopped budget gets no traffic, so no charge would ever re-decide it; this timer
-        does, for the budgets whose charges partition this worker owns. An amendment is
-        re-decided once per revision: when nothing the proxy sees changed, nothing is published
-        and the policy keeps its older revision. A retired budget is left alone: the proxy
-        matches live budgets only, so its policy no longer routes anything.
+        does, for the budgets whose charges partition this worker owns. A retired budget is
+        left alone: the proxy matches live budgets only, so its policy routes nothing.
         """
         owned = self.owned_charge_partitions()
         index = self.tables.budget_view.index()
@@ -366,17 +363,7 @@ class Pipeline:
             budget = index.get(budget_id)
             if budget is None:
                 continue
-            reset_at = current.get("reset_at")
-            due = (
-                current.get("policy") != "allow"
-                and reset_at is not None
-                and (datetime.fromisoformat(reset_at) <= now or current.get("tenant") in touched)
-            )
-            amended = (
-                decided_before(current, budget)
-                and self._redecided.get(budget_id) != budget.revision
-            )
-            if not (due or amended):
+            if not redecision_due(current, budget, now, touched, self._redecided.get(budget_id)):
                 continue
             if partition_for(budget_id, self.config.partitions) not in owned:
                 continue

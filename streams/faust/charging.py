@@ -17,7 +17,7 @@ Crash safety rests on three facts (design.md, invariants 1 and 3):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -181,13 +181,33 @@ def should_publish(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 def decided_before(current: Mapping[str, Any], budget: Budget) -> bool:
     """Whether the policy in force was decided under an earlier revision of `budget` (or by a
-    build that did not record revisions): an amendment the policy may not reflect yet.
-
-    A hard-stopped budget gets no traffic, so no charge would re-decide it; the worker's reset
-    timer does, once per revision (`Pipeline.reset_policies`).
-    """
+    build that did not record revisions): an amendment the policy may not reflect yet."""
     revision = current.get("budget_revision")
     return revision is None or int(revision) < budget.revision
+
+
+def redecision_due(
+    current: Mapping[str, Any],
+    budget: Budget,
+    now: datetime,
+    touched: Collection[str] = (),
+    redecided: int | None = None,
+) -> bool:
+    """Whether the reset timer must re-decide `budget`, whose policy in force is `current`.
+
+    A hard-stopped budget gets no traffic, so no charge would re-decide it. Due: a restrictive
+    policy whose `reset_at` passed, or whose tenant's allocation moved (`touched` tenants: a
+    draw that lifts a hard stop); and a policy decided under an earlier budget revision (a
+    raised limit, another at-limit action), unless the timer already re-decided this revision
+    (`redecided`): when nothing the proxy sees changed, nothing was published and the policy
+    keeps its older revision.
+    """
+    if decided_before(current, budget) and redecided != budget.revision:
+        return True
+    reset_at = current.get("reset_at")
+    if current.get("policy") == "allow" or reset_at is None:
+        return False
+    return _instant(reset_at) <= now or current.get("tenant") in touched
 
 
 def _instant(value: Any) -> datetime:

@@ -3,7 +3,8 @@
 - A milder policy is a replay only under the same budget revision: relaxing demotion (a later
   `degrade.start_percent`, no `degrade`) takes effect on the next charge.
 - A decision made under an older revision never replaces one of a newer revision.
-- A policy decided under an earlier revision is due for a re-decision (the reset timer's rule).
+- A policy decided under an earlier revision is due for a re-decision, once per revision (the
+  reset timer's rule), so a hard-stopped budget, which gets no traffic, is lifted by itself.
 - A charge for a budget retired while it was in flight is folded, and decides no policy.
 """
 
@@ -110,12 +111,20 @@ def test_a_decision_under_an_older_revision_never_replaces_a_newer_one() -> None
     assert should_publish(lifted, _wire("hard_stop", 4, effective_at=later, limit=100_000))
 
 
-def test_a_policy_decided_under_an_earlier_revision_is_due_again() -> None:
-    from streams.faust.charging import decided_before
+def test_the_reset_timer_re_decides_an_amended_budget_once_per_revision() -> None:
+    from streams.faust.charging import redecision_due
 
-    assert decided_before(_wire("hard_stop", 1), _budget(2))
-    assert not decided_before(_wire("hard_stop", 2), _budget(2))
-    assert decided_before(_wire("hard_stop", None), _budget(1))
+    stop = _wire("hard_stop", 1)  # resets on 1 December, tenant "acme" moved nothing
+    assert not redecision_due(stop, _budget(1), AT)
+    assert redecision_due(stop, _budget(2), AT)  # amended since: a raised limit lifts it
+    assert not redecision_due(stop, _budget(2), AT, redecided=2)  # done, nothing changed
+    assert redecision_due(stop, _budget(3), AT, redecided=2)
+    assert redecision_due(_wire("allow", 1), _budget(2), AT)  # a lowered limit stops it
+    assert redecision_due(_wire("hard_stop", None), _budget(1), AT)  # written by an older build
+    # The reasons it had before: the period's reset passed, or allocation moved the tenant.
+    assert redecision_due(stop, _budget(1), datetime(2026, 12, 1, tzinfo=UTC))
+    assert redecision_due(stop | {"tenant": "acme"}, _budget(1), AT, touched={"acme"})
+    assert not redecision_due(_wire("allow", 1), _budget(1), datetime(2026, 12, 2, tzinfo=UTC))
 
 
 def test_the_policy_event_carries_its_revision_and_old_events_stay_readable() -> None:
