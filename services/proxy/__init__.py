@@ -22,5 +22,9 @@ Request headers: `x-allotment-feature`, `x-allotment-tags` (comma-separated), or
 `metadata.allotment_feature` / `metadata.allotment_tags` in the body (removed before forwarding).
 Response headers: `x-allotment-policy`, `x-allotment-budget` (the tightest matched budget),
 `x-allotment-budget-remaining-tokens`, `x-allotment-budget-reset`, `x-allotment-routed` (on a
-demotion), `x-allotment-policy-state: catching-up` (fail-open at boot), `retry-after` (on 429).
+demotion), `x-allotment-policy-state: catching-up` (fail-open at boot), `retry-after` and
+`x-should-retry: false` (on a hard_stop 429: the official SDKs then raise at once instead of
+retrying a refusal that lasts until the reset).
+The client's `accept-encoding` is not forwarded: the proxy's upstream client asks for what it
+can decode, and the client always gets the answer decoded.
 """
