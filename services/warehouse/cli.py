@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 import signal
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import typer
 
+WINDOW_HELP = (
+    "Window of event_id dedupe in hours: the worker's --dedupe-window-hours "
+    "(default: the worker's default)"
+)
 
-def warehouse() -> None:
+
+def _window(hours: float | None) -> timedelta | None:
+    return None if hours is None else timedelta(hours=hours)
+
+
+def warehouse(
+    dedupe_window_hours: float | None = typer.Option(None, help=WINDOW_HELP),
+) -> None:
     """Project the topics into the PostgreSQL read models until interrupted."""
     from services.common.db import make_engine
     from services.common.kafka import ensure_topics
@@ -22,7 +34,12 @@ def warehouse() -> None:
     async def main() -> None:
         await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
         engine = make_engine(settings.database_url)
-        consumer = WarehouseConsumer(engine, settings.kafka_bootstrap, settings.topic_prefix)
+        consumer = WarehouseConsumer(
+            engine,
+            settings.kafka_bootstrap,
+            settings.topic_prefix,
+            dedupe_window=_window(dedupe_window_hours),
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -39,6 +56,7 @@ def warehouse() -> None:
 
 def rebuild_projections(
     yes: bool = typer.Option(False, "--yes", help="Do not ask before emptying the tables."),
+    dedupe_window_hours: float | None = typer.Option(None, help=WINDOW_HELP),
 ) -> None:
     """Empty the read models and project every topic again from offset zero.
 
@@ -71,6 +89,7 @@ def rebuild_projections(
                     settings.topic_prefix,
                     on_total=on_total,
                     progress=progress,
+                    dedupe_window=_window(dedupe_window_hours),
                 )
             )
     except ProjectionBusy as exc:

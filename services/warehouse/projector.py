@@ -83,9 +83,6 @@ class Record:
     """Kafka record time: when a config revision comes into force, when usage is matched."""
 
 
-Usage = tuple[UsageRecorded, Sighting]
-
-
 class Projector:
     """Holds every budget revision seen (to match usage) and writes rows for records."""
 
@@ -106,7 +103,8 @@ class Projector:
         self.seen.forget()
 
     def project(self, conn: Connection, records: Sequence[Record]) -> None:
-        usage: list[Usage] = []
+        usage: list[UsageRecorded] = []
+        sightings: list[Sighting] = []  # each usage event's id, position and record time
         for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
             try:
                 event = decode(record.value)
@@ -119,14 +117,17 @@ class Projector:
             elif isinstance(event, UsageRecorded | UsageBatch):
                 events = event.events if isinstance(event, UsageBatch) else [event]
                 at = record.timestamp_ms
-                usage += [(e, (e.event_id, (record.offset, i), at)) for i, e in enumerate(events)]
+                usage += events
+                sightings += [
+                    (pg_safe(e.event_id), (record.offset, i), at) for i, e in enumerate(events)
+                ]
                 self.seen.note(record.partition, at)
             elif isinstance(event, ThresholdCrossed | PolicyChanged | ForecastUpdated):
                 _signal(conn, event)
             else:
                 self.counts["ignored"] += 1
         if usage:
-            self._usage(conn, usage)
+            self._usage(conn, usage, sightings)
 
     def _config(self, conn: Connection, record: Record, event: Event) -> None:
         row = _audit_row(record, event)
@@ -176,15 +177,17 @@ class Projector:
         }
         conn.execute(insert(t.budget_revisions).values(pg_safe(revision)).on_conflict_do_nothing())
 
-    def _usage(self, conn: Connection, usage: Sequence[Usage]) -> None:
-        sightings = [(pg_safe(event_id), *rest) for _, (event_id, *rest) in usage]
+    def _usage(
+        self, conn: Connection, usage: Sequence[UsageRecorded], sightings: Sequence[Sighting]
+    ) -> None:
         fresh = self.seen.counted(conn, sightings)
         self.counts["usage_new"] += len(fresh)
         periods: dict[tuple[str, str], list[Any]] = {}
         days: dict[tuple[str, date, str, str], list[Any]] = {}
         for i in fresh:
-            event, (_, _, at_ms) = usage[i]
-            budgets = match_budgets(self.history.at(event.tenant, at_ms), event)
+            event = usage[i]
+            in_force = self.history.at(event.tenant, sightings[i][2])  # at its record time
+            budgets = match_budgets(in_force, event)
             if not budgets:
                 continue
             feature = pg_safe(event.feature or "")

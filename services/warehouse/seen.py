@@ -31,13 +31,18 @@ PRUNE_STEP_MS = 3_600_000
 Sighting = tuple[str, Position, int]
 """(event id, position in its usage partition, record time in ms)."""
 
+_FIRST = text(
+    "INSERT INTO usage_seen (event_id, first_seen_ms) "
+    "SELECT * FROM unnest(CAST(:events AS text[]), CAST(:times AS bigint[])) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
 _KNOWN = text(
     "SELECT event_id, first_seen_ms FROM usage_seen WHERE event_id = ANY(CAST(:events AS text[]))"
 )
-_COUNTED = text(
-    "INSERT INTO usage_seen (event_id, first_seen_ms) "
-    "SELECT * FROM unnest(CAST(:events AS text[]), CAST(:times AS bigint[])) "
-    "ON CONFLICT (event_id) DO UPDATE SET first_seen_ms = excluded.first_seen_ms"
+_RECOUNTED = text(
+    "UPDATE usage_seen SET first_seen_ms = u.time "
+    "FROM unnest(CAST(:events AS text[]), CAST(:times AS bigint[])) AS u(event_id, time) "
+    "WHERE usage_seen.event_id = u.event_id"
 )
 _PRUNE = text("DELETE FROM usage_seen WHERE first_seen_ms < :cutoff")
 _NOWHERE: Position = (-1, -1)
@@ -73,19 +78,33 @@ class SeenIds:
             self._latest[partition] = time_ms
 
     def counted(self, conn: Connection, sightings: Sequence[Sighting]) -> list[int]:
-        """Indexes of the `sightings` (in position order per partition) that count; stores them."""
-        ids = list({event_id for event_id, _, _ in sightings})
-        held: dict[str, int] = dict(conn.execute(_KNOWN, {"events": ids}).tuples().all())
+        """Indexes of the `sightings` (in position order per partition) that count; stores them.
+
+        One statement in the common case: each id is inserted with its first time in the batch,
+        and only the ids already held (copies, or ids back after the window) are read and, if
+        they count again, updated. Arrays keep it one parameter each whatever the batch size.
+        """
+        first: dict[str, int] = {}
+        for event_id, _, time_ms in sightings:
+            first.setdefault(event_id, time_ms)
+        inserted = set(
+            conn.execute(_FIRST, {"events": list(first), "times": list(first.values())}).scalars()
+        )
+        others = [event_id for event_id in first if event_id not in inserted]
+        held: dict[str, int] = {}
+        if others:
+            held = dict(conn.execute(_KNOWN, {"events": others}).tuples().all())
+        stored = {**held, **{event_id: first[event_id] for event_id in inserted}}
         result: list[int] = []
-        changed: dict[str, int] = {}
         for i, (event_id, position, time_ms) in enumerate(sightings):
-            first = held.get(event_id)
-            known: Seen | None = None if first is None else (_NOWHERE, first)
+            at = held.get(event_id)
+            known: Seen | None = None if at is None else (_NOWHERE, at)
             if sighting(known, position, time_ms, self.window_ms) == "new":
-                held[event_id] = changed[event_id] = time_ms
+                held[event_id] = time_ms
                 result.append(i)
-        if changed:
-            conn.execute(_COUNTED, {"events": list(changed), "times": list(changed.values())})
+        again = {event_id: at for event_id, at in held.items() if stored[event_id] != at}
+        if again:
+            conn.execute(_RECOUNTED, {"events": list(again), "times": list(again.values())})
         self._prune(conn)
         return result
 

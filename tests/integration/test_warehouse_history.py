@@ -216,3 +216,37 @@ def test_usage_seen_drops_ids_once_every_partition_is_past_the_window(engine: En
         projector.project(conn, [feed.record("usage", usage(tenant, old, 1), T0 + past + 1)])
     assert seen(old)
     assert totals(engine, t.period_usage, tenant) == [("all", "2026-11", 2 * 8, 8)]
+
+
+async def test_usage_fetched_beside_config_it_did_not_take_waits_for_that_config(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    """Without the consumer's check after each fetch, this failed in about 1 run of 3: a batch
+    cut by `max_records` took usage while budgets fetched with it were still unread."""
+    from fakes.kafka_io import send_events
+
+    from schemas.topics import BUDGET_EVENTS
+    from services.warehouse.consumer import WarehouseConsumer
+
+    tenants = [unique("tenant") for _ in range(8)]  # over every config and usage partition
+    engine = make_engine(database_url)
+    consumer = WarehouseConsumer(engine, kafka_bootstrap, topic_prefix)
+    await consumer.start()  # the config topic is empty now: nothing to wait for yet
+    try:
+        config = [
+            (BUDGET_EVENTS.name(topic_prefix), tenant, _budget(tenant, unique("all"), 1))
+            for tenant in tenants
+        ]
+        events = [usage(tenant, unique("e"), 1) for tenant in tenants]
+        await send_events(
+            kafka_bootstrap, [*config, *((USAGE.name(topic_prefix), e.event_id, e) for e in events)]
+        )
+        for _ in range(200):  # a few records a batch: usage may come before some config
+            await consumer.step(timeout_ms=200, max_records=3)
+            if await consumer.backlog() == 0:
+                break
+        found = [totals(engine, t.period_usage, tenant) for tenant in tenants]
+        assert found == [[("all", "2026-11", 2, 1)]] * len(tenants)
+    finally:
+        await consumer.stop()
+        engine.dispose()
