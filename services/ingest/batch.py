@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,17 @@ class MappedBatch:
     indices: list[int] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     size: int = 0
+
+    def reject_events(self, sizes: Mapping[str, int], limit: int) -> None:
+        """Move the events named in `sizes` (encoded bytes) to the rejections."""
+        pairs = list(zip(self.indices, self.events, strict=True))
+        self.indices = [index for index, event in pairs if event.event_id not in sizes]
+        self.events = [event for _, event in pairs if event.event_id not in sizes]
+        for index, event in pairs:
+            if event.event_id in sizes:
+                rule = f"encodes to {sizes[event.event_id]} bytes; the usage topic takes {limit}"
+                self.rejected.append(Rejection(index, "(record)", rule))
+        self.rejected.sort(key=lambda rejection: rejection.index)
 
     def event_ids(self) -> list[str | None]:
         ids: list[str | None] = [None] * self.size

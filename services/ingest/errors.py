@@ -1,7 +1,8 @@
 """What can go wrong at the ingest edge. Each error carries what a caller needs to act on it.
 
 Mappers raise `RecordRejected` for one bad record; the batch goes on. The routes translate the
-others to HTTP: `Unauthorized` → 401, `BadSignature` → 401, `PublishUnavailable` → 503.
+others to HTTP: `Unauthorized` → 401, `BadSignature` → 401, `PublishUnavailable` → 503;
+`EventsTooLarge` turns into a rejection of each such record.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ class BadPayload(IngestError):
 
 class BodyTooLarge(BadPayload):
     """The body exceeds the service's limit (413); split it into several requests."""
+
+
+class EventsTooLarge(IngestError):
+    """Events the usage topic cannot take even alone; every other event was acknowledged, so
+    these are rejected by record (resending them could never succeed)."""
+
+    def __init__(self, sizes: dict[str, int], limit: int) -> None:
+        self.sizes = sizes
+        self.limit = limit
+        super().__init__(f"{len(sizes)} events larger than the usage topic takes ({limit} bytes)")
 
 
 class PublishUnavailable(IngestError):

@@ -8,7 +8,9 @@ until it is back; and a send that the broker does not acknowledge within `timeou
 
 If a batch fails after some of its envelopes were acknowledged, the caller still gets 503 and
 resends the whole batch. That is safe: event ids derive from the source's request ids, so the
-resent copies are the same events and the pipeline's dedupe drops them.
+resent copies are the same events and the pipeline's dedupe drops them. The one exception is
+an event too large for the usage topic even alone (its properties can be large): resending
+cannot help, so `EventsTooLarge` names those events once the others are acknowledged.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from aiokafka.errors import KafkaError
 
 from schemas.topics import USAGE
 from schemas.usage import UsageRecorded
-from services.common.usage_producer import UsageNotAcknowledged, UsageProducer
-from services.ingest.errors import IngestConfigError, PublishUnavailable
+from services.common.usage_producer import EventTooLarge, UsageNotAcknowledged, UsageProducer
+from services.ingest.errors import EventsTooLarge, IngestConfigError, PublishUnavailable
 
 
 class UsageSink(Protocol):
@@ -102,6 +104,8 @@ class KafkaUsageSink:
         producer = await self._connected()
         try:
             await asyncio.wait_for(producer.send(events), self._timeout_s)
+        except EventTooLarge as exc:  # the rest was acknowledged; the producer is fine
+            raise EventsTooLarge(exc.sizes, exc.limit) from None
         except (KafkaError, OSError, TimeoutError, UsageNotAcknowledged) as exc:
             await self._drop(producer)
             raise PublishUnavailable(f"Kafka did not acknowledge the batch: {exc!r}") from None

@@ -21,6 +21,8 @@ Bodies are a JSON array, one JSON object, or JSON lines. Answers (except OTLP):
     401  no/unknown key, bad signature {"error": ...}
     503  Kafka did not acknowledge     {"error": ..., "accepted": 0}: resend the whole request
 
+A record whose event is too large for the usage topic even alone (huge `properties`) is
+rejected by index once the others are acknowledged: resending it could never succeed.
 `event_ids` is aligned with the records (null where rejected). A 2xx is sent only after Kafka
 acknowledged every accepted event (acks=all). OTLP answers 200 with an
 ExportTraceServiceResponse whose `partial_success` counts and names the rejected spans.
@@ -44,6 +46,7 @@ from services.ingest.errors import (
     BadPayload,
     BadSignature,
     BodyTooLarge,
+    EventsTooLarge,
     PublishUnavailable,
     Unauthorized,
 )
@@ -147,7 +150,7 @@ class IngestRoutes:
     ) -> Response:
         batch = await map_in_slices(records, mapper, key, self.clock())
         try:
-            await self.sink.publish(batch.events)
+            await self._publish(batch)
         except PublishUnavailable as exc:
             self.metrics.unavailable.labels(source).inc()
             return JSONResponse(
@@ -155,6 +158,12 @@ class IngestRoutes:
             )
         self.metrics.record(source, batch)
         return _batch_response(batch)
+
+    async def _publish(self, batch: MappedBatch) -> None:
+        try:
+            await self.sink.publish(batch.events)
+        except EventsTooLarge as exc:
+            batch.reject_events(exc.sizes, exc.limit)
 
     async def traces(self, request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
@@ -167,7 +176,7 @@ class IngestRoutes:
             return _error(exc)
         batch = await map_in_slices(spans, otlp.to_draft, key, self.clock())
         try:
-            await self.sink.publish(batch.events)
+            await self._publish(batch)
         except PublishUnavailable as exc:
             self.metrics.unavailable.labels("otel").inc()
             return Response(exc.reason, status_code=503, headers={"Retry-After": "1"})

@@ -204,3 +204,36 @@ async def test_an_event_too_large_for_any_envelope_is_named_and_the_rest_arrive(
     assert "too large" in str(refused.value) and str(ENVELOPE_MAX_BYTES) in str(refused.value)
     on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 10)
     assert sorted(e.event_id for _, e in on_topic) == sorted(f"{run}-{i}" for i in range(10))
+
+
+async def test_ingest_rejects_an_event_too_large_by_record_and_takes_the_rest(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A record whose properties make its event too large for the topic is rejected by index
+    (207); resending could never succeed, so it is not a 503 "resend the whole request"."""
+    run = uuid.uuid4().hex[:6]
+    keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
+    records = [
+        {
+            "source_request_id": f"{run}-{i}",
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "input_uncached": 10,
+            "output": 5,
+            "properties": {"prompt": "x" * (MAX_EVENT_BYTES if i == 1 else 10)},
+        }
+        for i in range(3)
+    ]
+    with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            response = await client.post(
+                "/v1/usage", json=records, headers={"Authorization": "Bearer big-key"}
+            )
+    assert response.status_code == 207, response.text[:300]
+    body = response.json()
+    assert body["accepted"] == 2
+    [rejection] = body["rejected"]
+    assert (rejection["index"], rejection["field"]) == (1, "(record)")
+    assert f"the usage topic takes {ENVELOPE_MAX_BYTES}" in rejection["rule"]
+    assert body["event_ids"][1] is None
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 2, 60)
+    assert sorted(e.event_id for _, e in on_topic) == sorted(body["event_ids"][::2])
