@@ -147,11 +147,20 @@ async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config
         await admin.close()
 
 
+async def _ingest(bootstrap: str, prefix: str, records: list[dict[str, Any]]) -> httpx.Response:
+    """POST `records` to a real ingest service's /v1/usage, publishing to `prefix`'s topics."""
+    keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
+    with serve(keys, kafka_sink(bootstrap, prefix)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await client.post(
+                "/v1/usage", json=records, headers={"Authorization": "Bearer big-key"}
+            )
+
+
 async def test_ingest_takes_3000_events_with_many_tags_in_one_request(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     run = uuid.uuid4().hex[:6]
-    keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
     records = [
         {
             "source_request_id": f"{run}-{i}",
@@ -162,11 +171,7 @@ async def test_ingest_takes_3000_events_with_many_tags_in_one_request(
         }
         for i in range(3000)
     ]
-    with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            response = await client.post(
-                "/v1/usage", json=records, headers={"Authorization": "Bearer big-key"}
-            )
+    response = await _ingest(kafka_bootstrap, topic_prefix, records)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["accepted"] == 3000
     on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 3000, 60)
@@ -212,7 +217,6 @@ async def test_ingest_rejects_an_event_too_large_by_record_and_takes_the_rest(
     """A record whose properties make its event too large for the topic is rejected by index
     (207); resending could never succeed, so it is not a 503 "resend the whole request"."""
     run = uuid.uuid4().hex[:6]
-    keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
     records = [
         {
             "source_request_id": f"{run}-{i}",
@@ -223,11 +227,7 @@ async def test_ingest_rejects_an_event_too_large_by_record_and_takes_the_rest(
         }
         for i in range(3)
     ]
-    with serve(keys, kafka_sink(kafka_bootstrap, topic_prefix)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            response = await client.post(
-                "/v1/usage", json=records, headers={"Authorization": "Bearer big-key"}
-            )
+    response = await _ingest(kafka_bootstrap, topic_prefix, records)
     assert response.status_code == 207, response.text[:300]
     body = response.json()
     assert body["accepted"] == 2
