@@ -16,8 +16,8 @@ window existed hold `UNTIMED`: still duplicates forever and never pruned, until 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Connection, text
 
@@ -53,10 +53,7 @@ def worker_dedupe_window() -> timedelta:
     """The worker's default window (`WorkerConfig.dedupe_window`), read from its one place."""
     from streams.faust.app import WorkerConfig  # imports Faust: only when asked for
 
-    (window,) = (f.default for f in fields(WorkerConfig) if f.name == "dedupe_window")
-    if not isinstance(window, timedelta):
-        raise TypeError(f"WorkerConfig.dedupe_window defaults to {window!r}, not a timedelta")
-    return window
+    return WorkerConfig(bootstrap="", topic_prefix="", store_dir=Path()).dedupe_window
 
 
 class SeenIds:
