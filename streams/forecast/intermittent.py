@@ -23,6 +23,7 @@ from streams.forecast.tiers import (
     EPS,
     PRIOR_DAY_SIGMA,
     blend_sigma,
+    keep_today,
     noise_dof,
     simulate_level_profile,
 )
@@ -133,17 +134,19 @@ def draw_usage(
     n_paths: int,
     rng: np.random.Generator,
     often: np.ndarray | None = None,
+    used_today: bool = False,
 ) -> np.ndarray:
-    """(paths, days): 1 where a path's day has usage, 0 where it has none. `often` scales
-    each path's shares (how sure the usage rate is). Exactly round(quiet * n_paths) paths,
-    chosen at random, stay quiet: a coin per path would move the band edges from run to run."""
+    """(paths, days): 1 where a path's day has usage, 0 where it has none; today, if it has
+    usage, is used on every path (`keep_today`). `often` scales each path's shares (how sure
+    the usage rate is). Exactly round(quiet * n_paths) paths, chosen at random, stay quiet: a
+    coin per path would move the band edges from run to run."""
     chance = np.broadcast_to(outlook.share[ahead_weekdays], (n_paths, len(ahead_weekdays)))
     if often is not None:
         chance = np.clip(chance * often[:, None], 0.0, 1.0)
     quiet = np.zeros(n_paths, dtype=bool)
     quiet[rng.permutation(n_paths)[: round(outlook.quiet * n_paths)]] = True
     drawn = (rng.random(chance.shape) < chance) & ~quiet[:, None]
-    return drawn.astype(float)
+    return keep_today(drawn.astype(float), used_today)
 
 
 def sampled_paths(
@@ -185,7 +188,8 @@ def sampled_paths(
     idle = len(values) - len(amounts)
     rate = (len(amounts) + 0.5) / (len(values) + 1.0)
     often = rng.beta(len(amounts) + 0.5, idle + 0.5, n_paths) / rate
+    outlook = usage_outlook(values, weekdays, used_today)
     result: np.ndarray = paths * draw_usage(
-        usage_outlook(values, weekdays, used_today), ahead_weekdays, n_paths, rng, often
+        outlook, ahead_weekdays, n_paths, rng, often, used_today
     )
     return result

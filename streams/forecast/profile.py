@@ -2,7 +2,15 @@
 
 A budget with under a week of its own history cannot know that its Mondays are twice its
 Sundays, but the tenant's other budgets usually share the rhythm of the same office. Their
-profiles are pooled (geometric mean per weekday, renormalised) and lent to the newcomer.
+profiles are pooled (arithmetic mean per weekday) and lent to the newcomer.
+
+Arithmetic, not geometric: a weekday one sibling never used has its factor at FLOOR, and a
+geometric mean carries that 1e-3 into the pool (one idle sibling in three took the weekday to a
+tenth), so a newcomer used on it was deseasonalised as if it had used a thousand times its
+level. The arithmetic mean is the share a budget drawn at random from the tenant would put on
+the weekday: a weekday some siblings use keeps a real share, and one no sibling uses stays near
+zero. A factor is at most 7 (a week's usage on one weekday), so one odd sibling moves the pool
+by at most 7 / n.
 """
 
 from __future__ import annotations
@@ -63,8 +71,8 @@ def weekday_profile(series: DailySeries, min_days: int = 14) -> WeekdayProfile |
 
 
 def pool_profiles(profiles: Iterable[WeekdayProfile | None]) -> WeekdayProfile | None:
-    """The tenant's shared weekly rhythm: geometric mean of its budgets' profiles."""
-    logs = [np.log(p.array()) for p in profiles if p is not None]
-    if not logs:
+    """The tenant's shared weekly rhythm: arithmetic mean of its budgets' profiles."""
+    arrays = [p.array() for p in profiles if p is not None]
+    if not arrays:
         return None
-    return WeekdayProfile.from_array(np.exp(np.mean(logs, axis=0)))
+    return WeekdayProfile.from_array(np.mean(arrays, axis=0))

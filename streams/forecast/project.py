@@ -103,7 +103,7 @@ def _statespace(
     paths = np.maximum(np.exp(np.minimum(log_paths, 60.0)) - EPS, 0.0)
     if idle:
         outlook = usage_outlook(values, weekdays, used_today)
-        paths = paths * draw_usage(outlook, ahead_weekdays, n_paths, rng)
+        paths = paths * draw_usage(outlook, ahead_weekdays, n_paths, rng, None, used_today)
         method += "+intermittent"
     return TierPaths(paths, method + ("+shift" if shift else ""), shift.index if shift else None)
 
@@ -116,12 +116,14 @@ def simulate_days_ahead(
     n_paths: int = N_PATHS,
     seed: int = 0,
     today_pace: float | None = None,
+    used_today: bool = False,
 ) -> TierPaths:
     """Daily paths for `ahead` (consecutive local days right after the history).
 
     `today_pace` (today's tokens so far / share of today elapsed) stands in for a first day
     of history when there is none: a budget created this morning that burns fast must be
-    seen to overrun today, not tomorrow.
+    seen to overrun today, not tomorrow. Today (`ahead[0]`) with usage (`used_today`, or a
+    pace) is used on every path: its remaining hours are not drawn idle.
     """
     if ahead and len(history) and history.end + timedelta(days=1) != ahead[0]:
         raise ForecastInputError(
@@ -136,17 +138,18 @@ def simulate_days_ahead(
     if not ahead:
         return TierPaths(np.zeros((n_paths, 0)), "period_over")
     values, weekdays = since_first_use(values, weekdays)
-    used_today = today_pace is not None and today_pace > 0
-    if not is_used(values).any() and used_today:
+    paced = today_pace is not None and today_pace > 0
+    used_today = used_today or paced
+    if not is_used(values).any() and paced:
         values, weekdays = np.array([max(float(today_pace or 0), NO_USAGE)]), ahead_weekdays[:1]
     if has_idle_days(values) and is_used(values).sum() < MODEL_DAYS:
         paths = sampled_paths(values, weekdays, ahead_weekdays, n_paths, rng, used_today)
         return TierPaths(paths, "intermittent_sampled")
     # From here a history with idle days has MODEL_DAYS of usage, so it reaches the ETS
     if len(values) < COLD_START_DAYS:
-        return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
+        return cold_start(values, weekdays, ahead_weekdays, pooled, n_paths, rng, used_today)
     if len(values) < STATESPACE_DAYS:
-        return weekday_average(values, weekdays, ahead_weekdays, pooled, n_paths, rng)
+        return weekday_average(values, weekdays, ahead_weekdays, pooled, n_paths, rng, used_today)
     return _statespace(values, weekdays, ahead_weekdays, engine, n_paths, seed, rng, used_today)
 
 
@@ -190,7 +193,7 @@ def project_period(
     `histories` holds complete local days; anything from today on is cut, and the days
     between its last day and yesterday count as zero usage (no charge means no usage).
     `today_so_far` (tokens of today until `as_of`) gives a budget without a complete day
-    its pace.
+    its pace; and a day with usage is not drawn idle for its remaining hours on any path.
     """
     today = local_date(as_of, zone)
     ahead = [d for d in local_days(window_start, window_end, zone) if d >= today]
@@ -203,9 +206,11 @@ def project_period(
         profile = (pooled or {}).get(metric)
         elapsed = 1.0 - left
         pace = None
-        if today_so_far and ahead and ahead[0] == today and elapsed >= MIN_PACE_SHARE:
-            pace = today_so_far.get(metric, 0.0) / elapsed
-        tier = simulate_days_ahead(history, ahead, profile, engine, n_paths, seed, pace)
+        tokens_today = (today_so_far or {}).get(metric, 0.0) if ahead[:1] == [today] else 0.0
+        if tokens_today and elapsed >= MIN_PACE_SHARE:
+            pace = tokens_today / elapsed
+        used = tokens_today >= NO_USAGE
+        tier = simulate_days_ahead(history, ahead, profile, engine, n_paths, seed, pace, used)
         result.append(projection_from_paths(tier, left, float(so_far), metric, as_of))
     return result
 

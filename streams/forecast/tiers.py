@@ -38,6 +38,11 @@ paths intermittent, m(n) the chance of n used days in a row at such a rate: 24% 
 13% after 13, each with a rate near n / (n + 1). New keys used every day so far, yet idle
 one day in three, were projected at 1.4x with an 80% band that held the month one time in
 five."""
+MIN_SEEN_FACTOR = 0.05
+"""A cold-start history whose days average under this factor (a twentieth of an average day)
+lies on weekdays the tenant's budgets leave all but idle: its usage says the newcomer does not
+share their rhythm, and deseasonalising it would scale the weekdays ahead by the inverse. It
+gets the flat profile."""
 EPS = 1.0
 
 
@@ -62,8 +67,20 @@ def noise_dof(residual_dof: float) -> float:
     return max(residual_dof, 0.0) + PRIOR_WEIGHT
 
 
+def keep_today(used: np.ndarray, used_today: bool) -> np.ndarray:
+    """Draws of used (1) and idle (0) days ahead, with today used on every path when it has
+    usage already: the rest of a day with usage is not an idle day."""
+    if used_today and used.shape[1]:
+        used[:, 0] = 1.0
+    return used
+
+
 def unseen_idle_days(
-    used_days: int, horizon: int, n_paths: int, rng: np.random.Generator
+    used_days: int,
+    horizon: int,
+    n_paths: int,
+    rng: np.random.Generator,
+    used_today: bool = False,
 ) -> np.ndarray:
     """(paths, days) of 1 (used) and 0 (idle) for a history of `used_days` days, all used.
 
@@ -76,8 +93,8 @@ def unseen_idle_days(
     rate = np.ones((n_paths, 1))
     some = rng.permutation(n_paths)[: round(share * n_paths)]
     rate[some, 0] = rng.beta(used_days + 0.5, 0.5, len(some))
-    used: np.ndarray = (rng.random((n_paths, horizon)) < rate).astype(float)
-    return used
+    used = (rng.random((n_paths, horizon)) < rate).astype(float)
+    return keep_today(used, used_today)
 
 
 def simulate_level_profile(
@@ -124,18 +141,32 @@ def cold_start(
     pooled: WeekdayProfile | None,
     n_paths: int,
     rng: np.random.Generator,
+    used_today: bool = False,
 ) -> TierPaths:
-    """Under 7 days: recent level (deseasonalised with the pooled profile) * that profile."""
+    """Under 7 days: recent level (deseasonalised with the pooled profile) * that profile.
+
+    Each day's log level counts in proportion to its weekday's factor: a day the profile
+    expects little of says little about the level (a few stray tokens on a quiet weekday are
+    a large relative swing), and usage on a weekday the tenant's budgets hardly use would
+    otherwise be divided by a factor near zero and read as a level a thousand times higher.
+    Days of equal factor count equally, as before. A history only of such days is not
+    deseasonalised at all (MIN_SEEN_FACTOR)."""
+    if len(values) == 0:
+        return TierPaths(np.zeros((n_paths, len(ahead_weekdays))), "no_history")
+    if pooled is not None and float(pooled.array()[weekdays].mean()) < MIN_SEEN_FACTOR:
+        pooled = None
     profile = pooled if pooled is not None else WeekdayProfile.flat()
     method = "cold_start_pooled" if pooled is not None else "cold_start_flat"
     factors = profile.array()
-    if len(values) == 0:
-        return TierPaths(np.zeros((n_paths, len(ahead_weekdays))), "no_history")
-    logs = np.log(values + EPS) - np.log(factors[weekdays])
-    level_log = float(np.mean(logs))
-    residuals = logs - level_log
-    sigma_day = blend_sigma(residuals * np.sqrt(len(logs) / max(len(logs) - 1, 1)))
-    sigma_level = sigma_day / np.sqrt(len(logs))
+    seen = factors[weekdays]
+    weights = seen / seen.sum()
+    logs = np.log(values + EPS) - np.log(seen)
+    level_log = float(weights @ logs)
+    count = 1.0 / float(np.sum(weights**2))  # effective days: len(values) when equal
+    unbiased = count / max(count - 1.0, 1.0)
+    residuals = (logs - level_log) * np.sqrt(weights * len(logs) * unbiased)
+    sigma_day = blend_sigma(residuals)
+    sigma_level = sigma_day / np.sqrt(count)
     paths = simulate_level_profile(
         np.exp(level_log),
         factors,
@@ -145,9 +176,9 @@ def cold_start(
         n_paths,
         rng,
         COLD_START_DRIFT,
-        dof=noise_dof(len(logs) - 1),
+        dof=noise_dof(count - 1.0),
     )
-    used = unseen_idle_days(len(values), len(ahead_weekdays), n_paths, rng)
+    used = unseen_idle_days(len(values), len(ahead_weekdays), n_paths, rng, used_today)
     return TierPaths(np.maximum(paths - EPS, 0.0) * used, method)
 
 
@@ -158,6 +189,7 @@ def weekday_average(
     pooled: WeekdayProfile | None,
     n_paths: int,
     rng: np.random.Generator,
+    used_today: bool = False,
 ) -> TierPaths:
     """7 to 13 days: weekday averages (in logs), after aligning any level shift.
 
@@ -208,7 +240,7 @@ def weekday_average(
         ratios,
         noise_dof(dof),
     )
-    used = unseen_idle_days(len(values), len(ahead_weekdays), n_paths, rng)
+    used = unseen_idle_days(len(values), len(ahead_weekdays), n_paths, rng, used_today)
     method = "weekday_average" + ("+shift" if shift else "")
     paths = np.maximum(paths - EPS, 0.0) * used
     return TierPaths(paths, method, shift.index if shift else None)

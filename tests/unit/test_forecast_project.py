@@ -191,3 +191,46 @@ def test_a_perfectly_regular_history_still_has_a_band() -> None:
     history = _office_days(date(2026, 4, 1), 75, sigma=0.0)
     projection, _ = _june(history, datetime(2026, 6, 15, tzinfo=UTC))
     assert projection.band80.high > projection.band80.low
+
+
+_TODAY = date(2026, 6, 15)
+_EVERY_THIRD_IDLE = tuple(0.0 if i % 3 == 2 else 2e6 for i in range(30))
+
+
+@pytest.mark.parametrize(
+    ("values", "method"),
+    [
+        ((), "cold_start_flat"),  # today's pace stands in for a first day
+        ((2e6,) * 3, "cold_start_flat"),
+        ((2e6,) * 10, "weekday_average"),
+        ((2e6, 0.0, 2e6, 0.0, 0.0, 2e6), "intermittent_sampled"),
+        (_EVERY_THIRD_IDLE, "ets_fast+intermittent"),
+    ],
+)
+def test_the_rest_of_a_day_with_usage_is_never_drawn_idle(
+    values: tuple[float, ...], method: str
+) -> None:
+    # Each tier draws days ahead idle on some paths (a budget used so far may be used now and
+    # then); today, already used, was one of them, and its remaining hours were projected at 0.
+    history = DailySeries(_TODAY - timedelta(days=len(values)), values)
+    ahead = [_TODAY + timedelta(days=i) for i in range(16)]
+    tier = simulate_days_ahead(history, ahead, today_pace=2e6)
+    assert tier.method.startswith(method)
+    assert (tier.paths[:, 0] > 0).all()
+    assert (tier.paths[:, 1:] == 0).any()  # the days after today may still be idle
+    unpaced = simulate_days_ahead(history, ahead) if values else None
+    assert unpaced is None or (unpaced.paths[:, 0] == 0).any()  # no usage today: may idle
+
+
+def test_usage_in_the_first_minutes_of_a_day_already_protects_the_rest_of_it() -> None:
+    # Ten minutes are too few for a pace, not for knowing that today has usage. The key is
+    # used one day in two: with no usage yet today, the rest of it may well stay idle.
+    as_of = datetime(2026, 6, 15, 0, 10, tzinfo=UTC)
+    one_day = (datetime(2026, 6, 15, tzinfo=UTC), datetime(2026, 6, 16, tzinfo=UTC))
+    history = {"total": DailySeries(date(2026, 6, 9), (2e6, 0.0, 2e6, 0.0, 0.0, 2e6))}
+    (used,) = project_period(
+        *one_day, "UTC", as_of, history, {"total": 5e4}, today_so_far={"total": 5e4}
+    )
+    (unused,) = project_period(*one_day, "UTC", as_of, history, {"total": 0.0})
+    assert used.band95.low > 5e4 + 5e5
+    assert unused.band80.low == 0.0
