@@ -89,12 +89,19 @@ async def test_a_rebuild_equals_the_live_state_after_a_budget_is_retired_and_one
             ("old", "2026-11-10", 20, 1),
         ]
 
+        revisions = h.rows(t.budget_revisions, [tenant])
+        # ml: defined, re-scoped; old: defined, retired (primary-key order)
+        assert [(r["revision"], r["retired"]) for r in revisions] == [
+            (1, False), (2, False), (1, False), (2, True)
+        ]  # fmt: skip
+
         await h.warehouse.stop()
         await rebuild(h.engine, kafka_bootstrap, topic_prefix)
         rebuilt = {
             table: totals(h.engine, table, tenant) for table in (t.period_usage, t.daily_usage)
         }
         assert rebuilt == live
+        assert h.rows(t.budget_revisions, [tenant]) == revisions
 
 
 def _budget(tenant: str, budget_id: str, revision: int, team: str | None = None) -> Event:
