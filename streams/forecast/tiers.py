@@ -182,6 +182,31 @@ def cold_start(
     return TierPaths(np.maximum(paths - EPS, 0.0) * used, method)
 
 
+def _shrunk_effects(
+    logs: np.ndarray, weekdays: np.ndarray, prior: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weekday effects (centred logs) shrunk towards `prior`, and each weekday's weight.
+
+    A level shift is looked for in the days less these effects, not less the prior: a budget
+    used on a weekday the pooled profile gives a tiny factor (its tenant's budgets leave it
+    idle) would otherwise show that weekday as a step of -log(factor), and a step at the end
+    of the history moved every weekday ahead up by it (a factor of 0.02 projected at 11x).
+    Where the prior fits, the effects stay close to it and the shift is seen as before."""
+    counts = np.bincount(weekdays, minlength=7).astype(float)
+    seen = counts > 0
+    level = float(np.mean(logs - prior[weekdays]))
+    sums = np.bincount(weekdays, weights=logs - level, minlength=7)
+    raw = np.where(seen, sums / np.maximum(counts, 1.0), prior)
+    repeated = counts[weekdays] >= 2
+    within = (logs - level - raw[weekdays])[repeated] * np.sqrt(2.0)
+    sigma_day = blend_sigma(within)
+    spread = float(np.var((raw - prior)[seen]))
+    tau2 = max(spread - sigma_day**2 * float(np.mean(1.0 / counts[seen])), 1e-4)
+    weight = counts * tau2 / (counts * tau2 + sigma_day**2)
+    effects = prior + weight * (raw - prior)
+    return effects - effects.mean(), weight
+
+
 def weekday_average(
     values: np.ndarray,
     weekdays: np.ndarray,
@@ -201,21 +226,10 @@ def weekday_average(
     logs = np.log(values + EPS)
     prior = np.zeros(7) if pooled is None else np.log(pooled.array())
     prior = prior - prior.mean()
-    shift = detect_shift(deseasonalise(logs, weekdays, prior if pooled is not None else None))
+    seasonal = None if pooled is None else _shrunk_effects(logs, weekdays, prior)[0]
+    shift = detect_shift(deseasonalise(logs, weekdays, seasonal))
     logs = align_to_last_level(logs, shift)
-    counts = np.bincount(weekdays, minlength=7).astype(float)
-    seen = counts > 0
-    level = float(np.mean(logs - prior[weekdays]))
-    sums = np.bincount(weekdays, weights=logs - level, minlength=7)
-    raw = np.where(seen, sums / np.maximum(counts, 1.0), prior)
-    repeated = counts[weekdays] >= 2
-    within = (logs - level - raw[weekdays])[repeated] * np.sqrt(2.0)
-    sigma_day = blend_sigma(within)
-    spread = float(np.var((raw - prior)[seen]))
-    tau2 = max(spread - sigma_day**2 * float(np.mean(1.0 / counts[seen])), 1e-4)
-    weight = counts * tau2 / (counts * tau2 + sigma_day**2)
-    effects = prior + weight * (raw - prior)
-    effects -= effects.mean()
+    effects, weight = _shrunk_effects(logs, weekdays, prior)
     level = float(np.mean(logs - effects[weekdays]))
     residuals = logs - level - effects[weekdays]
     dof = max(len(logs) - 1.0 - float(weight.sum()), 1.0)
