@@ -39,10 +39,11 @@ paths intermittent, m(n) the chance of n used days in a row at such a rate: 24% 
 one day in three, were projected at 1.4x with an 80% band that held the month one time in
 five."""
 MIN_SEEN_FACTOR = 0.05
-"""A cold-start history whose days average under this factor (a twentieth of an average day)
-lies on weekdays the tenant's budgets leave all but idle: its usage says the newcomer does not
-share their rhythm, and deseasonalising it would scale the weekdays ahead by the inverse. It
-gets the flat profile."""
+"""A twentieth of an average day: the amount the pooled profile does not foresee on a day
+(`cold_start`'s weights), and the mean factor under which a cold-start history lies on
+weekdays the tenant's budgets leave all but idle: its usage says the newcomer does not share
+their rhythm, and deseasonalising it would scale the weekdays ahead by the inverse. It gets
+the flat profile."""
 EPS = 1.0
 
 
@@ -145,12 +146,14 @@ def cold_start(
 ) -> TierPaths:
     """Under 7 days: recent level (deseasonalised with the pooled profile) * that profile.
 
-    Each day's log level counts in proportion to its weekday's factor: a day the profile
-    expects little of says little about the level (a few stray tokens on a quiet weekday are
-    a large relative swing), and usage on a weekday the tenant's budgets hardly use would
-    otherwise be divided by a factor near zero and read as a level a thousand times higher.
-    Days of equal factor count equally, as before. A history only of such days is not
-    deseasonalised at all (MIN_SEEN_FACTOR)."""
+    Each day's log level is weighed by f^2 / (f^2 + MIN_SEEN_FACTOR^2), f its weekday's
+    factor: the inverse variance of a day's log level when, besides the usual noise, an amount
+    the profile does not foresee, of MIN_SEEN_FACTOR of a day's level, may come on any day.
+    Usage on a weekday the tenant's budgets hardly use (f near 1e-3) then counts as a trace
+    instead of being divided by f and read as a level a thousand times higher; days of factor
+    0.25 and more count almost equally, as before (bench, new budget at day 3: MAPE 13.59
+    with equal weights, 13.61 with these, 14.53 with weights f). A history only of days under
+    MIN_SEEN_FACTOR is not deseasonalised at all."""
     if len(values) == 0:
         return TierPaths(np.zeros((n_paths, len(ahead_weekdays))), "no_history")
     if pooled is not None and float(pooled.array()[weekdays].mean()) < MIN_SEEN_FACTOR:
@@ -159,7 +162,8 @@ def cold_start(
     method = "cold_start_pooled" if pooled is not None else "cold_start_flat"
     factors = profile.array()
     seen = factors[weekdays]
-    weights = seen / seen.sum()
+    weights = seen**2 / (seen**2 + MIN_SEEN_FACTOR**2)
+    weights /= weights.sum()
     logs = np.log(values + EPS) - np.log(seen)
     level_log = float(weights @ logs)
     count = 1.0 / float(np.sum(weights**2))  # effective days: len(values) when equal
