@@ -131,6 +131,7 @@ class Pipeline:
             self.dedupe,
             self.tables.budget_view.index,
             lambda partition: self._committed_offset(usage, partition),  # expiry lags commits
+            clock_skew=config.clock_skew,
         )
         self.allocations = AllocationFeed(
             config.bootstrap, config.topic_prefix, self.tables.budget_view.index
@@ -149,6 +150,13 @@ class Pipeline:
         self.send_failures = SendFailures()
         app.sensors.add(self.send_failures)
         self._wire()
+
+    def _trusted_ms(self, message: Any) -> int | None:
+        """How far the lines of a charge record may move a ledger's "now": its broker time
+        plus the clock skew allowed (None for a record without a time)."""
+        if not message.timestamp:
+            return None
+        return int((message.timestamp + self.config.clock_skew.total_seconds()) * 1000)
 
     def _committed_offset(self, topic: str, partition: int) -> int | None:
         """Where the agent must start reading a partition: the group's committed offset as
@@ -297,7 +305,7 @@ class Pipeline:
         key = charge.budget_id.encode()
         try:
             stored = StoredLedger.from_bytes(self.tables.ledger.get(key), charge.budget_id)
-            outcome = self.charger.charge(stored, budget, charge)
+            outcome = self.charger.charge(stored, budget, charge, self._trusted_ms(message))
         except AllotmentError as exc:
             # A rule refuses this charge (it would refuse it again after every restart):
             # keep it with the reason instead of stopping the ledger.

@@ -31,6 +31,7 @@ from faust.types.transports import ProducerT
 
 from schemas.errors import AllotmentError
 from schemas.topics import CHARGES, USAGE
+from schemas.usage import CLOCK_SKEW
 from streams.faust.delivery import AcknowledgingProducer, acknowledge_table_writes
 
 STORES = ("rocksdb", "memory")
@@ -59,6 +60,10 @@ class WorkerConfig:
     web_port: int = 6066
     dedupe_window: timedelta = timedelta(days=7)
     late_window: timedelta = timedelta(days=2)
+    clock_skew: timedelta = CLOCK_SKEW
+    """How far past its usage record's broker time an event may be stamped, and a charge's lines
+    past the charge record's time: later ones are dead-lettered, and cannot move a ledger's
+    "now" (`streams.faust.resolve`, `streams.ledger.apply_charge`)."""
     batch_max: int = 4000
     batch_within: float = 0.05
     session_timeout: float = 10.0
@@ -89,6 +94,8 @@ class WorkerConfig:
             raise InvalidWorkerConfig("dedupe_window", "must be positive")
         if self.late_window < timedelta(0):
             raise InvalidWorkerConfig("late_window", "must not be negative")
+        if self.clock_skew < timedelta(0):
+            raise InvalidWorkerConfig("clock_skew", "must not be negative")
         return self
 
 

@@ -300,7 +300,12 @@ class Charger:
         self.forecasts = ForecastHooks()
 
     def fold(
-        self, state: LedgerState, budget: Budget, partition: int, lines: Sequence[ChargeLine]
+        self,
+        state: LedgerState,
+        budget: Budget,
+        partition: int,
+        lines: Sequence[ChargeLine],
+        newest_trusted_ms: int | None = None,
     ) -> ChargeResult:
         """`apply_charge` against the effective limits.
 
@@ -311,7 +316,9 @@ class Charger:
         at = from_ms(max(line.occurred_at_ms for line in lines))
         limits = self.limits(budget, at)
         if limits is None:
-            return apply_charge(state, budget, partition, lines, self.late_window)
+            return apply_charge(
+                state, budget, partition, lines, self.late_window, None, newest_trusted_ms
+            )
         period = budget.spec.period
         runs: list[list[ChargeLine]] = []
         keys: list[str] = []
@@ -332,22 +339,29 @@ class Charger:
                 run,
                 self.late_window,
                 effective_limits=None if limits is None else dict(limits),
+                newest_trusted_ms=newest_trusted_ms,
             )
             result = _merge(result, step)
         return result
 
-    def charge(self, stored: StoredLedger, budget: Budget, charge: BudgetCharged) -> ChargeOutcome:
+    def charge(
+        self,
+        stored: StoredLedger,
+        budget: Budget,
+        charge: BudgetCharged,
+        newest_trusted_ms: int | None = None,
+    ) -> ChargeOutcome:
+        """Fold `charge` into `stored`; `newest_trusted_ms` as in `apply_charge`."""
         lines = [ChargeLine.from_wire(row) for row in charge.lines]
+        partition = charge.source_partition
         if not lines:
-            result = apply_charge(
-                stored.state, budget, charge.source_partition, lines, self.late_window
-            )
+            result = apply_charge(stored.state, budget, partition, lines, self.late_window)
         else:
             try:
-                result = self.fold(stored.state, budget, charge.source_partition, lines)
+                result = self.fold(stored.state, budget, partition, lines, newest_trusted_ms)
             except OutOfOrderCharge:
                 lines = in_position_order(lines)
-                result = self.fold(stored.state, budget, charge.source_partition, lines)
+                result = self.fold(stored.state, budget, partition, lines, newest_trusted_ms)
         crossings = dict(stored.crossings)
         for crossing in result.crossings:
             wire = threshold_event(budget, crossing, policy_hint(budget, crossing))

@@ -51,6 +51,9 @@ def worker(
     late_window_hours: Annotated[
         float, typer.Option(help="How late an event may still be charged")
     ] = 48,
+    clock_skew_seconds: Annotated[
+        float, typer.Option(help="How far (s) past its receipt an event may be stamped")
+    ] = 300,
     batch_max: Annotated[int, typer.Option(help="Most usage records taken in one batch")] = 4000,
     batch_within: Annotated[float, typer.Option(help="Longest wait (s) to fill a batch")] = 0.05,
     session_timeout: Annotated[
@@ -80,6 +83,7 @@ def worker(
         else int(_env("ALLOTMENT_WORKER_WEB_PORT", "6066")),
         dedupe_window=timedelta(hours=dedupe_window_hours),
         late_window=timedelta(hours=late_window_hours),
+        clock_skew=timedelta(seconds=clock_skew_seconds),
         batch_max=batch_max,
         batch_within=batch_within,
         session_timeout=session_timeout,

@@ -96,3 +96,42 @@ async def test_a_future_event_is_dead_lettered_and_the_budget_keeps_charging(
     finally:
         workers.close()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
+
+
+async def test_an_event_whose_source_also_lied_about_receipt_is_dead_lettered_by_broker_time(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A direct producer that stamps received_at as far ahead as occurred_at passes the
+    contract; the worker still refuses it against the record's broker time (`--clock-skew`)."""
+    tenant, budget_id = "liar-co", "liar-month"
+    await publish_budgets(kafka_bootstrap, topic_prefix, [budget_event(tenant, budget_id, {
+        "name": "month", "limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
+        "period": {"kind": "month", "timezone": "UTC"},
+    })])  # fmt: skip
+    now = datetime.now(UTC).replace(microsecond=0)
+    month = now.strftime("%Y-%m")
+    lying = usage("liar-typo", tenant, now + timedelta(days=365), 1, 0)  # received_at as well
+    workers = Workers(kafka_bootstrap, topic_prefix, tmp_path)
+    try:
+        worker = workers.start()
+        await send_usage(kafka_bootstrap, topic_prefix, [lying])
+
+        async def dead() -> list[dict]:
+            records = await read_all(kafka_bootstrap, DEAD_LETTER.name(topic_prefix))
+            return [orjson.loads(r.value) for r in records]
+
+        [letter] = await wait_for(dead, 60, [worker])
+        [rule] = letter["errors"]
+        assert rule.startswith("occurred_at: must not be more than 0:05:00 after the time the "
+                               "broker stored the record"), rule  # fmt: skip
+        await send_usage(kafka_bootstrap, topic_prefix, [usage("liar-0", tenant, now, 600, 500)])
+
+        async def stopped() -> dict | None:
+            mine = [p for p in await policies(kafka_bootstrap, topic_prefix)
+                    if p["budget_id"] == budget_id]  # fmt: skip
+            return mine[-1] if mine and mine[-1]["policy"] == "hard_stop" else None
+
+        assert (await wait_for(stopped, 90, [worker]))["period_key"] == month
+    finally:
+        workers.close()
+        await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
