@@ -21,3 +21,18 @@ def hash_key(secret: str) -> str:
 def is_key_digest(text: str) -> bool:
     """Whether `text` is an at-rest digest as `hash_key` writes it (64 lower-case hex digits)."""
     return _SHA256_HEX.fullmatch(text) is not None
+
+
+def claim_digest(holders: dict[str, str], digest: str, key_id: str) -> str | None:
+    """Record that key `key_id` holds `digest`; the rule it breaks if another key already does.
+
+    One secret, one key: if two entries shared a digest, whichever was read last would silently
+    take the other's traffic (and bill its tenant). `holders` maps each digest seen so far to
+    the id of the key holding it. Returns None when the digest is new (and records it), else
+    the broken rule for the caller's own error, naming the key that holds it already.
+    """
+    other = holders.get(digest)
+    if other is not None:
+        return f"appears twice (also key {other!r})"
+    holders[digest] = key_id
+    return None

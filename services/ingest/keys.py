@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import yaml
 
-from services.common.key_digest import hash_key, is_key_digest
+from services.common.key_digest import claim_digest, hash_key, is_key_digest
 from services.ingest.attribution import AttributionMap
 from services.ingest.errors import IngestConfigError
 
@@ -56,19 +56,13 @@ class KeyRing:
 
     def __post_init__(self) -> None:
         seen_ids: set[str] = set()
-        by_digest: dict[str, str] = {}
+        holders: dict[str, str] = {}
         for key in self.keys:
             if key.key_id in seen_ids:
                 raise IngestConfigError(f"keys.{key.key_id}", "id is used twice")
             seen_ids.add(key.key_id)
-            # One secret, one key (the proxy's key loader has the same rule): otherwise the
-            # last entry would silently take another tenant's traffic.
-            if key.key_sha256 in by_digest:
-                raise IngestConfigError(
-                    f"keys.{key.key_id}.key_sha256",
-                    f"appears twice (also key {by_digest[key.key_sha256]!r})",
-                )
-            by_digest[key.key_sha256] = key.key_id
+            if (broken := claim_digest(holders, key.key_sha256, key.key_id)) is not None:
+                raise IngestConfigError(f"keys.{key.key_id}.key_sha256", broken)
 
     def by_secret(self, presented: str) -> IngestKey | None:
         digest = hash_key(presented)

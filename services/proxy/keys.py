@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import yaml
 
-from services.common.key_digest import hash_key, is_key_digest
+from services.common.key_digest import claim_digest, hash_key, is_key_digest
 from services.proxy.errors import ProxyConfigError
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -65,6 +65,7 @@ class KeyStore:
         if not isinstance(entries, list):
             raise ProxyConfigError(origin, "must be a list of keys (or {keys: [...]})")
         by_digest: dict[str, VirtualKey] = {}
+        holders: dict[str, str] = {}
         for i, raw in enumerate(entries):
             where = f"{origin}.keys[{i}]"
             if not isinstance(raw, dict):
@@ -78,8 +79,8 @@ class KeyStore:
             key_id = raw.get("id")
             if not isinstance(key_id, str) or not 0 < len(key_id) <= 200:
                 raise ProxyConfigError(f"{where}.id", "is required (a name, 1 to 200 characters)")
-            if digest in by_digest:
-                raise ProxyConfigError(f"{where}.key_sha256", "appears twice")
+            if (broken := claim_digest(holders, digest, key_id)) is not None:
+                raise ProxyConfigError(f"{where}.key_sha256", broken)
             tags = raw.get("tags") or []
             if not isinstance(tags, list) or not all(
                 isinstance(t, str) and 0 < len(t) <= 200 for t in tags
