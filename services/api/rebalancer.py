@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-
-from fastapi.concurrency import run_in_threadpool
 
 from schemas.errors import AllotmentError
-from services.api import queries
 from services.api.deps import Services
+from services.api.routes_allocation import read_consumption
 
 log = logging.getLogger(__name__)
 ACTOR = "auto-rebalance"
@@ -25,10 +22,7 @@ ACTOR = "auto-rebalance"
 
 async def rebalance_all(svc: Services) -> int:
     """One pass over every tenant with a tree; returns how many moves it published."""
-
-    async def consumption(tenant: str, keys: dict[str, str]) -> Mapping[str, Mapping[str, int]]:
-        return await run_in_threadpool(queries.consumption, svc.engine, tenant, keys)
-
+    consumption = read_consumption(svc)
     tenants = sorted(
         {b.tenant for b in svc.state.index if not b.retired and b.spec.parent is not None}
     )

@@ -58,7 +58,7 @@ async def make_reservation(
             **body.model_dump(),
         }
     )
-    reserved = await svc.commands.reserve(event, now, _consumption(svc))
+    reserved = await svc.commands.reserve(event, now, read_consumption(svc))
     return Accepted(events=[reserved.to_wire()])
 
 
@@ -104,13 +104,16 @@ async def run_rebalance(
     Usually the pipeline's timer does this; the endpoint lets an operator run it.
     """
     moves = await svc.commands.rebalance(
-        caller.name, tenant, _consumption(svc), svc.clock(), body.reason
+        caller.name, tenant, read_consumption(svc), svc.clock(), body.reason
     )
     return Accepted(events=[m.to_wire() for m in moves])
 
 
-def _consumption(svc: Services) -> Consumption:
-    """Consumption per budget and period from the read models (up to the projection's lag)."""
+def read_consumption(svc: Services) -> Consumption:
+    """Consumption per budget and period from the read models (up to the projection's lag).
+
+    The one reader the allocation commands get, from a request or from the rebalance timer.
+    """
 
     async def consumption(tenant: str, keys: dict[str, str]) -> Mapping[str, Mapping[str, int]]:
         return await run_in_threadpool(queries.consumption, svc.engine, tenant, keys)
