@@ -20,7 +20,6 @@ from streams.allocation import (
     Window,
     apply_allocation_event,
     effective_limits,
-    pool,
     unspent,
 )
 from streams.allocation_tree import AllocationRejected, ancestors, children_of
@@ -32,6 +31,7 @@ def plan_overflow_draw(
     budget_id: str,
     window: Window,
     at: datetime,
+    consumed: Mapping[str, Mapping[str, int]],
     *,
     metric: Metric,
     tokens: int,
@@ -43,6 +43,9 @@ def plan_overflow_draw(
 ) -> OverflowDrawn | None:
     """A draw of `tokens` from the parent's pool, within the child's cap and the pool.
 
+    `consumed[budget_id][metric]` is what the parent and its children consumed in `window` so
+    far: the parent can only give what is unallocated and unspent at its level, its own direct
+    use taken out (`streams.allocation.unspent`, the rule rebalance and reservations follow).
     With `partial` (the pipeline's automatic draw when a child reaches its limit) the draw is
     cut to what cap and pool allow, and None means nothing can be drawn.
     """
@@ -55,7 +58,7 @@ def plan_overflow_draw(
         )
     cap = spec.overflow_cap_tokens or 0
     used = state.drawn.get(budget_id, {}).get(window.key, {}).get(metric, 0)
-    free = max(0, pool(specs, state, spec.parent, window, at).get(metric, 0))
+    free = unspent(specs, state, spec.parent, window, at, consumed).get(metric, 0)
     allowed = min(cap - used, free)
     if partial:
         tokens = min(tokens, allowed)
@@ -65,7 +68,11 @@ def plan_overflow_draw(
         rule = f"exceeds the overflow cap: {used} of {cap} already drawn in {window.key}"
         raise AllocationRejected(budget_id, [FieldError("tokens", rule)])
     elif tokens > free:
-        rule = f"exceeds the pool of {spec.parent!r}: {free} {metric} tokens unallocated"
+        spent = consumed.get(spec.parent, {}).get(metric, 0)
+        rule = (
+            f"exceeds the pool of {spec.parent!r}: {free} {metric} tokens unallocated and "
+            f"unspent ({spent} consumed in {window.key})"
+        )
         raise AllocationRejected(budget_id, [FieldError("tokens", rule)])
     return OverflowDrawn(
         draw_id=draw_id,
@@ -87,14 +94,14 @@ def check_reservation(
     event: ReservationMade,
     window: Window,
     at: datetime,
-    consumed: Mapping[str, Mapping[str, int]] | None = None,
+    consumed: Mapping[str, Mapping[str, int]],
 ) -> None:
     """A reservation must lie ahead, and its budget must still have the tokens to hold.
 
     `window` is the period the reservation starts in; `consumed[budget_id][metric]` is what the
-    budget and its children consumed in it so far (None or missing: nothing yet, as in a
-    period that has not begun). Tokens already spent cannot be earmarked again, and a parent
-    can only hold back its pool, less its own use (see `streams.allocation.unspent`).
+    budget and its children consumed in it so far (missing: nothing yet, as in a period that
+    has not begun). Tokens already spent cannot be earmarked again, and a parent can only hold
+    back its pool, less its own use (see `streams.allocation.unspent`).
     """
     if event.starts_at <= at:
         raise AllocationRejected(
@@ -106,10 +113,9 @@ def check_reservation(
     if event.metric not in specs[event.budget_id].limits.by_metric():
         rule = f"the budget limits no {event.metric}"
         raise AllocationRejected(event.budget_id, [FieldError("metric", rule)])
-    used = consumed or {}
-    free = unspent(specs, state, event.budget_id, window, at, used)[event.metric]
+    free = unspent(specs, state, event.budget_id, window, at, consumed)[event.metric]
     if event.tokens > free:
-        spent = used.get(event.budget_id, {}).get(event.metric, 0)
+        spent = consumed.get(event.budget_id, {}).get(event.metric, 0)
         limit = effective_limits(specs, state, event.budget_id, window, at)[event.metric]
         if children_of(specs, event.budget_id):
             what = f"unallocated and unspent in its pool ({spent} consumed in {window.key})"

@@ -195,19 +195,28 @@ class Commands:
         draw_id: str,
         reason: str,
         at: datetime,
+        consumption: Consumption,
     ) -> OverflowDrawn:
+        """Draw from the parent's pool: what it has not allocated and has not spent itself."""
         async with self._locked(tenant):
             budget = self._live(tenant, budget_id)
             if f"draw:{draw_id}" in self.state.book.state(tenant).applied:
                 rule = "was already used in this tenant (a draw id is an idempotency key)"
                 raise AllocationRejected(budget_id, [FieldError("draw_id", rule)])
+            specs = self.state.specs(tenant)
             window = period_of(budget.spec.period, at)
+            parent = budget.spec.parent
+            ids = [] if parent is None else [parent, *children_of(specs, parent)]
+            consumed = await _consumed_by_start(
+                consumption, tenant, ids, budget.spec.period, at, at
+            )
             event = plan_overflow_draw(
-                self.state.specs(tenant),
+                specs,
                 self.state.book.state(tenant),
                 budget_id,
                 window,
                 at,
+                consumed,
                 metric=metric,
                 tokens=tokens,
                 draw_id=draw_id,
@@ -293,7 +302,7 @@ async def _consumed_by_start(
     starts_at: datetime,
     at: datetime,
 ) -> dict[str, dict[str, int]]:
-    """What `ids` consumed so far in the period a reservation starts in (children share it).
+    """What `ids` consumed so far in the period that `starts_at` falls in (children share it).
 
     For a rolling period that is the sum of the window's day buckets up to today; later days
     have no consumption yet.

@@ -29,7 +29,10 @@ router = APIRouter(prefix="/v1/tenants/{tenant}", tags=["allocation"], responses
 async def draw_overflow(
     tenant: TenantPath, budget_id: BudgetPath, body: DrawOverflow, caller: Writer, svc: Svc
 ) -> Accepted:
-    """Draw from the parent's pool for the current period, within the budget's overflow cap."""
+    """Draw from the parent's pool for the current period, within the budget's overflow cap.
+
+    The pool is what the parent has neither allocated to its children nor spent itself.
+    """
     event = await svc.commands.draw(
         caller.name,
         tenant,
@@ -39,6 +42,7 @@ async def draw_overflow(
         body.draw_id,
         body.reason,
         svc.clock(),
+        read_consumption(svc),
     )
     return Accepted(events=[event.to_wire()])
 

@@ -4,6 +4,7 @@ effective limits that the status shows, and every move is an event in the audit 
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +50,33 @@ async def define(
         assert created.status_code == 201, created.text
 
 
+async def overflow_draw(
+    h: Harness, tenant: str, key: dict[str, str], budget: str, draw_id: str, tokens: int
+) -> Any:
+    return await h.client.post(
+        f"/v1/tenants/{tenant}/budgets/{budget}/overflow-draws",
+        json={"draw_id": draw_id, "tokens": tokens, "reason": "launch week"},
+        headers=key,
+    )
+
+
+async def define_team(
+    h: Harness, tenant: str, key: dict[str, str], limits: tuple[int, int], **search: Any
+) -> tuple[str, str, str, str]:
+    """org (1000) > team (100: features search, chat and its own ops) > search, chat."""
+    org, team, a, b = unique("org"), unique("team"), unique("search"), unique("chat")
+    await define(
+        h,
+        tenant,
+        key,
+        (org, spec(1000)),
+        (team, spec(100, org, selector={"feature": ["search", "chat", "ops"]})),
+        (a, spec(limits[0], team, selector={"feature": ["search"]}, **search)),
+        (b, spec(limits[1], team, selector={"feature": ["chat"]})),
+    )
+    return org, team, a, b
+
+
 async def test_overflow_reservation_and_rebalance_move_effective_limits(
     kafka_bootstrap: str, topic_prefix: str, database_url: str
 ) -> None:
@@ -67,12 +95,7 @@ async def test_overflow_reservation_and_rebalance_move_effective_limits(
             (b, spec(400, org, selector={"feature": ["chat"]})),
         )
 
-        async def draw(budget: str, draw_id: str, tokens: int) -> Any:
-            return await h.client.post(
-                f"{base}/budgets/{budget}/overflow-draws",
-                json={"draw_id": draw_id, "tokens": tokens, "reason": "launch week"},
-                headers=key,
-            )
+        draw = functools.partial(overflow_draw, h, tenant, key)
 
         assert (await draw(a, "d1", 100)).status_code == 201
         reused = await draw(a, "d1", 1)
@@ -206,16 +229,7 @@ async def test_spent_and_allocated_tokens_are_neither_reserved_nor_given_back(
     async with api_harness(kafka_bootstrap, topic_prefix, database_url, lambda: now[0]) as h:
         key = h.key("tenant-admin", [tenant], principal="lead")
         base = f"/v1/tenants/{tenant}"
-        org, team, a, b = unique("org"), unique("team"), unique("search"), unique("chat")
-        await define(
-            h,
-            tenant,
-            key,
-            (org, spec(1000)),
-            (team, spec(100, org, selector={"feature": ["search", "chat"]})),
-            (a, spec(60, team, selector={"feature": ["search"]})),
-            (b, spec(40, team, selector={"feature": ["chat"]})),
-        )
+        org, team, a, b = await define_team(h, tenant, key, (60, 40))
         await h.produce(USAGE, [(e.event_id, e) for e in [usage(tenant, "search", 45, 3, 0)]])
         await h.project()
         assert (await status(h, tenant, a, key))["consumed"]["total"] == 45
@@ -253,3 +267,25 @@ async def test_spent_and_allocated_tokens_are_neither_reserved_nor_given_back(
         assert (await status(h, tenant, team, key))["pool"] == {"total": 0}
         assert (await status(h, tenant, team, key))["effective_limits"] == {"total": 80}
         assert (await status(h, tenant, org, key))["pool"] == {"total": 920}
+
+
+async def test_a_draw_takes_only_what_the_parent_has_not_spent_itself(
+    kafka_bootstrap: str, topic_prefix: str, database_url: str
+) -> None:
+    """A team (100) hands 40 to search and 40 to chat; its own ops usage spent 15 of the 20 left."""
+    tenant = unique("acme")
+    early = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    async with api_harness(kafka_bootstrap, topic_prefix, database_url, lambda: early) as h:
+        key = h.key("tenant-admin", [tenant])
+        _, team, a, _ = await define_team(h, tenant, key, (40, 40), overflow_cap_tokens=30)
+        await h.produce(USAGE, [(e.event_id, e) for e in [usage(tenant, "ops", 15, 3, 0)]])
+        await h.project()
+        assert (await status(h, tenant, team, key))["consumed"]["total"] == 15
+        spent = await overflow_draw(h, tenant, key, a, "d1", 6)
+        assert spent.status_code == 422, spent.text
+        error = spent.json()["errors"][0]
+        assert (
+            error["field"] == "tokens" and "5 total tokens unallocated and unspent" in error["rule"]
+        ), error
+        assert "15 consumed in 2026-11" in error["rule"]
+        assert (await overflow_draw(h, tenant, key, a, "d2", 5)).status_code == 201

@@ -57,13 +57,19 @@ def spec(total: int, parent: str | None = None, cap: int | None = None) -> Budge
 SPECS = {"org": spec(1000), "a": spec(400, "org", cap=150), "b": spec(400, "org")}
 
 
-def draw(tokens: int, draw_id: str = "d1", state: AllocationState | None = None) -> OverflowDrawn:
+def draw(
+    tokens: int,
+    draw_id: str = "d1",
+    state: AllocationState | None = None,
+    consumed: dict[str, dict[str, int]] | None = None,
+) -> OverflowDrawn:
     event = plan_overflow_draw(
         SPECS,
         state or AllocationState(),
         "a",
         NOV,
         EARLY,
+        consumed or {},
         metric="total",
         tokens=tokens,
         draw_id=draw_id,
@@ -117,6 +123,7 @@ def test_a_child_without_cap_cannot_draw() -> None:
             "b",
             NOV,
             EARLY,
+            {},
             metric="total",
             tokens=1,
             draw_id="x",
@@ -133,6 +140,7 @@ def test_a_partial_draw_takes_what_cap_and_pool_allow() -> None:
         "a",
         NOV,
         EARLY,
+        {},
         metric="total",
         tokens=10**6,
         draw_id="auto",
@@ -160,7 +168,7 @@ def reservation(tokens: int, budget: str = "org") -> ReservationMade:
 
 def test_a_reservation_holds_tokens_back_until_its_window() -> None:
     event = reservation(150)
-    check_reservation(SPECS, AllocationState(), event, NOV, EARLY)
+    check_reservation(SPECS, AllocationState(), event, NOV, EARLY, {})
     state = apply_allocation_event(AllocationState(), event)
     assert effective_limits(SPECS, state, "org", NOV, EARLY) == {"total": 850}
     assert pool(SPECS, state, "org", NOV, EARLY) == {"total": 50}
@@ -196,22 +204,22 @@ def test_a_reservation_id_is_never_reused() -> None:
     )
     state = apply_allocation_event(state, released)
     with pytest.raises(AllocationRejected) as err:
-        check_reservation(SPECS, state, reservation(10), NOV, EARLY)
+        check_reservation(SPECS, state, reservation(10), NOV, EARLY, {})
     assert err.value.errors[0].field == "reservation_id"
 
 
 def test_a_reservation_in_the_past_or_too_large_is_rejected() -> None:
     with pytest.raises(AllocationRejected) as err:
-        check_reservation(SPECS, AllocationState(), reservation(10), NOV, LATE.replace(day=28))
+        check_reservation(SPECS, AllocationState(), reservation(10), NOV, LATE.replace(day=28), {})
     assert err.value.errors[0].field == "starts_at"
     with pytest.raises(AllocationRejected) as err:
-        check_reservation(SPECS, AllocationState(), reservation(401, "a"), NOV, EARLY)
+        check_reservation(SPECS, AllocationState(), reservation(401, "a"), NOV, EARLY, {})
     assert err.value.errors[0].field == "tokens"
 
 
 def test_a_parent_holds_back_only_its_pool() -> None:
     with pytest.raises(AllocationRejected) as err:
-        check_reservation(SPECS, AllocationState(), reservation(201), NOV, EARLY)
+        check_reservation(SPECS, AllocationState(), reservation(201), NOV, EARLY, {})
     assert "200 unallocated" in err.value.errors[0].rule
 
 

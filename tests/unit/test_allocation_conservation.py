@@ -1,4 +1,4 @@
-"""Allocation is conserved: rebalancing and reservations never hand out tokens twice.
+"""Allocation is conserved: rebalancing, reservations and draws never hand out tokens twice.
 
 A budget that has children holds what it allocated to them for them, spent or not; only its
 pool, less its own direct use, is free at its level. Tokens already consumed cannot be given
@@ -22,7 +22,7 @@ from streams.allocation import (
     effective_limits,
     pool,
 )
-from streams.allocation_plans import check_reservation, plan_rebalance
+from streams.allocation_plans import check_reservation, plan_overflow_draw, plan_rebalance
 from streams.allocation_tree import AllocationRejected, children_of
 from streams.periods import period_of
 
@@ -114,6 +114,31 @@ def test_a_parent_reserves_only_its_pool_less_its_own_use() -> None:
         specs, AllocationState(), reservation("team", 20, LATE + timedelta(days=2)), NOV, LATE,
         consumed,
     )  # fmt: skip
+
+
+def draw_from_team(
+    consumed: dict[str, dict[str, int]], tokens: int, partial: bool = False
+) -> int | None:
+    specs = {**TEAM_TREE, "team": spec("team", 200, "org")}  # a pool of 100
+    drawn = plan_overflow_draw(
+        specs, AllocationState(), "a", NOV, LATE, consumed, metric="total", tokens=tokens,
+        draw_id="d", tenant="t", actor="me", reason="", partial=partial,
+    )  # fmt: skip
+    return None if drawn is None else drawn.tokens
+
+
+def test_a_draw_takes_only_the_parents_pool_less_its_own_use() -> None:
+    consumed = {"team": {"total": 90}, "a": {"total": 10}}  # 80 of the team's own
+    with pytest.raises(AllocationRejected) as err:
+        draw_from_team(consumed, 21)
+    assert err.value.errors[0].field == "tokens"
+    assert "20 total tokens unallocated and unspent" in err.value.errors[0].rule
+    assert "90 consumed in 2026-11" in err.value.errors[0].rule
+    assert draw_from_team(consumed, 20) == 20
+    assert draw_from_team(consumed, 50, partial=True) == 20
+    assert draw_from_team({"team": {"total": 100}}, 1, partial=True) is None
+    # Usage of the children within their allocations is theirs, not the team's.
+    assert draw_from_team({"team": {"total": 60}, "a": {"total": 60}}, 50) == 50
 
 
 @st.composite

@@ -84,7 +84,7 @@ def test_accepted_wishes_keep_every_cap(
         try:
             if kind == "draw":
                 drawn = plan_overflow_draw(
-                    tree, state, budget, NOV, at, metric="total", tokens=tokens,
+                    tree, state, budget, NOV, at, {}, metric="total", tokens=tokens,
                     draw_id=f"d{n}", tenant="t", actor="x", reason="",
                 )  # fmt: skip
                 events = [drawn] if drawn is not None else []
@@ -94,7 +94,7 @@ def test_accepted_wishes_keep_every_cap(
                     starts_at=at + timedelta(days=1), ends_at=at + timedelta(days=2),
                     occurred_at=at, actor="x",
                 )  # fmt: skip
-                check_reservation(tree, state, made, NOV, at)
+                check_reservation(tree, state, made, NOV, at, {})
                 events = [made]
             else:
                 consumed = {b: {"total": tokens} for b in "abc"}
