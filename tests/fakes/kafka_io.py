@@ -1,4 +1,5 @@
-"""Test traffic on the real broker: events put on a topic, usage read back from one."""
+"""Test traffic on the real broker: events put on a topic, usage read back from one, a topic's
+config read back once the broker shows it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.base import Event
 from schemas.codec import decode, encode
@@ -61,3 +64,36 @@ async def read_usage_by_partition(
     finally:
         await consumer.stop()
     return found
+
+
+async def topic_config(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[str, str]:
+    """The topic's config, once the broker describes it (a new topic may take a moment)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            error_code, message, _, _, entries = response.resources[0]
+            if not error_code:
+                return {e[0]: e[1] for e in entries}
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{topic}: describe failed: {error_code} {message}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def config_when(
+    bootstrap: str, topic: str, key: str, value: str, timeout: float = 20.0
+) -> dict[str, str]:
+    """The topic's config once `key` reads `value`: the broker answers an alter before its own
+    metadata shows the change, so a describe (or a produce) right after may see the old one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (config := await topic_config(bootstrap, topic)).get(key) != value:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{topic}: {key} is {config.get(key)!r}, not {value!r}")
+        await asyncio.sleep(0.1)
+    return config

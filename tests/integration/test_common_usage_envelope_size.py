@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from fakes.kafka_io import read_usage_by_partition
+from fakes.kafka_io import config_when, read_usage_by_partition, topic_config
 from ingest_support import kafka_sink, key_ring, serve
 
 from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
@@ -62,39 +62,6 @@ async def _set_topic_config(bootstrap: str, topic: str, config: dict[str, str]) 
         await admin.close()
 
 
-async def _topic_config(bootstrap: str, topic: str, timeout: float = 20.0) -> dict[str, str]:
-    """The topic's config, once the broker describes it (a new topic may take a moment)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        while True:
-            [response] = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic)]
-            )
-            error_code, message, _, _, entries = response.resources[0]
-            if not error_code:
-                return {e[0]: e[1] for e in entries}
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{topic}: describe failed: {error_code} {message}")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-async def _config_when(
-    bootstrap: str, topic: str, key: str, value: str, timeout: float = 20.0
-) -> dict[str, str]:
-    """The topic's config once `key` reads `value`: the broker answers an alter before its own
-    metadata shows the change, so a describe (or a produce) right after may see the old one."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (config := await _topic_config(bootstrap, topic)).get(key) != value:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{topic}: {key} is {config.get(key)!r}, not {value!r}")
-        await asyncio.sleep(0.1)
-    return config
-
-
 async def until_listed(admin: AIOKafkaAdminClient, name: str, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while name not in await admin.list_topics():
@@ -123,7 +90,7 @@ def test_envelopes_are_capped_by_bytes_and_keep_every_event_in_order() -> None:
 async def test_a_fresh_usage_topic_takes_what_the_producer_builds(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    config = await _topic_config(kafka_bootstrap, USAGE.name(topic_prefix))
+    config = await topic_config(kafka_bootstrap, USAGE.name(topic_prefix))
     assert config["max.message.bytes"] == str(USAGE_MAX_MESSAGE_BYTES)  # set when created
 
 
@@ -140,7 +107,7 @@ async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config
         await until_listed(admin, name)
         assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
         limit = str(USAGE_MAX_MESSAGE_BYTES)
-        after = await _config_when(kafka_bootstrap, name, "max.message.bytes", limit)
+        after = await config_when(kafka_bootstrap, name, "max.message.bytes", limit)
         assert (after["retention.ms"], after["message.timestamp.type"]) == ("-1", "LogAppendTime")
     finally:
         await admin.delete_topics([name])
@@ -186,7 +153,7 @@ async def test_a_topic_that_takes_less_is_met_by_splitting_and_resending(
     refused envelopes are split and sent again through a new producer, not retried as they are."""
     topic = USAGE.name(topic_prefix)
     await _set_topic_config(kafka_bootstrap, topic, {"max.message.bytes": "200000"})
-    await _config_when(kafka_bootstrap, topic, "max.message.bytes", "200000")
+    await config_when(kafka_bootstrap, topic, "max.message.bytes", "200000")
     run = uuid.uuid4().hex[:6]
     async with UsageProducer(kafka_bootstrap, topic_prefix) as producer:
         await producer.send_wire([_event(i, run) for i in range(1500)])

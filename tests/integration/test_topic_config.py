@@ -9,11 +9,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from fakes.kafka_io import config_when
 
 from schemas.topics import USAGE
 from services.common.kafka import align_topic_configs, ensure_topics, topic_configs
@@ -42,16 +41,6 @@ async def _stored_timestamp(bootstrap: str, topic: str) -> tuple[int, int]:
     return record.timestamp, record.timestamp_type
 
 
-async def _configs(bootstrap: str, topic: str) -> dict[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    finally:
-        await admin.close()
-    return {e[0]: e[1] for e in response.resources[0][4]}
-
-
 async def test_a_month_old_record_is_stored_with_the_append_time(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
@@ -74,8 +63,9 @@ async def test_an_existing_usage_topic_is_aligned_once_and_keeps_its_other_confi
         assert (old_timestamp, old_kind) == (MONTH_AGO_MS, 0)  # CreateTime: the producer's
 
         assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
-        configs = await _configs(kafka_bootstrap, name)
-        assert configs["message.timestamp.type"] == "LogAppendTime"
+        configs = await config_when(
+            kafka_bootstrap, name, "message.timestamp.type", "LogAppendTime"
+        )
         assert configs["retention.ms"] == "-1"
         assert configs["cleanup.policy"] == "delete"
         timestamp, kind = await _stored_timestamp(kafka_bootstrap, name)
