@@ -28,6 +28,11 @@ FOREVER = {"retention.ms": "-1"}
 """Facts: Kafka is their source of truth, so a projection rebuilt from offset zero finds them all
 (charges are derived from usage and may expire with the default retention)."""
 
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+"""Records carry the broker's clock, not the producer's: the topics whose record times are
+compared with each other (usage and budget-events) share one clock, and a producer's skew or a
+re-publication with old timestamps cannot move a record in time."""
+
 USAGE_MAX_MESSAGE_BYTES = 1_048_576
 """The largest record batch the usage topic takes (its `max.message.bytes`) and the usage
 producer's `max_request_size`: one number, so the producer never builds a message the topic
@@ -39,7 +44,7 @@ USAGE = TopicSpec(
     partitions=6,
     config={
         **FOREVER,
-        "message.timestamp.type": "LogAppendTime",
+        **APPEND_TIME,
         "max.message.bytes": str(USAGE_MAX_MESSAGE_BYTES),
     },
 )
@@ -67,9 +72,15 @@ THRESHOLDS = TopicSpec(
 POLICIES = TopicSpec("policies", key="budget_id", partitions=CHARGES.partitions, compacted=True)
 FORECASTS = TopicSpec("forecasts", key="budget_id", partitions=3, config=dict(FOREVER))
 DEAD_LETTER = TopicSpec("deadletter", key="origin", partitions=1)
-BUDGET_EVENTS = TopicSpec("budget-events", key="tenant", partitions=3, config=dict(FOREVER))
+BUDGET_EVENTS = TopicSpec(
+    "budget-events", key="tenant", partitions=3, config={**FOREVER, **APPEND_TIME}
+)
 """Every config event (budget lifecycle and allocation), never compacted or expired: the source
 of truth for budgets and the audit log. `budgets` is its compacted mirror (latest per budget).
+Records carry the broker's append time like usage records: the warehouse takes a revision to be
+in force from its record time and matches usage by the usage record's time, so both must be the
+broker's clock, not an API host's. Events keep their own `occurred_at`; records appended before
+an existing topic was aligned keep the time the API gave them.
 """
 ALERT_DELIVERIES = TopicSpec(
     "alert-deliveries", key="budget_id", partitions=3, config=dict(FOREVER)

@@ -1,7 +1,10 @@
-"""The usage topic stores the broker's append time, also when it was created before that rule.
+"""The usage and budget-events topics store the broker's append time, also when they were
+created before that rule.
 
 A record produced with a timestamp 30 days in the past must be read back with the time the
-broker appended it: the worker's dedupe window runs on record time (review 17, finding 6).
+broker appended it: the worker's dedupe window runs on record time (review 17, finding 6), and
+the warehouse compares budget-events record times with usage record times (which budget
+revision was in force), so both must be the broker's clock.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fakes.kafka_io import config_when
 
-from schemas.topics import USAGE
+from schemas.topics import ALIGNED_CONFIGS, BUDGET_EVENTS, USAGE, TopicSpec
 from services.common.kafka import align_topic_configs, ensure_topics, topic_configs
 
 LOG_APPEND_TIME = 1
@@ -41,20 +45,26 @@ async def _stored_timestamp(bootstrap: str, topic: str) -> tuple[int, int]:
     return record.timestamp, record.timestamp_type
 
 
+APPEND_TIME_TOPICS = pytest.mark.parametrize("spec", [USAGE, BUDGET_EVENTS], ids=lambda s: s.suffix)
+
+
+@APPEND_TIME_TOPICS
 async def test_a_month_old_record_is_stored_with_the_append_time(
-    kafka_bootstrap: str, topic_prefix: str
+    kafka_bootstrap: str, topic_prefix: str, spec: TopicSpec
 ) -> None:
-    timestamp, kind = await _stored_timestamp(kafka_bootstrap, USAGE.name(topic_prefix))
+    timestamp, kind = await _stored_timestamp(kafka_bootstrap, spec.name(topic_prefix))
     assert kind == LOG_APPEND_TIME
     assert timestamp > MONTH_AGO_MS + 29 * 86_400_000
 
 
-async def test_an_existing_usage_topic_is_aligned_once_and_keeps_its_other_config(
-    kafka_bootstrap: str,
+@APPEND_TIME_TOPICS
+async def test_an_existing_topic_is_aligned_once_and_keeps_its_other_config(
+    kafka_bootstrap: str, spec: TopicSpec
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    name = USAGE.name(prefix)
-    before = replace(USAGE, config={"retention.ms": "-1"})  # the spec as it was
+    name = spec.name(prefix)
+    kept = {k: v for k, v in spec.config.items() if k not in ALIGNED_CONFIGS}
+    before = replace(spec, config=kept)  # the spec as it was
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
@@ -62,7 +72,7 @@ async def test_an_existing_usage_topic_is_aligned_once_and_keeps_its_other_confi
         old_timestamp, old_kind = await _stored_timestamp(kafka_bootstrap, name)
         assert (old_timestamp, old_kind) == (MONTH_AGO_MS, 0)  # CreateTime: the producer's
 
-        assert await ensure_topics(kafka_bootstrap, prefix, [USAGE]) == []  # nothing created
+        assert await ensure_topics(kafka_bootstrap, prefix, [spec]) == []  # nothing created
         configs = await config_when(
             kafka_bootstrap, name, "message.timestamp.type", "LogAppendTime"
         )
@@ -71,7 +81,7 @@ async def test_an_existing_usage_topic_is_aligned_once_and_keeps_its_other_confi
         timestamp, kind = await _stored_timestamp(kafka_bootstrap, name)
         assert kind == LOG_APPEND_TIME
         assert timestamp > MONTH_AGO_MS + 29 * 86_400_000
-        assert await align_topic_configs(admin, prefix, [USAGE]) == []  # already aligned
+        assert await align_topic_configs(admin, prefix, [spec]) == []  # already aligned
     finally:
         await admin.delete_topics([name])
         await admin.close()
