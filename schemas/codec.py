@@ -7,10 +7,13 @@ years ago stay readable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from schemas.alerts import AlertAbandoned, AlertDelivered
 from schemas.allocation import (
@@ -20,10 +23,10 @@ from schemas.allocation import (
     ReservationMade,
     ReservationReleased,
 )
-from schemas.base import Event
+from schemas.base import Event, field_errors
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
 from schemas.charges import BudgetCharged
-from schemas.errors import FieldError, InvalidEvent, UnknownEventType
+from schemas.errors import AllotmentError, FieldError, InvalidEvent, UnknownEventType
 from schemas.signals import (
     DeadLettered,
     ForecastUpdated,
@@ -31,7 +34,7 @@ from schemas.signals import (
     ProjectedOverrun,
     ThresholdCrossed,
 )
-from schemas.usage import UsageBatch, UsageRecorded
+from schemas.usage import UsageBatch, UsageRecorded, ahead_problem, usage_fields
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -107,3 +110,114 @@ def decode(raw: bytes) -> Event:
 
 def encode(event: Event) -> bytes:
     return orjson.dumps(event.to_wire())
+
+
+BROKER_TIME = "the time the broker stored the record"
+
+UsageItem = tuple[int, Any, dict[str, Any] | AllotmentError]
+"""One event of a usage record: (index in the envelope, payload as read, and either its field
+values, as `UsageRecorded` holds them, or why it is not charged)."""
+
+_VALIDATE_USAGE = UsageRecorded.__pydantic_validator__.validate_python
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def usage_event(payload: Any) -> dict[str, Any]:
+    """Validate one usage event against the contract (upcasting an older version first).
+
+    Returns its field values: `usage_fields` when it can say (most events, at about half the
+    cost of building the model), else the model's, which also raises the contract's reasons
+    (`InvalidEvent`, or `UnknownEventType` for a version nothing upcasts).
+    """
+    if not isinstance(payload, dict):
+        raise InvalidEvent("UsageRecorded", [FieldError("(payload)", "must be a JSON object")])
+    kind = payload.get("type", "UsageRecorded")
+    if kind != "UsageRecorded":
+        raise InvalidEvent(
+            "UsageRecorded", [FieldError("type", f"must be UsageRecorded, got {kind!r}")]
+        )
+    if payload.get("version", 1) != UsageRecorded.VERSION:
+        payload = upcast({**payload, "type": kind})
+    else:
+        fields = usage_fields(payload)
+        if fields is not None:
+            return fields
+    try:
+        event: UsageRecorded = _VALIDATE_USAGE(payload)
+    except ValidationError as exc:
+        raise InvalidEvent("UsageRecorded", field_errors(exc)) from None
+    return event.__dict__
+
+
+def _usage_payloads(raw: bytes) -> tuple[bool, list[tuple[int, Any]]]:
+    """Whether the record is an envelope, and its (index, payload) pairs."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("(unknown)", [FieldError("(payload)", f"is not JSON: {exc}")]) from None
+    if isinstance(payload, dict) and payload.get("type") == "UsageBatch":
+        events = payload.get("events")
+        if not isinstance(events, list) or not events:
+            raise InvalidEvent("UsageBatch", [FieldError("events", "must be a non-empty list")])
+        if payload.get("version", 1) != UsageBatch.VERSION:
+            raise InvalidEvent("UsageBatch", [FieldError("version", "must be 1")])
+        return True, list(enumerate(events))
+    return False, [(0, payload)]
+
+
+@dataclass(frozen=True)
+class UsageReader:
+    """Which events of a usage-topic record are charged, event by event, and why not.
+
+    Every reader of the usage topic that counts tokens (the worker's resolve stage, the
+    warehouse) reads it through this one class, so they count the same events: an envelope is
+    never taken or dropped as a whole (`UsageBatch` as a model would refuse all its events for
+    one bad one); each event is charged or refused on its own, for
+    - the contract (`usage_event`: fields, token sums, `CLOCK_SKEW` against received_at);
+    - its routing, with `partition_of` (event id -> usage partition): an event whose id hashes
+      to another partition than the one it was read from is refused, since dedupe by id is
+      local to a partition (`UsageBatch`'s own rule);
+    - the broker's time, with `clock_skew`: an event stamped more than that after its record's
+      broker timestamp is refused. Charged, it would move its budgets' "now" ahead. The record
+      time is written with the record, so a replay refuses exactly what the first read did.
+    Pure: the record's partition and time are arguments, nothing is read from a clock.
+    """
+
+    partition_of: Callable[[str], int] | None = None
+    clock_skew: timedelta | None = None
+
+    def read(
+        self, raw: bytes, partition: int, timestamp_ms: int
+    ) -> tuple[bool, Iterator[UsageItem]]:
+        """Whether the record is an envelope, and its events in order (lazily).
+
+        Raises `InvalidEvent` at once when the record as a whole cannot be read (not JSON, an
+        envelope without events or of an unknown version); `timestamp_ms` <= 0 means the record
+        has no broker time (then only the other rules apply).
+        """
+        envelope, payloads = _usage_payloads(raw)
+        stored_at = None
+        if self.clock_skew is not None and timestamp_ms > 0:
+            stored_at = _EPOCH + timedelta(milliseconds=timestamp_ms)
+        return envelope, self._events(payloads, partition, stored_at)
+
+    def _events(
+        self, payloads: list[tuple[int, Any]], partition: int, stored_at: datetime | None
+    ) -> Iterator[UsageItem]:
+        partition_of, skew = self.partition_of, self.clock_skew
+        for index, payload in payloads:
+            try:
+                fields = usage_event(payload)
+                if partition_of is not None:
+                    home = partition_of(fields["event_id"])
+                    if home != partition:
+                        rule = f"hashes to usage partition {home}, arrived on {partition}"
+                        raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
+                if stored_at is not None and skew is not None:
+                    ahead = ahead_problem(fields["occurred_at"], stored_at, BROKER_TIME, skew)
+                    if ahead is not None:
+                        raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", ahead)])
+            except AllotmentError as exc:  # InvalidEvent, or UnknownEventType from upcasting
+                yield index, payload, exc
+                continue
+            yield index, payload, fields

@@ -23,7 +23,11 @@ def api(
     host: str = "127.0.0.1",
     port: int = 8080,
     projection: Annotated[
-        bool, typer.Option(help="Also run the warehouse projection in this process.")
+        bool,
+        typer.Option(
+            help="Also run the warehouse projection in this process (its event_id dedupe "
+            "window: env ALLOTMENT_DEDUPE_WINDOW_HOURS, as the worker's; else its default)."
+        ),
     ] = True,
     rebalance_every: Annotated[
         float, typer.Option(help="Seconds between auto-rebalance passes (0: never).")

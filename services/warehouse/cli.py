@@ -12,12 +12,19 @@ import typer
 
 WINDOW_HELP = (
     "Window of event_id dedupe in hours: the worker's --dedupe-window-hours "
-    "(default: the worker's default)"
+    "[env ALLOTMENT_DEDUPE_WINDOW_HOURS, as the worker's; else the worker's default]"
 )
 
 
-def _window(hours: float | None) -> timedelta | None:
-    return None if hours is None else timedelta(hours=hours)
+def _window(hours: float | None) -> timedelta:
+    """The worker's window as `allotment worker` would read it (flag, then environment)."""
+    from streams.faust.app import InvalidWorkerConfig
+    from streams.faust.cli import dedupe_window
+
+    try:
+        return dedupe_window(hours)
+    except InvalidWorkerConfig as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def warehouse(

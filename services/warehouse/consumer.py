@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from schemas.errors import AllotmentError
 from schemas.topics import ALL
+from schemas.usage import CLOCK_SKEW
 from services.common.offsets import load_offsets, store_offsets
 from services.warehouse import tables as t
 from services.warehouse.projector import CONFIG_KINDS, KINDS, Projector, Record
@@ -67,7 +68,9 @@ class WarehouseConsumer:
     """Owns one aiokafka consumer and one `Projector`; build it in a composition root.
 
     `dedupe_window` must be the worker's (`allotment worker --dedupe-window-hours`) for the
-    warehouse to count the events the ledger counts; by default it is the worker's default.
+    warehouse to count the events the ledger counts; by default it is what the worker reads
+    without that flag (ALLOTMENT_DEDUPE_WINDOW_HOURS, else its default). `clock_skew` likewise
+    must be the worker's `--clock-skew-seconds` (default: the worker's default).
     """
 
     def __init__(
@@ -77,12 +80,13 @@ class WarehouseConsumer:
         prefix: str,
         name: str = CONSUMER,
         dedupe_window: timedelta | None = None,
+        clock_skew: timedelta = CLOCK_SKEW,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.name = name
-        self.projector = Projector(dedupe_window or worker_dedupe_window())
+        self.projector = Projector(dedupe_window or worker_dedupe_window(), clock_skew=clock_skew)
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._config_ends: dict[TopicPartition, int] = {}

@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -38,10 +40,11 @@ from schemas.allocation import (
 )
 from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
-from schemas.codec import decode
+from schemas.codec import UsageReader, decode
 from schemas.errors import AllotmentError
 from schemas.signals import ForecastUpdated, PolicyChanged, ThresholdCrossed
-from schemas.usage import UsageBatch, UsageRecorded
+from schemas.topics import USAGE
+from services.common.kafka import partition_for
 from services.warehouse import tables as t
 from services.warehouse.history import BudgetHistory
 from services.warehouse.seen import SeenIds, Sighting
@@ -84,12 +87,27 @@ class Record:
 
 
 class Projector:
-    """Holds every budget revision seen (to match usage) and writes rows for records."""
+    """Holds every budget revision seen (to match usage) and writes rows for records.
 
-    def __init__(self, dedupe_window: timedelta) -> None:
+    Usage is read event by event with the worker's own reader (`schemas.codec.UsageReader`):
+    an event the worker dead-letters (the contract, an id that hashes to another usage
+    partition than its record's, a time past the record's broker time by more than
+    `clock_skew`) is skipped, logged and counted in `counts["usage_rejected"]`, and the
+    other events of its envelope count. `clock_skew` must be the worker's
+    (`--clock-skew-seconds`, by default the contract's `CLOCK_SKEW`, which the consumer
+    passes); None only for records whose times are not real times (tests), as in the worker.
+    """
+
+    def __init__(
+        self,
+        dedupe_window: timedelta,
+        partitions: int = USAGE.partitions,
+        clock_skew: timedelta | None = None,
+    ) -> None:
         self.index = BudgetIndex()
         self.history = BudgetHistory()
         self.seen = SeenIds(dedupe_window)
+        self.reader = UsageReader(partial(partition_for, partitions=partitions), clock_skew)
         self.counts: Counter[str] = Counter()
 
     def load(self, conn: Connection) -> None:
@@ -103,9 +121,12 @@ class Projector:
         self.seen.forget()
 
     def project(self, conn: Connection, records: Sequence[Record]) -> None:
-        usage: list[UsageRecorded] = []
+        usage: list[dict[str, Any]] = []  # each counted usage event's fields
         sightings: list[Sighting] = []  # each usage event's id, position and record time
         for record in sorted(records, key=lambda r: KINDS.index(r.kind)):
+            if record.kind == "usage":
+                self._read_usage(record, usage, sightings)
+                continue
             try:
                 event = decode(record.value)
             except AllotmentError as exc:
@@ -114,20 +135,33 @@ class Projector:
                 continue
             if record.kind == "budget-events":
                 self._config(conn, record, event)
-            elif isinstance(event, UsageRecorded | UsageBatch):
-                events = event.events if isinstance(event, UsageBatch) else [event]
-                at = record.timestamp_ms
-                usage += events
-                sightings += [
-                    (pg_safe(e.event_id), (record.offset, i), at) for i, e in enumerate(events)
-                ]
-                self.seen.note(record.partition, at)
             elif isinstance(event, ThresholdCrossed | PolicyChanged | ForecastUpdated):
                 _signal(conn, event)
             else:
                 self.counts["ignored"] += 1
         if usage:
             self._usage(conn, usage, sightings)
+
+    def _read_usage(
+        self, record: Record, usage: list[dict[str, Any]], sightings: list[Sighting]
+    ) -> None:
+        """Add the events of a usage record that the worker charges to `usage`."""
+        at = record.timestamp_ms
+        try:
+            envelope, events = self.reader.read(record.value, record.partition, at)
+        except AllotmentError as exc:
+            self.counts["undecodable"] += 1
+            log.warning("skip %s/%d@%d: %s", record.kind, record.partition, record.offset, exc)
+            return
+        for i, _, event in events:
+            if isinstance(event, AllotmentError):
+                self.counts["usage_rejected"] += 1
+                where = f" (envelope index {i})" if envelope else ""
+                log.warning("skip usage %d@%d%s: %s", record.partition, record.offset, where, event)
+                continue
+            usage.append(event)
+            sightings.append((pg_safe(event["event_id"]), (record.offset, i), at))
+        self.seen.note(record.partition, at)
 
     def _config(self, conn: Connection, record: Record, event: Event) -> None:
         row = _audit_row(record, event)
@@ -178,7 +212,7 @@ class Projector:
         conn.execute(insert(t.budget_revisions).values(pg_safe(revision)).on_conflict_do_nothing())
 
     def _usage(
-        self, conn: Connection, usage: Sequence[UsageRecorded], sightings: Sequence[Sighting]
+        self, conn: Connection, usage: Sequence[dict[str, Any]], sightings: Sequence[Sighting]
     ) -> None:
         fresh = self.seen.counted(conn, sightings)
         self.counts["usage_new"] += len(fresh)
@@ -186,20 +220,21 @@ class Projector:
         days: dict[tuple[str, date, str, str], list[Any]] = {}
         for i in fresh:
             event = usage[i]
-            in_force = self.history.at(event.tenant, sightings[i][2])  # at its record time
-            budgets = match_budgets(in_force, event)
+            in_force = self.history.at(event["tenant"], sightings[i][2])  # at its record time
+            budgets = match_budgets(in_force, SimpleNamespace(**event))
             if not budgets:
                 continue
-            feature = pg_safe(event.feature or "")
-            model = pg_safe(event.response_model or event.request_model or "")
-            at_ms = to_ms(event.occurred_at)
-            tokens = (event.input_total, event.output, event.total)
+            feature = pg_safe(event["feature"] or "")
+            model = pg_safe(event["response_model"] or event["request_model"] or "")
+            occurred_at = event["occurred_at"]
+            at_ms = to_ms(occurred_at)
+            tokens = (event["input_total"], event["output"], event["total"])
             local_day: dict[str, date] = {}
             for budget in budgets:
                 period = budget.spec.period
                 day = local_day.get(period.timezone)
                 if day is None:
-                    day = event.occurred_at.astimezone(zone(period.timezone)).date()
+                    day = occurred_at.astimezone(zone(period.timezone)).date()
                     local_day[period.timezone] = day
                 key = period_of_ms(period, at_ms).key
                 _add(periods, (budget.budget_id, key), budget.tenant, tokens)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import Connection, text
 
@@ -50,10 +49,11 @@ _NOWHERE: Position = (-1, -1)
 
 
 def worker_dedupe_window() -> timedelta:
-    """The worker's default window (`WorkerConfig.dedupe_window`), read from its one place."""
-    from streams.faust.app import WorkerConfig  # imports Faust: only when asked for
+    """The window the worker runs with when no flag says otherwise: ALLOTMENT_DEDUPE_WINDOW_HOURS,
+    else `WorkerConfig.dedupe_window` (`streams.faust.cli.dedupe_window`, its one place)."""
+    from streams.faust.cli import dedupe_window  # imports Faust: only when asked for
 
-    return WorkerConfig(bootstrap="", topic_prefix="", store_dir=Path()).dedupe_window
+    return dedupe_window()
 
 
 class SeenIds:

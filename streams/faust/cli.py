@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -11,9 +13,38 @@ import typer
 
 from schemas.topics import USAGE
 
+DEDUPE_WINDOW_ENV = "ALLOTMENT_DEDUPE_WINDOW_HOURS"
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def dedupe_window(hours: float | None = None, env: Mapping[str, str] | None = None) -> timedelta:
+    """The worker's event_id dedupe window: `hours` (a flag) when given, else
+    ALLOTMENT_DEDUPE_WINDOW_HOURS, else `WorkerConfig`'s default.
+
+    Everything that must count the events the worker counts asks this (`allotment warehouse`,
+    `rebuild-projections`, `api --projection`), so one variable set for the deployment keeps
+    them all on the worker's window. A value that is not a positive number of hours raises
+    `InvalidWorkerConfig` naming the flag or the variable.
+    """
+    from streams.faust.app import InvalidWorkerConfig, WorkerConfig
+
+    setting = "--dedupe-window-hours"
+    if hours is None:
+        setting = DEDUPE_WINDOW_ENV
+        raw = (os.environ if env is None else env).get(DEDUPE_WINDOW_ENV, "")
+        if raw.strip() == "":
+            return WorkerConfig(bootstrap="", topic_prefix="", store_dir=Path()).dedupe_window
+        try:
+            hours = float(raw)
+        except ValueError:
+            rule = f"must be a number of hours, got {raw!r}"
+            raise InvalidWorkerConfig(setting, rule) from None
+    if not (math.isfinite(hours) and hours > 0):
+        raise InvalidWorkerConfig(setting, f"must be a positive number of hours, got {hours}")
+    return timedelta(hours=hours)
 
 
 def worker(
@@ -47,7 +78,10 @@ def worker(
             help="Static group membership id: a restart takes its partitions back at once"
         ),
     ] = "",
-    dedupe_window_hours: Annotated[float, typer.Option(help="Window of event_id dedupe")] = 24 * 7,
+    dedupe_window_hours: Annotated[
+        float | None,
+        typer.Option(help=f"Window of event_id dedupe (default 168) [env {DEDUPE_WINDOW_ENV}]"),
+    ] = None,
     late_window_hours: Annotated[
         float, typer.Option(help="How late an event may still be charged")
     ] = 48,
@@ -66,10 +100,14 @@ def worker(
 ) -> None:
     """Run a stream-pipeline worker: dedupe and match usage, keep ledgers, publish policy."""
     from services.common.settings import StackSettings
-    from streams.faust.app import WorkerConfig
+    from streams.faust.app import InvalidWorkerConfig, WorkerConfig
     from streams.faust.worker import STORE_DIR_LOCKED, StoreDirLocked, run_worker
 
     stack = StackSettings.from_env()
+    try:
+        window = dedupe_window(dedupe_window_hours)
+    except InvalidWorkerConfig as exc:
+        raise typer.BadParameter(str(exc)) from None
     config = WorkerConfig(
         bootstrap=broker or stack.kafka_bootstrap,
         topic_prefix=topic_prefix or stack.topic_prefix,
@@ -81,7 +119,7 @@ def worker(
         web_port=web_port
         if web_port is not None
         else int(_env("ALLOTMENT_WORKER_WEB_PORT", "6066")),
-        dedupe_window=timedelta(hours=dedupe_window_hours),
+        dedupe_window=window,
         late_window=timedelta(hours=late_window_hours),
         clock_skew=timedelta(seconds=clock_skew_seconds),
         batch_max=batch_max,

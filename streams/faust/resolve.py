@@ -13,7 +13,9 @@ One consumed batch (any mix of envelopes and single-event messages, from any par
   `clock_skew`): charged, it would move its budgets' "now" ahead and close their current period.
 
 Nothing here touches Faust: the agent feeds records in and writes what comes out, so the whole
-stage is tested without a broker. The rules are the domain's: `classify` (dedupe),
+stage is tested without a broker. The rules are the domain's: which events of a record are
+charged and why not (`schemas.codec.UsageReader`: contract, partition, broker time; the
+warehouse reads usage through it too, so both count the same events), `classify` (dedupe),
 `match_budgets` (selectors); this module only keeps positions and groups lines.
 """
 
@@ -22,25 +24,23 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import partial
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from schemas.base import field_errors
-from schemas.codec import upcast
-from schemas.errors import AllotmentError, FieldError, InvalidEvent
-from schemas.usage import UsageRecorded, ahead_problem, usage_fields
+from schemas.codec import UsageReader
+from schemas.errors import AllotmentError
 from services.common.kafka import partition_for
 from streams.budgets import Budget, BudgetIndex
 from streams.faust.app import InvalidWorkerConfig
 from streams.faust.deadletter import Rejected, reason_of
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex, RecordCutter
 from streams.ledger import Position
-from streams.periods import from_ms, to_ms
+from streams.periods import to_ms
 from streams.selectors import match_budgets
 
 
@@ -73,61 +73,15 @@ MAX_CHARGE_LINES = 10_000
 Successive charges of one (budget, source partition) continue in position order, which is
 all the ledger's watermark needs."""
 
-_VALIDATE = UsageRecorded.__pydantic_validator__.validate_python
 _DIMENSIONS = itemgetter(
     "tenant", "team", "feature", "user", "virtual_key", "provider", "request_model",
     "response_model",
 )  # fmt: skip
 
 
-def _parse_event(payload: Any) -> dict[str, Any]:
-    """Validate one usage event against the contract (upcasting an older version first).
-
-    Returns its field values: `usage_fields` when it can say (most events, at about half the
-    cost of building the model), else the model's, which also raises the contract's reasons.
-    """
-    if not isinstance(payload, dict):
-        raise InvalidEvent("UsageRecorded", [FieldError("(payload)", "must be a JSON object")])
-    kind = payload.get("type", "UsageRecorded")
-    if kind != "UsageRecorded":
-        raise InvalidEvent(
-            "UsageRecorded", [FieldError("type", f"must be UsageRecorded, got {kind!r}")]
-        )
-    if payload.get("version", 1) != UsageRecorded.VERSION:
-        payload = upcast({**payload, "type": kind})
-    else:
-        fields = usage_fields(payload)
-        if fields is not None:
-            return fields
-    try:
-        event: UsageRecorded = _VALIDATE(payload)
-    except ValidationError as exc:
-        raise InvalidEvent("UsageRecorded", field_errors(exc)) from None
-    return event.__dict__
-
-
 def _dimensions(event: dict[str, Any]) -> tuple[Any, ...]:
     """Everything a selector looks at: events alike in these match the same budgets."""
     return (*_DIMENSIONS(event), tuple(event["tags"]))
-
-
-def _events_of(raw: bytes) -> tuple[bool, list[tuple[int, Any]]]:
-    """Whether the record is an envelope, and its (index, payload) pairs."""
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("(unknown)", [FieldError("(payload)", f"is not JSON: {exc}")]) from None
-    if isinstance(payload, dict) and payload.get("type") == "UsageBatch":
-        events = payload.get("events")
-        if not isinstance(events, list) or not events:
-            raise InvalidEvent("UsageBatch", [FieldError("events", "must be a non-empty list")])
-        if payload.get("version", 1) != 1:
-            raise InvalidEvent("UsageBatch", [FieldError("version", "must be 1")])
-        return True, list(enumerate(events))
-    return False, [(0, payload)]
-
-
-BROKER_TIME = "the time the broker stored the record"
 
 
 class Resolver:
@@ -160,6 +114,7 @@ class Resolver:
         if clock_skew is not None and clock_skew < timedelta(0):
             raise InvalidWorkerConfig("clock_skew", "must not be negative")
         self.clock_skew = clock_skew
+        self.reader = UsageReader(partial(partition_for, partitions=partitions), clock_skew)
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""
@@ -256,36 +211,22 @@ class Resolver:
     ) -> None:
         raw = record.value or b""
         try:
-            envelope, payloads = _events_of(raw)
+            envelope, events = self.reader.read(raw, record.partition, record.timestamp_ms)
         except AllotmentError as exc:
             self._reject(out, record, exc, raw, None)
             return
         partition, offset = record.partition, record.offset
-        skew = self.clock_skew
-        stored_at: datetime | None = None
-        if skew is not None and record.timestamp_ms > 0:
-            stored_at = from_ms(record.timestamp_ms)
         classify = self.dedupe.classify
         targets_of: dict[tuple[Any, ...], list[list[list[int]]]] = {}  # dims -> charge lines
         ids: list[str] = []
         positions: list[Position] = []
         events_in = 0
-        for position_index, payload in payloads:
-            try:
-                event = _parse_event(payload)
-                event_id = event["event_id"]
-                home = partition_for(event_id, self.partitions)
-                if home != partition:
-                    rule = f"hashes to usage partition {home}, arrived on {partition}"
-                    raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
-                if stored_at is not None and skew is not None:
-                    ahead = ahead_problem(event["occurred_at"], stored_at, BROKER_TIME, skew)
-                    if ahead is not None:
-                        raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", ahead)])
-            except AllotmentError as exc:
+        for position_index, payload, event in events:
+            if isinstance(event, AllotmentError):
                 where = position_index if envelope else None
-                self._reject(out, record, exc, orjson.dumps(payload), where)
+                self._reject(out, record, event, orjson.dumps(payload), where)
                 continue
+            event_id = event["event_id"]
             events_in += 1
             position = (offset, position_index)
             kind = classify(partition, event_id, position, record.timestamp_ms)

@@ -21,8 +21,9 @@ from schemas.base import Event
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired, BudgetSpec
 from schemas.codec import encode
 from schemas.topics import USAGE
-from schemas.usage import UsageBatch
+from schemas.usage import UsageBatch, UsageRecorded
 from services.common.db import make_engine
+from services.common.kafka import partition_for
 from services.warehouse import tables as t
 from services.warehouse.projector import Projector, Record
 from services.warehouse.rebuild import rebuild
@@ -117,13 +118,29 @@ def _budget(tenant: str, budget_id: str, revision: int, team: str | None = None)
     return BudgetAmended(**common, spec=BudgetSpec.model_validate(body))
 
 
+def id_on(partition: int, prefix: str = "x") -> str:
+    """A fresh event id that hashes to usage `partition` (where the worker reads it)."""
+    while True:
+        event_id = unique(prefix)
+        if partition_for(event_id, USAGE.partitions) == partition:
+            return event_id
+
+
 class Feed:
-    """Records with chosen record times, offsets counted per (kind, partition)."""
+    """Records with chosen record times, offsets counted per (kind, partition).
+
+    Usage goes to the partition its (first) event id hashes to unless one is given: the
+    projector, like the worker, refuses an event read from another partition.
+    """
 
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
 
-    def record(self, kind: str, event: Event, at_ms: int, partition: int = 0) -> Record:
+    def record(self, kind: str, event: Event, at_ms: int, partition: int | None = None) -> Record:
+        if partition is None:
+            first = event.events[0] if isinstance(event, UsageBatch) else event
+            home = isinstance(first, UsageRecorded)
+            partition = partition_for(first.event_id, USAGE.partitions) if home else 0
         offset = self.offsets.get((kind, partition), 0)
         self.offsets[(kind, partition)] = offset + 1
         return Record(kind, f"x.{kind}", partition, offset, encode(event), at_ms)
@@ -199,7 +216,7 @@ def test_usage_seen_drops_ids_once_every_partition_is_past_the_window(engine: En
     window = timedelta(hours=1)
     past = HOUR + EXPIRY_SLACK_MS + 1  # how far every partition must move past a sighting
     feed = Feed()
-    old = unique("old")
+    old = id_on(0, "old")  # on the partition that moves last
     projector = Projector(window)
 
     def seen(event_id: str) -> bool:
@@ -213,11 +230,11 @@ def test_usage_seen_drops_ids_once_every_partition_is_past_the_window(engine: En
         # Five of six partitions move far ahead: the sixth may still hold older records.
         for p in range(1, USAGE.partitions):
             projector.project(
-                conn, [feed.record("usage", usage(tenant, unique("x"), 1), T0 + past, p)]
+                conn, [feed.record("usage", usage(tenant, id_on(p), 1), T0 + past, p)]
             )
     assert seen(old)
     with engine.begin() as conn:
-        projector.project(conn, [feed.record("usage", usage(tenant, unique("x"), 1), T0 + past)])
+        projector.project(conn, [feed.record("usage", usage(tenant, id_on(0), 1), T0 + past, 0)])
     assert not seen(old)
     with engine.begin() as conn:  # a later copy counts, as it would have with the row kept
         projector.project(conn, [feed.record("usage", usage(tenant, old, 1), T0 + past + 1)])
