@@ -99,19 +99,30 @@ class KeyStore:
     @classmethod
     def load(cls, path: Path | None, inline_json: str | None) -> KeyStore:
         """Keys from a YAML/JSON file and/or a JSON string; both may be given."""
-        merged: dict[str, VirtualKey] = {}
+        sources: list[tuple[str, dict[str, VirtualKey]]] = []
         if path is not None:
             try:
                 text = path.read_text()
             except OSError as exc:
                 raise ProxyConfigError("keys_file", f"cannot read {path}: {exc}") from None
-            merged.update(cls.from_entries(_parse(text, str(path)), str(path))._by_digest)
+            sources.append(
+                (str(path), cls.from_entries(_parse(text, str(path)), str(path))._by_digest)
+            )
         if inline_json:
             try:
                 data = orjson.loads(inline_json)
             except orjson.JSONDecodeError as exc:
                 raise ProxyConfigError("ALLOTMENT_PROXY_KEYS", f"is not JSON: {exc}") from None
-            merged.update(cls.from_entries(data, "ALLOTMENT_PROXY_KEYS")._by_digest)
+            sources.append(
+                ("ALLOTMENT_PROXY_KEYS", cls.from_entries(data, "ALLOTMENT_PROXY_KEYS")._by_digest)
+            )
+        merged: dict[str, VirtualKey] = {}
+        holders: dict[str, str] = {}
+        for origin, keys in sources:  # one secret, one key: across the two sources as well
+            for digest, key in keys.items():
+                if (broken := claim_digest(holders, digest, key.key_id)) is not None:
+                    raise ProxyConfigError(f"{origin}: key {key.key_id!r}.key_sha256", broken)
+                merged[digest] = key
         return cls(merged)
 
 

@@ -31,6 +31,17 @@ def test_inline_json_keys_merge_with_the_file() -> None:
     assert len(store) == 1 and store.lookup("a") is not None
 
 
+def test_one_secret_in_the_file_and_inline_is_refused_naming_both_keys(tmp_path: Path) -> None:
+    """Before, the inline key silently took the file key's traffic (and billed its tenant)."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys:\n  - {{id: bot, key_sha256: {hash_key('shared')}, tenant: acme}}\n")
+    inline = f'[{{"id": "intruder", "key_sha256": "{hash_key("shared")}", "tenant": "globex"}}]'
+    with pytest.raises(ProxyConfigError) as caught:
+        KeyStore.load(path, inline)
+    assert caught.value.setting == "ALLOTMENT_PROXY_KEYS: key 'intruder'.key_sha256"
+    assert "appears twice (also key 'bot')" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("entry", "field"),
     [
