@@ -174,16 +174,18 @@ class UsageReader:
     never taken or dropped as a whole (`UsageBatch` as a model would refuse all its events for
     one bad one); each event is charged or refused on its own, for
     - the contract (`usage_event`: fields, token sums, `CLOCK_SKEW` against received_at);
-    - its routing, with `partition_of` (event id -> usage partition): an event whose id hashes
-      to another partition than the one it was read from is refused, since dedupe by id is
-      local to a partition (`UsageBatch`'s own rule);
+    - its routing, with `partition_of(event_id, partitions)` (Kafka's default partitioner,
+      `services.common.kafka.partition_for`): an event whose id hashes to another partition
+      than the one it was read from is refused, since dedupe by id is local to a partition
+      (`UsageBatch`'s own rule);
     - the broker's time, with `clock_skew`: an event stamped more than that after its record's
       broker timestamp is refused. Charged, it would move its budgets' "now" ahead. The record
       time is written with the record, so a replay refuses exactly what the first read did.
     Pure: the record's partition and time are arguments, nothing is read from a clock.
     """
 
-    partition_of: Callable[[str], int] | None = None
+    partition_of: Callable[[str, int], int] | None = None
+    partitions: int = 1
     clock_skew: timedelta | None = None
 
     def read(
@@ -204,12 +206,12 @@ class UsageReader:
     def _events(
         self, payloads: list[tuple[int, Any]], partition: int, stored_at: datetime | None
     ) -> Iterator[UsageItem]:
-        partition_of, skew = self.partition_of, self.clock_skew
+        partition_of, partitions, skew = self.partition_of, self.partitions, self.clock_skew
         for index, payload in payloads:
             try:
                 fields = usage_event(payload)
                 if partition_of is not None:
-                    home = partition_of(fields["event_id"])
+                    home = partition_of(fields["event_id"], partitions)
                     if home != partition:
                         rule = f"hashes to usage partition {home}, arrived on {partition}"
                         raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])

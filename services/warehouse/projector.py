@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -107,7 +106,7 @@ class Projector:
         self.index = BudgetIndex()
         self.history = BudgetHistory()
         self.seen = SeenIds(dedupe_window)
-        self.reader = UsageReader(partial(partition_for, partitions=partitions), clock_skew)
+        self.reader = UsageReader(partition_for, partitions, clock_skew)
         self.counts: Counter[str] = Counter()
 
     def load(self, conn: Connection) -> None:

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
@@ -114,7 +113,7 @@ class Resolver:
         if clock_skew is not None and clock_skew < timedelta(0):
             raise InvalidWorkerConfig("clock_skew", "must not be negative")
         self.clock_skew = clock_skew
-        self.reader = UsageReader(partial(partition_for, partitions=partitions), clock_skew)
+        self.reader = UsageReader(partition_for, partitions, clock_skew)
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""

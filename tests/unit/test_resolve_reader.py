@@ -7,7 +7,6 @@ yields and that the resolve stage dead-letters exactly what it refuses.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import orjson
@@ -23,7 +22,7 @@ from streams.faust.resolve import Resolver, UsageRecord
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 AT_MS = int(AT.timestamp() * 1000)
 PARTITIONS = 6
-READER = UsageReader(partial(partition_for, partitions=PARTITIONS), timedelta(minutes=5))
+READER = UsageReader(partition_for, PARTITIONS, timedelta(minutes=5))
 
 
 def on(partition: int, prefix: str) -> str:
