@@ -18,13 +18,19 @@ only then (design.md, invariant 4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    UnknownTopicOrPartitionError,
+)
 
 from schemas.errors import AllotmentError
 from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
@@ -42,6 +48,9 @@ MAX_EVENT_BYTES = ENVELOPE_MAX_BYTES - len(_HEAD) - len(_TAIL)
 """Largest encoded event (orjson of its wire form) that can travel, alone in an envelope: an
 edge that checks this per record can reject a larger one by name instead of failing its batch."""
 _MAX_ROUNDS = 64  # split-and-resend rounds before giving up (each round halves something)
+_BREAKS_PRODUCER = (MessageSizeTooLargeError, OutOfOrderSequenceNumber)
+"""Errors after which an idempotent producer is unusable: a refused batch breaks the sequence
+of its partition, and the next batches fail OutOfOrderSequenceNumber, which stops its sender."""
 
 Item = Mapping[str, Any] | tuple[str, bytes]
 """A usage event in wire form, or already encoded as (event_id, JSON bytes) (the proxy's spool)."""
@@ -183,6 +192,12 @@ class UsageProducer:
         self.restarts = 0
 
     async def start(self) -> None:
+        async with self._restarting:
+            if self._producer is None:
+                self._producer, self._partitions = await self._connect()
+
+    async def _connect(self) -> tuple[AIOKafkaProducer, int]:
+        """A started producer and the usage topic's partition count; nothing leaks on failure."""
         producer = await start_producer(
             self._bootstrap,
             linger_ms=self._linger_ms,
@@ -199,13 +214,15 @@ class UsageProducer:
         if not partitions:
             await producer.stop()
             raise UsageNotAcknowledged(self.topic, -1, 0, "topic does not exist")
-        self._producer = producer
-        self._partitions = len(partitions)
+        return producer, len(partitions)
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        """Stop the producer; waits for a restart in progress, so the one it installs is the
+        one stopped here (a restart never outlives `stop`)."""
+        async with self._restarting:
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await producer.stop()
 
     async def __aenter__(self) -> UsageProducer:
         await self.start()
@@ -231,10 +248,12 @@ class UsageProducer:
 
         Events too large for any envelope are left out and reported by `EventTooLarge` once
         every other event is acknowledged. An envelope the broker refuses as too large (a
-        topic whose `max.message.bytes` is below ours) is split in two and sent again.
+        topic whose `max.message.bytes` is below ours) is split in two and sent again through
+        a new producer; an envelope that failed because its producer broke or was replaced
+        meanwhile (by another send's restart) is sent again as it is. Any other failure is
+        `UsageNotAcknowledged`: concurrent sends on one instance never see a missing producer.
         """
-        if self._producer is None:
-            raise RuntimeError("UsageProducer.start() was not called")
+        self._current(len(items))
         pending, too_large = pack_items(items, self._partitions, self.envelope_size, self.max_bytes)
         sent = 0
         for _ in range(_MAX_ROUNDS):
@@ -242,14 +261,13 @@ class UsageProducer:
             sent += len(pending) - len(failed)
             if not failed:
                 break
-            if not any(isinstance(exc, MessageSizeTooLargeError) for _, exc in failed):
+            if any(isinstance(exc, _BREAKS_PRODUCER) for _, exc in failed):
+                await self._restart(producer, sum(len(e.events) for e, _ in failed))
+            elif self._producer is producer:  # not replaced meanwhile: a failure of its own
                 envelope, exc = failed[0]
                 raise UsageNotAcknowledged(
                     self.topic, envelope.partition, len(envelope.events), repr(exc)
                 )
-            # A refused batch breaks an idempotent producer's sequence on its partition (the
-            # next batches fail OutOfOrderSequenceNumber): resend through a new producer.
-            await self._restart(producer)
             pending = []
             for envelope, exc in failed:
                 if not isinstance(exc, MessageSizeTooLargeError):
@@ -261,19 +279,23 @@ class UsageProducer:
                     for half in (envelope.events[:middle], envelope.events[middle:]):
                         _fit(envelope.partition, half, self.max_bytes, pending, too_large)
         else:
-            raise UsageNotAcknowledged(self.topic, -1, len(pending), "still too large")
+            raise UsageNotAcknowledged(self.topic, -1, len(pending), "still failing")
         if too_large:
             raise EventTooLarge(self.topic, too_large, self.max_bytes)
         return sent
+
+    def _current(self, events: int) -> AIOKafkaProducer:
+        """The installed producer; none only before `start` or after `stop` (a restart swaps)."""
+        if self._producer is None:
+            raise UsageNotAcknowledged(self.topic, -1, events, "the producer is not started")
+        return self._producer
 
     async def _produce(
         self, envelopes: list[Envelope]
     ) -> tuple[AIOKafkaProducer, list[tuple[Envelope, BaseException]]]:
         """Send every envelope; the producer used, and the envelopes that failed with their
         error."""
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("UsageProducer.start() was not called")
+        producer = self._current(sum(len(e.events) for e in envelopes))
         waiting: list[tuple[Envelope, asyncio.Future[Any]]] = []
         failed: list[tuple[Envelope, BaseException]] = []
         for envelope in envelopes:
@@ -281,7 +303,7 @@ class UsageProducer:
                 future = await producer.send(
                     self.topic, value=envelope.value, key=envelope.key, partition=envelope.partition
                 )
-            except MessageSizeTooLargeError as exc:  # refused by the client before sending
+            except KafkaError as exc:  # refused by the client, or the producer broke or closed
                 failed.append((envelope, exc))
                 continue
             waiting.append((envelope, future))
@@ -291,10 +313,27 @@ class UsageProducer:
                 failed.append((envelope, result))
         return producer, failed
 
-    async def _restart(self, broken: AIOKafkaProducer) -> None:
-        """Replace `broken` by a new producer, once, however many sends saw it fail."""
+    async def _restart(self, broken: AIOKafkaProducer, events: int = 0) -> None:
+        """Replace `broken` by a new producer, once, however many sends saw it fail.
+
+        Shielded: a caller's deadline must not cancel it between starting the new producer
+        and stopping the old one, which would leave one of them running and owned by nobody.
+        """
+        try:
+            await asyncio.shield(self._replace(broken))
+        except (KafkaError, OSError) as exc:
+            raise UsageNotAcknowledged(
+                self.topic, -1, events, f"cannot restart the producer: {exc!r}"
+            ) from None
+
+    async def _replace(self, broken: AIOKafkaProducer) -> None:
+        # The new producer is started before the swap, so a concurrent send finds either the
+        # broken one (its failure is then resent) or the new one, never none. Under the lock
+        # that `stop` takes too: whichever producer is installed last is the one `stop` stops.
         async with self._restarting:
-            if self._producer is broken:
-                await self.stop()
-                await self.start()
-                self.restarts += 1
+            if self._producer is not broken:  # replaced by another send already, or stopped
+                return
+            self._producer, self._partitions = await self._connect()
+            self.restarts += 1
+            with contextlib.suppress(Exception):  # broken already: its errors are known
+                await broken.stop()

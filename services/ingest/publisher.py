@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -25,8 +26,10 @@ from aiokafka.errors import KafkaError
 
 from schemas.topics import USAGE
 from schemas.usage import UsageRecorded
-from services.common.usage_producer import EventTooLarge, UsageNotAcknowledged, UsageProducer
+from services.common.usage_producer import EventTooLarge, UsageProducer
 from services.ingest.errors import EventsTooLarge, IngestConfigError, PublishUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class UsageSink(Protocol):
@@ -62,7 +65,7 @@ class KafkaUsageSink:
                 producer = self._factory(self._bootstrap, self._prefix)
                 try:
                     await asyncio.wait_for(producer.start(), self._timeout_s)
-                except (KafkaError, OSError, TimeoutError, UsageNotAcknowledged) as exc:
+                except Exception as exc:  # whatever it is, "try later"
                     with contextlib.suppress(Exception):
                         await producer.stop()
                     raise PublishUnavailable(f"cannot reach Kafka: {exc!r}") from None
@@ -102,16 +105,23 @@ class KafkaUsageSink:
         if not events:
             return
         producer = await self._connected()
+        restarts = producer.restarts
         try:
             await asyncio.wait_for(producer.send(events), self._timeout_s)
         except EventTooLarge as exc:  # the rest was acknowledged; the producer is fine
             raise EventsTooLarge(exc.sizes, exc.limit) from None
-        except (KafkaError, OSError, TimeoutError, UsageNotAcknowledged) as exc:
-            await self._drop(producer)
+        except Exception as exc:  # whatever it is, unacknowledged: 503 (a 500 is not retried)
+            log.warning("usage: %d events not acknowledged: %r", len(events), exc)
+            await self._drop(producer, restarts)
             raise PublishUnavailable(f"Kafka did not acknowledge the batch: {exc!r}") from None
 
-    async def _drop(self, producer: UsageProducer) -> None:
+    async def _drop(self, producer: UsageProducer, restarts: int | None = None) -> None:
+        """Forget and stop `producer`, so the next publish connects anew; unless it restarted
+        its client since `restarts` was read: the failure may be the old client's, and other
+        requests are sending through the new one."""
         async with self._lock:
+            if restarts is not None and producer.restarts != restarts:
+                return
             if self._producer is producer:
                 self._producer = None
         with contextlib.suppress(Exception):
