@@ -9,10 +9,11 @@ alone, so a rebuild that reads all config before any usage (`consumer.py`) gives
 state, and a budget retired or re-scoped later keeps the history it had.
 
 Why record time: usage records carry the broker's append time (`schemas.topics.USAGE`), which is
-when the pipeline could first see them; a config record's time is when the API published it.
-Both are on the topics, so a replay reads the same times. A tenant's config events share one
-partition (keyed by tenant), so their order is the tenant's order; a record time earlier than
-the one before it (another API host's clock) is raised to it, so a timeline never goes back.
+when the pipeline could first see them, and so do `budget-events` records (both topics use
+LogAppendTime), so the two are on one clock. Both are on the topics, so a replay reads the
+same times. A tenant's config events share one partition (keyed by tenant), so their order is
+the tenant's order; a record time earlier than the one before it (one written before the topic
+was aligned, with its producer's clock) is raised to it, so a timeline never goes back.
 
 Pure: no database, no clock. `projector.py` stores each revision (`budget_revisions`) and
 loads them at start.
