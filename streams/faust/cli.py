@@ -12,8 +12,10 @@ from typing import Annotated
 import typer
 
 from schemas.topics import USAGE
+from schemas.usage import CLOCK_SKEW
 
 DEDUPE_WINDOW_ENV = "ALLOTMENT_DEDUPE_WINDOW_HOURS"
+CLOCK_SKEW_ENV = "ALLOTMENT_CLOCK_SKEW_SECONDS"
 
 
 def _env(name: str, default: str) -> str:
@@ -29,22 +31,46 @@ def dedupe_window(hours: float | None = None, env: Mapping[str, str] | None = No
     them all on the worker's window. A value that is not a positive number of hours raises
     `InvalidWorkerConfig` naming the flag or the variable.
     """
-    from streams.faust.app import InvalidWorkerConfig, WorkerConfig
+    from streams.faust.app import WorkerConfig
 
-    setting = "--dedupe-window-hours"
-    if hours is None:
-        setting = DEDUPE_WINDOW_ENV
-        raw = (os.environ if env is None else env).get(DEDUPE_WINDOW_ENV, "")
+    default = WorkerConfig(bootstrap="", topic_prefix="", store_dir=Path()).dedupe_window
+    return _duration(hours, "--dedupe-window-hours", DEDUPE_WINDOW_ENV, env, 3600, default)
+
+
+def clock_skew(seconds: float | None = None, env: Mapping[str, str] | None = None) -> timedelta:
+    """How far past its record's broker time an event may be stamped: `seconds` (a flag) when
+    given, else ALLOTMENT_CLOCK_SKEW_SECONDS, else the contract's `CLOCK_SKEW`. The warehouse
+    asks this too, so it refuses exactly the events the worker dead-letters."""
+    return _duration(seconds, "--clock-skew-seconds", CLOCK_SKEW_ENV, env, 1, CLOCK_SKEW, zero=True)
+
+
+def _duration(
+    value: float | None,
+    flag: str,
+    variable: str,
+    env: Mapping[str, str] | None,
+    unit_seconds: float,
+    default: timedelta,
+    zero: bool = False,
+) -> timedelta:
+    """A flag's value, else the environment variable's, else `default`; in `unit_seconds`.
+    Must be finite and positive (or zero, with `zero`); the error names the flag or variable."""
+    from streams.faust.app import InvalidWorkerConfig
+
+    setting, unit = flag, "hours" if unit_seconds == 3600 else "seconds"
+    if value is None:
+        setting = variable
+        raw = (os.environ if env is None else env).get(variable, "")
         if raw.strip() == "":
-            return WorkerConfig(bootstrap="", topic_prefix="", store_dir=Path()).dedupe_window
+            return default
         try:
-            hours = float(raw)
+            value = float(raw)
         except ValueError:
-            rule = f"must be a number of hours, got {raw!r}"
-            raise InvalidWorkerConfig(setting, rule) from None
-    if not (math.isfinite(hours) and hours > 0):
-        raise InvalidWorkerConfig(setting, f"must be a positive number of hours, got {hours}")
-    return timedelta(hours=hours)
+            raise InvalidWorkerConfig(setting, f"must be a number of {unit}, got {raw!r}") from None
+    if not (math.isfinite(value) and (value > 0 or (zero and value == 0))):
+        kind = "a non-negative" if zero else "a positive"
+        raise InvalidWorkerConfig(setting, f"must be {kind} number of {unit}, got {value}")
+    return timedelta(seconds=value * unit_seconds)
 
 
 def worker(
@@ -86,8 +112,12 @@ def worker(
         float, typer.Option(help="How late an event may still be charged")
     ] = 48,
     clock_skew_seconds: Annotated[
-        float, typer.Option(help="How far (s) past its receipt an event may be stamped")
-    ] = 300,
+        float | None,
+        typer.Option(
+            help="How far (s) past its receipt an event may be stamped "
+            "[env ALLOTMENT_CLOCK_SKEW_SECONDS; default 300]"
+        ),
+    ] = None,
     batch_max: Annotated[int, typer.Option(help="Most usage records taken in one batch")] = 4000,
     batch_within: Annotated[float, typer.Option(help="Longest wait (s) to fill a batch")] = 0.05,
     session_timeout: Annotated[
@@ -106,6 +136,7 @@ def worker(
     stack = StackSettings.from_env()
     try:
         window = dedupe_window(dedupe_window_hours)
+        skew = clock_skew(clock_skew_seconds)
     except InvalidWorkerConfig as exc:
         raise typer.BadParameter(str(exc)) from None
     config = WorkerConfig(
@@ -121,7 +152,7 @@ def worker(
         else int(_env("ALLOTMENT_WORKER_WEB_PORT", "6066")),
         dedupe_window=window,
         late_window=timedelta(hours=late_window_hours),
-        clock_skew=timedelta(seconds=clock_skew_seconds),
+        clock_skew=skew,
         batch_max=batch_max,
         batch_within=batch_within,
         session_timeout=session_timeout,

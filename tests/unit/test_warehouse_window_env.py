@@ -68,3 +68,36 @@ def test_a_bad_flag_is_named_as_the_flag() -> None:
     with pytest.raises(InvalidWorkerConfig) as caught:
         worker_cli.dedupe_window(0.0, env={ENV: "5"})
     assert caught.value.setting == "--dedupe-window-hours"
+
+
+SKEW_ENV = "ALLOTMENT_CLOCK_SKEW_SECONDS"
+
+
+def test_the_clock_skew_is_one_variable_for_the_worker_and_the_warehouse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the warehouse always used 5 minutes: with the worker's skew changed, it counted
+    (or refused) events the worker refused (or counted)."""
+    seen: list[Any] = []
+    monkeypatch.setattr(worker_module, "run_worker", seen.append)
+    app = typer.Typer()
+    worker_cli.register(app)
+    app.command("other")(lambda: None)
+    runner = CliRunner()
+    assert runner.invoke(app, ["worker"], env={SKEW_ENV: "60"}).exit_code == 0
+    result = runner.invoke(app, ["worker", "--clock-skew-seconds", "0"], env={SKEW_ENV: "60"})
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["worker"], env={SKEW_ENV: ""}).exit_code == 0
+    skews = [config.clock_skew for config in seen]
+    assert skews == [timedelta(seconds=60), timedelta(0), timedelta(minutes=5)]
+    monkeypatch.setenv(SKEW_ENV, "60")
+    consumer = WarehouseConsumer(None, "", "p")  # type: ignore[arg-type]  # as the API builds it
+    assert consumer.projector.reader.clock_skew == timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
+def test_a_skew_that_is_not_a_non_negative_number_names_the_variable(raw: str) -> None:
+    with pytest.raises(InvalidWorkerConfig) as caught:
+        worker_cli.clock_skew(env={SKEW_ENV: raw})
+    assert caught.value.setting == SKEW_ENV
+    assert "number of seconds" in caught.value.rule
