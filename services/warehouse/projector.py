@@ -11,8 +11,11 @@ Which budgets a usage event charges is the pipeline's rule, `streams.selectors.m
 asked about the budget revisions in force at the usage record's time (`history.py`), never the
 budgets as they are when the projection happens to read the event: a rebuild (all config read
 first) and a live run that lags a config change then give the same rows, and a budget retired
-or re-scoped later keeps the usage it had. The pipeline's charges would say the same, but they
-carry no feature or model (the finance warehouse needs both) and may expire with their topic's
+or re-scoped later keeps the usage it had. The pipeline's resolve step asks the same function
+about the budgets its worker holds when it reads the event, so the two agree except for usage
+read by a worker that lagged behind a config change around it (the ledger then follows the
+worker's view; this read model, the record times). The charges are not read here: they carry
+no feature or model (the finance warehouse needs both) and may expire with their topic's
 retention, while usage and config are kept forever. A usage event is charged to the period it
 occurred in, in the budget's time zone (`streams.periods.period_of`), and to its local day.
 """
