@@ -331,7 +331,8 @@ class UsageProducer:
         # broken one (its failure is then resent) or the new one, never none. Under the lock
         # that `stop` takes too: whichever producer is installed last is the one `stop` stops.
         async with self._restarting:
-            if self._producer is not broken:  # replaced by another send already, or stopped
+            current = self._producer is broken
+            if not current:  # replaced by another send already, or stopped
                 return
             self._producer, self._partitions = await self._connect()
             self.restarts += 1

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from services.ingest.batch import Rejection, map_records, parse_lines, read_records
-from services.ingest.errors import IngestConfigError
+from services.ingest.errors import EventsTooLarge, IngestConfigError
 from services.ingest.keys import IngestKey
 from services.ingest.publisher import UsageSink
 from services.ingest.sources import helicone, litellm_spendlogs, native
@@ -247,7 +247,12 @@ async def run_import(
     checkpoint: Checkpoint,
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> ImportReport:
-    """Import every batch after the checkpoint; the checkpoint moves only after Kafka acked."""
+    """Import every batch after the checkpoint; the checkpoint moves only after Kafka acked.
+
+    A record whose event is too large for the usage topic even alone is rejected like a
+    malformed one (reported, counted): resending it can never succeed, and stopping on it
+    would stop every re-run at the same place.
+    """
     state = checkpoint.load() or {"cursor": None, "accepted": 0, "rejected": 0, "done": False}
     _same_content(checkpoint, reader, state.get("fingerprint"))
     state["fingerprint"] = reader.fingerprint()
@@ -261,7 +266,10 @@ async def run_import(
         on_progress(done_records, total)
     for records, cursor in reader.batches(state["cursor"]):
         batch = map_records(records, to_draft, key, datetime.now(UTC))
-        await sink.publish(batch.events)
+        try:
+            await sink.publish(batch.events)
+        except EventsTooLarge as exc:  # the rest was acknowledged; these can never travel
+            batch.reject_events(exc.sizes, exc.limit)
         report.accepted += len(batch.events)
         report.rejected.extend((state["cursor"], r) for r in batch.rejected)
         done_records += len(records)

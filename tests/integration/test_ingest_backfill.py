@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from schemas.usage import UsageRecorded
 from services.cli import build
+from services.common.usage_producer import ENVELOPE_MAX_BYTES, MAX_EVENT_BYTES
 from services.ingest.backfill import Checkpoint, FileReader, input_id, run_import
 from services.ingest.errors import PublishUnavailable
 from services.ingest.keys import IngestKey
@@ -105,6 +106,41 @@ async def test_jsonl_import_resumes_after_a_failure_and_is_idempotent(
     on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=50)
     assert len(on_topic) == 50
     assert len({e.event_id for _, e in on_topic}) == 25
+
+
+async def test_a_record_too_large_for_the_topic_is_rejected_and_the_import_goes_on(
+    kafka_bootstrap, topic_prefix, tmp_path
+):
+    """Review 3B, finding 2: such a record stopped the import, and every re-run, on its batch."""
+    run = uuid.uuid4().hex[:8]
+    lines = [
+        orjson.dumps(
+            {
+                "source_request_id": f"{run}-{i}",
+                "occurred_at": "2026-10-01T10:00:00Z",
+                "output": 100,
+                "properties": {"prompt": "x" * (MAX_EVENT_BYTES if i == 12 else 10)},
+            }
+        )
+        for i in range(25)
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    marker = Checkpoint(tmp_path / "cp.json", input_id("jsonl", str(path)))
+    sink = kafka_sink(kafka_bootstrap, topic_prefix)
+    try:
+        report = await run_import(FileReader(path, 10), native.to_draft, KEY, sink, marker)
+    finally:
+        await sink.stop()
+    assert report.accepted == 24
+    [(cursor, rejection)] = report.rejected
+    assert (cursor, rejection.index, rejection.field) == (10, 2, "(record)")
+    assert f"the usage topic takes {ENVELOPE_MAX_BYTES}" in rejection.rule
+    state = marker.load()
+    assert (state["done"], state["accepted"], state["rejected"]) == (True, 24, 1)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, expected=24)
+    wanted = {scoped_event_id("native", "acme", f"{run}-{i}") for i in range(25) if i != 12}
+    assert {e.event_id for _, e in on_topic} == wanted and len(on_topic) == 24
 
 
 async def test_helicone_export_file_imports_with_its_cache_columns(

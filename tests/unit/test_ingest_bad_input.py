@@ -5,11 +5,13 @@ Each case names the field and the rule; the records beside it are kept.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.common.token_conventions import count
 from services.ingest.batch import map_records
@@ -50,6 +52,54 @@ def test_an_epoch_time_of_thousands_of_digits_is_rejected():
     assert caught.value.field == "startTime"
     with pytest.raises(RecordRejected):
         parse_time("²", "startTime")  # a digit to isdigit(), not to int()
+
+
+EDGE_TIMES = [
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01T05:00:00+23:59",
+    datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=3))),
+]
+
+
+@pytest.mark.parametrize("value", EDGE_TIMES)
+def test_a_time_outside_the_years_once_in_utc_names_its_field(value: Any):
+    """Review 3B, finding 7: it was rejected as '(record): could not be read (OverflowError)'."""
+    with pytest.raises(RecordRejected) as caught:
+        parse_time(value, "occurred_at")
+    assert caught.value.field == "occurred_at"
+    assert "years 1..9999" in caught.value.rule
+    good = {"source_request_id": "a", "occurred_at": "2026-11-27T10:00:00Z", "output": 5}
+    bad = {**good, "source_request_id": "b", "occurred_at": value}
+    if isinstance(value, str):  # as a record: rejected by field, the other record kept
+        batch = map_records([good, bad], native.to_draft, KEY, NOW)
+        assert [(r.index, r.field) for r in batch.rejected] == [(1, "occurred_at")]
+        assert len(batch.events) == 1
+
+
+OFFSETS = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+
+
+MOMENTS = st.one_of(  # the ends of the range, where an offset carries a time out of it
+    st.datetimes(max_value=datetime(1, 1, 2), timezones=OFFSETS),
+    st.datetimes(min_value=datetime(9999, 12, 30), timezones=OFFSETS),
+    st.datetimes(timezones=OFFSETS),
+)
+
+
+@given(MOMENTS, st.booleans())
+def test_any_iso_time_with_any_offset_is_a_time_or_a_named_rejection(
+    moment: datetime, as_text: bool
+):
+    value: Any = moment.isoformat() if as_text else moment
+    try:
+        parsed = parse_time(value, "occurred_at")
+    except RecordRejected as rejected:
+        assert rejected.field == "occurred_at"
+    else:
+        assert parsed.utcoffset() == timedelta(0) and parsed == moment
 
 
 def test_a_bad_record_beside_good_ones_is_rejected_alone():

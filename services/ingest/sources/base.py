@@ -100,7 +100,12 @@ def parse_time(value: Any, field_name: str, *, assume_utc: bool = False) -> date
         if not assume_utc:
             raise RecordRejected(field_name, "must carry a UTC offset (naive times are ambiguous)")
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise RecordRejected(
+            field_name, f"is outside the years 1..9999 once converted to UTC (got {value!r})"
+        ) from None
 
 
 def usd_to_micros(value: Any, field_name: str, scale: float = 1.0) -> int | None:
