@@ -173,20 +173,21 @@ class UsageReader:
     warehouse) reads it through this one class, so they count the same events: an envelope is
     never taken or dropped as a whole (`UsageBatch` as a model would refuse all its events for
     one bad one); each event is charged or refused on its own, for
-    - the contract (`usage_event`: fields, token sums, `CLOCK_SKEW` against received_at);
+    - the contract (`usage_event`: fields, token sums, `MAX_AHEAD` against received_at);
     - its routing, with `partition_of(event_id, partitions)` (Kafka's default partitioner,
       `services.common.kafka.partition_for`): an event whose id hashes to another partition
       than the one it was read from is refused, since dedupe by id is local to a partition
       (`UsageBatch`'s own rule);
-    - the broker's time, with `clock_skew`: an event stamped more than that after its record's
-      broker timestamp is refused. Charged, it would move its budgets' "now" ahead. The record
-      time is written with the record, so a replay refuses exactly what the first read did.
+    - the broker's time: an event stamped more than `MAX_AHEAD` after its record's broker
+      timestamp is refused (a producer whose received_at is as wrong as its occurred_at).
+      The record time is written with the record and the allowance is the contract's fixed
+      constant, not a setting, so every reader and every replay refuse exactly the same events.
+      (A few minutes ahead is charged; the worker's ledger caps its "now" instead.)
     Pure: the record's partition and time are arguments, nothing is read from a clock.
     """
 
     partition_of: Callable[[str, int], int] | None = None
     partitions: int = 1
-    clock_skew: timedelta | None = None
 
     def read(
         self, raw: bytes, partition: int, timestamp_ms: int
@@ -198,15 +199,13 @@ class UsageReader:
         has no broker time (then only the other rules apply).
         """
         envelope, payloads = _usage_payloads(raw)
-        stored_at = None
-        if self.clock_skew is not None and timestamp_ms > 0:
-            stored_at = _EPOCH + timedelta(milliseconds=timestamp_ms)
+        stored_at = _EPOCH + timedelta(milliseconds=timestamp_ms) if timestamp_ms > 0 else None
         return envelope, self._events(payloads, partition, stored_at)
 
     def _events(
         self, payloads: list[tuple[int, Any]], partition: int, stored_at: datetime | None
     ) -> Iterator[UsageItem]:
-        partition_of, partitions, skew = self.partition_of, self.partitions, self.clock_skew
+        partition_of, partitions = self.partition_of, self.partitions
         for index, payload in payloads:
             try:
                 fields = usage_event(payload)
@@ -215,8 +214,8 @@ class UsageReader:
                     if home != partition:
                         rule = f"hashes to usage partition {home}, arrived on {partition}"
                         raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
-                if stored_at is not None and skew is not None:
-                    ahead = ahead_problem(fields["occurred_at"], stored_at, BROKER_TIME, skew)
+                if stored_at is not None:
+                    ahead = ahead_problem(fields["occurred_at"], stored_at, BROKER_TIME)
                     if ahead is not None:
                         raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", ahead)])
             except AllotmentError as exc:  # InvalidEvent, or UnknownEventType from upcasting

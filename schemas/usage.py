@@ -34,30 +34,43 @@ UsageStatus = Literal["reported", "estimated", "missing"]
 Decision = Literal["forwarded", "degraded", "blocked"]
 
 
-CLOCK_SKEW = timedelta(minutes=5)
-"""How far `occurred_at` may run ahead of the time the event was received.
+MAX_AHEAD = timedelta(days=1)
+"""How far `occurred_at` may run ahead of an instant known to be real: when the event was
+received (the contract, at ingest and in every reader), or when the broker stored its record
+(`schemas.codec.UsageReader`, in the worker and the warehouse alike).
 
-A source's clock is not ours: a gateway a few seconds fast is normal, and an unsynchronised VM
-drifts by seconds a day. Five minutes is the tolerance long used for clocks that are merely
-unsynchronised (Kerberos' default maximum skew); anything further ahead is a broken clock or a
-typo (a wrong year, seconds read as milliseconds), not a request that happened. Such an event
-must not be charged: the pipeline's "now" is the newest event time, so one event a year ahead
-would close the current period of every budget it matches.
+Only absurd times are refused: a wrong year or month in a backfill file, seconds read as
+milliseconds, a clock reset. Such an event did not happen when it says, and charged, it would
+be counted in a period that has not begun. A gateway whose clock is a few minutes fast is
+still reporting real, billed usage (refused at ingest, which most gateways do not retry, it
+would be lost against the provider's bill): it is accepted and charged to the period its time
+names, and it cannot move a budget ledger's "now" further than `CLOCK_SKEW` past the charge
+record's time (`streams.ledger.apply_charge(newest_trusted_ms=)`), so it closes no period early.
+A fixed contract constant, not a setting: what one reader accepts, every reader accepts, on
+every replay.
+"""
+
+CLOCK_SKEW = timedelta(minutes=5)
+"""The worker's default ledger cap (`allotment worker --clock-skew-seconds`,
+ALLOTMENT_CLOCK_SKEW_SECONDS): how far past a charge record's broker time its lines may move a
+budget ledger's "now". An event stamped further ahead (up to `MAX_AHEAD`) is still charged, to
+its own period, but the ledger's now stops at the cap, so one fast clock cannot close the
+current period of every budget it matches. Five minutes is the tolerance long used for clocks
+that are merely unsynchronised (Kerberos' default maximum skew). Not a rule of the contract:
+no event is refused for it.
 """
 
 
-def ahead_problem(
-    occurred_at: datetime, reference: datetime, reference_name: str, allowance: timedelta
-) -> str | None:
-    """The rule `occurred_at` breaks when it is more than `allowance` after `reference` (an
+def ahead_problem(occurred_at: datetime, reference: datetime, reference_name: str) -> str | None:
+    """The rule `occurred_at` breaks when it is more than `MAX_AHEAD` after `reference` (an
     instant known to be real: when the event was received, or when the broker stored it)."""
     ahead = occurred_at - reference
-    if ahead <= allowance:
+    if ahead <= MAX_AHEAD:
         return None
     ahead -= timedelta(microseconds=ahead.microseconds)
     return (
-        f"must not be more than {allowance} after {reference_name} (the clock skew allowed), "
-        f"is {ahead} after it"
+        f"must not be more than {MAX_AHEAD} after {reference_name} (no real clock is "
+        f"that far ahead), is {ahead} after it"
     )
 
 
@@ -127,7 +140,7 @@ class UsageRecorded(Event):
         cls, data: Any, handler: ModelWrapValidatorHandler[UsageRecorded]
     ) -> UsageRecorded:
         """Fill what a source may leave out (event id, totals), then check the token parts add up
-        and that the event did not happen after it was received (beyond `CLOCK_SKEW`).
+        and that the event did not happen after it was received (beyond `MAX_AHEAD`).
 
         One wrap step instead of a "before" and an "after" one, and no copy of the payload
         unless something is filled in: every usage event of the pipeline passes here.
@@ -140,7 +153,7 @@ class UsageRecorded(Event):
             event.reasoning, event.input_total, event.total,
         )  # fmt: skip
         if problem is None:
-            ahead = ahead_problem(event.occurred_at, event.received_at, "received_at", CLOCK_SKEW)
+            ahead = ahead_problem(event.occurred_at, event.received_at, "received_at")
             problem = None if ahead is None else f"occurred_at: {ahead}"
         if problem is not None:
             raise ValueError(problem)
@@ -248,7 +261,7 @@ def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
     The resolve stage validates every usage event but needs only a few of its fields; building
     the model costs about twice this. Whenever this returns fields, the model accepts the
     same payload with the same values (its field schema is the model's own, and the Python
-    steps are redone here, the `CLOCK_SKEW` rule included), except that timestamps keep the
+    steps are redone here, the `MAX_AHEAD` rule included), except that timestamps keep the
     offset they were written with (same instant; the model normalises them to UTC). None covers
     everything rarer: an event id to derive, totals to derive from parts that are not integers
     yet, and every invalid payload, for which the model raises the contract's reasons. (A
@@ -286,7 +299,7 @@ def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
         or fields["total"] > MAX_TOKENS  # a derived total is bounded like a sent one
         or fields["input_total"] != input_total
         or fields["total"] != input_total + output
-        or ahead_problem(fields["occurred_at"], fields["received_at"], "", CLOCK_SKEW)
+        or ahead_problem(fields["occurred_at"], fields["received_at"], "")
     ):
         return None  # the model names the broken rule (_totals_problem, ahead_problem)
     return fields

@@ -23,7 +23,7 @@ from schemas.topics import ALL
 from services.common.offsets import load_offsets, store_offsets
 from services.warehouse import tables as t
 from services.warehouse.projector import CONFIG_KINDS, KINDS, Projector, Record
-from services.warehouse.seen import worker_clock_skew, worker_dedupe_window
+from services.warehouse.seen import worker_dedupe_window
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class WarehouseConsumer:
 
     `dedupe_window` must be the worker's (`allotment worker --dedupe-window-hours`) for the
     warehouse to count the events the ledger counts; by default it is what the worker reads
-    without that flag (ALLOTMENT_DEDUPE_WINDOW_HOURS, else its default). `clock_skew` likewise
-    must be the worker's `--clock-skew-seconds` (default: ALLOTMENT_CLOCK_SKEW_SECONDS, else
-    the worker's default).
+    without that flag (ALLOTMENT_DEDUPE_WINDOW_HOURS, else its default).
     """
 
     def __init__(
@@ -80,14 +78,12 @@ class WarehouseConsumer:
         prefix: str,
         name: str = CONSUMER,
         dedupe_window: timedelta | None = None,
-        clock_skew: timedelta | None = None,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.name = name
-        skew = clock_skew if clock_skew is not None else worker_clock_skew()
-        self.projector = Projector(dedupe_window or worker_dedupe_window(), clock_skew=skew)
+        self.projector = Projector(dedupe_window or worker_dedupe_window())
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._config_ends: dict[TopicPartition, int] = {}

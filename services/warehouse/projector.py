@@ -93,23 +93,18 @@ class Projector:
 
     Usage is read event by event with the worker's own reader (`schemas.codec.UsageReader`):
     an event the worker dead-letters (the contract, an id that hashes to another usage
-    partition than its record's, a time past the record's broker time by more than
-    `clock_skew`) is skipped, logged and counted in `counts["usage_rejected"]`, and the
-    other events of its envelope count. `clock_skew` must be the worker's
-    (`--clock-skew-seconds`, by default the contract's `CLOCK_SKEW`, which the consumer
-    passes); None only for records whose times are not real times (tests), as in the worker.
+    partition than its record's, a time more than the contract's fixed `MAX_AHEAD` past the
+    record's broker time) is skipped, logged and counted in `counts["usage_rejected"]`, and
+    the other events of its envelope count. Nothing of it is a setting, so the warehouse
+    cannot be configured to disagree with the worker. A record with `timestamp_ms` 0 has no
+    broker time (then that rule does not apply).
     """
 
-    def __init__(
-        self,
-        dedupe_window: timedelta,
-        partitions: int = USAGE.partitions,
-        clock_skew: timedelta | None = None,
-    ) -> None:
+    def __init__(self, dedupe_window: timedelta, partitions: int = USAGE.partitions) -> None:
         self.index = BudgetIndex()
         self.history = BudgetHistory()
         self.seen = SeenIds(dedupe_window)
-        self.reader = UsageReader(partition_for, partitions, clock_skew)
+        self.reader = UsageReader(partition_for, partitions)
         self.counts: Counter[str] = Counter()
 
     def load(self, conn: Connection) -> None:

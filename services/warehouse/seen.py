@@ -48,15 +48,6 @@ _NOWHERE: Position = (-1, -1)
 """Stands for the stored sighting's position, which is not kept: any real position differs."""
 
 
-def worker_clock_skew() -> timedelta:
-    """The clock skew the worker runs with when no flag says otherwise:
-    ALLOTMENT_CLOCK_SKEW_SECONDS, else the contract's `CLOCK_SKEW` (`streams.faust.cli.clock_skew`,
-    its one place)."""
-    from streams.faust.cli import clock_skew  # imports Faust: only when asked for
-
-    return clock_skew()
-
-
 def worker_dedupe_window() -> timedelta:
     """The window the worker runs with when no flag says otherwise: ALLOTMENT_DEDUPE_WINDOW_HOURS,
     else `WorkerConfig.dedupe_window` (`streams.faust.cli.dedupe_window`, its one place)."""

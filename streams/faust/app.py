@@ -61,9 +61,11 @@ class WorkerConfig:
     dedupe_window: timedelta = timedelta(days=7)
     late_window: timedelta = timedelta(days=2)
     clock_skew: timedelta = CLOCK_SKEW
-    """How far past its usage record's broker time an event may be stamped, and a charge's lines
-    past the charge record's time: later ones are dead-lettered, and cannot move a ledger's
-    "now" (`streams.faust.resolve`, `streams.ledger.apply_charge`)."""
+    """How far past a charge record's broker time its lines may move a ledger's "now"
+    (`streams.ledger.apply_charge(newest_trusted_ms=)`): a line stamped later is still charged,
+    to its own period, but the ledger's now stops at the cap. Given to the resolve stage, it
+    also says the usage records' times are real broker times (`Resolver`), against which the
+    contract's fixed `schemas.usage.MAX_AHEAD`, not this, refuses absurd times."""
     batch_max: int = 4000
     batch_within: float = 0.05
     session_timeout: float = 10.0

@@ -38,9 +38,10 @@ def dedupe_window(hours: float | None = None, env: Mapping[str, str] | None = No
 
 
 def clock_skew(seconds: float | None = None, env: Mapping[str, str] | None = None) -> timedelta:
-    """How far past its record's broker time an event may be stamped: `seconds` (a flag) when
-    given, else ALLOTMENT_CLOCK_SKEW_SECONDS, else the contract's `CLOCK_SKEW`. The warehouse
-    asks this too, so it refuses exactly the events the worker dead-letters."""
+    """The worker's ledger cap: how far past a charge record's broker time its lines may move a
+    ledger's "now". `seconds` (a flag) when given, else ALLOTMENT_CLOCK_SKEW_SECONDS, else
+    `schemas.usage.CLOCK_SKEW`. It refuses no event (that is the contract's fixed `MAX_AHEAD`,
+    the same for every reader), so the warehouse does not need it."""
     return _duration(seconds, "--clock-skew-seconds", CLOCK_SKEW_ENV, env, 1, CLOCK_SKEW, zero=True)
 
 
@@ -114,7 +115,8 @@ def worker(
     clock_skew_seconds: Annotated[
         float | None,
         typer.Option(
-            help="How far (s) past its receipt an event may be stamped "
+            help="How far (s) past a charge record's broker time a ledger's 'now' may move; "
+            "an event stamped further ahead is still charged, to its own period "
             "[env ALLOTMENT_CLOCK_SKEW_SECONDS; default 300]"
         ),
     ] = None,

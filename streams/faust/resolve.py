@@ -9,8 +9,8 @@ One consumed batch (any mix of envelopes and single-event messages, from any par
   dedupe table and then hands them to the index (`keep`), so a crash between the two leaves
   the table ahead of the index (a cheap merge at recovery), never the index ahead;
 - a dead letter per unreadable record or unreadable event inside an envelope, and per event
-  that claims to have happened after the broker stored it (beyond the clock skew allowed,
-  `clock_skew`): charged, it would move its budgets' "now" ahead and close their current period.
+  that claims to have happened absurdly long after the broker stored it (more than the
+  contract's `MAX_AHEAD`: a wrong year, a clock reset), which did not happen when it says.
 
 Nothing here touches Faust: the agent feeds records in and writes what comes out, so the whole
 stage is tested without a broker. The rules are the domain's: which events of a record are
@@ -86,14 +86,17 @@ def _dimensions(event: dict[str, Any]) -> tuple[Any, ...]:
 class Resolver:
     """Turns consumed usage records into charges, dedupe records and dead letters.
 
-    With `clock_skew` set, an event whose occurred_at is more than that after its record's
-    broker timestamp is dead-lettered (the reason names occurred_at and the rule), before
-    dedupe sees it: the same event sent again with a corrected time is charged. The record's
-    timestamp is set where the record is written (our producers, or the broker itself with
-    LogAppendTime), not by the event's source, and it is stored with the record, so a replay
-    rejects exactly what the first run rejected. The contract's own rule
-    (`schemas.usage.CLOCK_SKEW` against received_at) applies with or without it. None (the
-    default, for feeds whose record times are not real times) checks the contract only.
+    With `clock_skew` set (the worker passes its ledger cap, `WorkerConfig.clock_skew`), the
+    records' times are taken as real broker times: an event whose occurred_at is more than
+    `schemas.usage.MAX_AHEAD` after its record's is dead-lettered (the reason names
+    occurred_at and the rule), before dedupe sees it, so the same event sent again with a
+    corrected time is charged. The allowance is the contract's fixed constant, not the cap: an
+    event a few minutes ahead is charged (the charge stage caps the ledger's "now" at the
+    charge record's time plus `clock_skew`), and the warehouse, reading through the same
+    `UsageReader`, refuses exactly the same events on any replay. The record's timestamp is set
+    where the record is written (our producers, or the broker with LogAppendTime), not by the
+    event's source. None (the default, for feeds whose record times are not real times)
+    checks the contract only (which applies `MAX_AHEAD` against received_at either way).
     """
 
     def __init__(
@@ -112,8 +115,8 @@ class Resolver:
         self._committed = committed
         if clock_skew is not None and clock_skew < timedelta(0):
             raise InvalidWorkerConfig("clock_skew", "must not be negative")
-        self.clock_skew = clock_skew
-        self.reader = UsageReader(partition_for, partitions, clock_skew)
+        self.broker_times = clock_skew is not None
+        self.reader = UsageReader(partition_for, partitions)
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""
@@ -210,7 +213,8 @@ class Resolver:
     ) -> None:
         raw = record.value or b""
         try:
-            envelope, events = self.reader.read(raw, record.partition, record.timestamp_ms)
+            stored_ms = record.timestamp_ms if self.broker_times else 0  # 0: no broker time
+            envelope, events = self.reader.read(raw, record.partition, stored_ms)
         except AllotmentError as exc:
             self._reject(out, record, exc, raw, None)
             return

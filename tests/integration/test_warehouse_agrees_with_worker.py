@@ -1,7 +1,7 @@
 """A real worker and the warehouse read the same usage topic and count the same tokens.
 
-One envelope holds good events, one event that breaks the contract (stamped after its receipt
-by more than the clock skew) and one whose id hashes to another usage partition; a second
+One envelope holds good events, one event that breaks the contract (stamped more than a day,
+`MAX_AHEAD`, after its receipt) and one whose id hashes to another usage partition; a second
 holds good events and one misrouted event only. The worker charges the good events and
 dead-letters the other two; the warehouse projection, reading the same records, must count
 exactly the tokens the worker's ledger holds, per budget and period. Before both read usage
@@ -65,7 +65,7 @@ async def test_the_warehouse_counts_the_tokens_the_worker_charges(
     await send_raw(  # the warehouse's history (the API writes both)
         kafka_bootstrap, BUDGET_EVENTS.name(topic_prefix), [(tenant.encode(), encode(defined))]
     )
-    skewed = usage(id_on(2, "skewed"), tenant, now + timedelta(minutes=10), 1000, 1000)
+    skewed = usage(id_on(2, "skewed"), tenant, now + timedelta(days=2), 1000, 1000)
     skewed["received_at"] = now.isoformat()
     first = [
         usage(id_on(2, "good"), tenant, now, 100, 10),

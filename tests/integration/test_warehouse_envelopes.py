@@ -20,9 +20,13 @@ from sqlalchemy import Engine
 from test_warehouse_history import T0, Feed, _budget, id_on, totals
 
 from schemas.topics import USAGE
+from schemas.usage import CLOCK_SKEW
 from services.common.db import make_engine
 from services.warehouse import tables as t
 from services.warehouse.projector import Projector, Record
+from streams.budgets import BudgetIndex
+from streams.faust.dedupe_log import MemoryDedupeIndex
+from streams.faust.resolve import Resolver, UsageRecord
 
 AT = datetime(2020, 3, 1, 9, tzinfo=UTC)
 
@@ -63,7 +67,7 @@ def test_one_invalid_event_leaves_the_rest_of_its_envelope_counted(engine: Engin
     tenant = unique("tenant")
     projector = Projector(timedelta(days=7))
     _define_budget(engine, projector, tenant)
-    ahead = (AT + timedelta(minutes=6)).isoformat()  # the contract's clock-skew rule
+    ahead = (AT + timedelta(days=2)).isoformat()  # the contract's MAX_AHEAD rule
     events = [
         wire(tenant, id_on(2), 10),
         wire(tenant, id_on(2), 20, occurred_at=ahead),
@@ -92,18 +96,43 @@ def test_an_event_on_another_usage_partition_is_not_counted(engine: Engine) -> N
     assert totals(engine, t.period_usage, tenant) == [("all", "2020-03", 210, 2)]
 
 
-def test_an_event_stamped_past_its_broker_time_is_not_counted_with_the_workers_skew(
-    engine: Engine,
-) -> None:
-    """The consumer passes the worker's `clock_skew`; received_at as far ahead passes the
-    contract, the broker's time does not."""
+def test_an_event_stamped_days_past_its_broker_time_is_not_counted(engine: Engine) -> None:
+    """received_at as far ahead passes the contract, the broker's time does not (the contract's
+    fixed `MAX_AHEAD`, as in the worker)."""
     tenant = unique("tenant")
-    projector = Projector(timedelta(days=7), clock_skew=timedelta(minutes=5))
+    projector = Projector(timedelta(days=7))
     _define_budget(engine, projector, tenant)
     stored = int(AT.timestamp() * 1000)
-    ahead = (AT + timedelta(minutes=6)).isoformat()
+    ahead = (AT + timedelta(days=2)).isoformat()
     liar = wire(tenant, id_on(3), 50, occurred_at=ahead, received_at=ahead)
     _project(engine, projector, [envelope(3, 0, stored, wire(tenant, id_on(3), 7), liar)])
     assert totals(engine, t.period_usage, tenant) == [("all", "2020-03", 14, 1)]
     assert projector.counts["usage_rejected"] == 1
     assert USAGE.partitions > 4  # the partitions these tests pick exist
+
+
+def test_an_old_envelope_with_events_minutes_ahead_reads_alike_in_worker_and_warehouse(
+    engine: Engine,
+) -> None:
+    """Replay: an envelope written in 2020 by a gateway 10 minutes fast (accepted and charged
+    then) is read by the worker's resolve stage, run with its ledger cap, and counted by the
+    warehouse. Before, the contract's 5-minute rule made it unreadable to both on a rebuild,
+    and the broker-time rule made the worker's reading depend on its --clock-skew-seconds."""
+    tenant = unique("tenant")
+    projector = Projector(timedelta(days=7))
+    _define_budget(engine, projector, tenant)
+    fast = (AT + timedelta(minutes=10)).isoformat()
+    events = [
+        wire(tenant, id_on(5), 3, occurred_at=fast),  # ahead of received_at
+        wire(tenant, id_on(5), 4, occurred_at=fast, received_at=fast),  # and of the broker
+    ]
+    record = envelope(5, 0, int(AT.timestamp() * 1000), *events)
+    worker = Resolver(
+        "x.usage", USAGE.partitions, MemoryDedupeIndex(10**12), BudgetIndex, clock_skew=CLOCK_SKEW
+    )
+    at_ms = record.timestamp_ms
+    read = worker.resolve([UsageRecord(record.partition, record.offset, at_ms, record.value)])
+    assert (read.rejected, read.events_in) == ([], 2)
+    _project(engine, projector, [record])
+    assert totals(engine, t.period_usage, tenant) == [("all", "2020-03", 2 * (3 + 4), 2)]
+    assert projector.counts["usage_rejected"] == 0

@@ -2,10 +2,11 @@
 
 Review B, finding 1: the ledger's "now" is the newest event time it has applied, so one event a
 year ahead pruned the current period and its fired thresholds, and every real event after it
-was counted late: no threshold and no hard stop for that budget again. Three layers now stop
-it: the contract (occurred_at at most `CLOCK_SKEW` after received_at: a 4xx at ingest, a dead
-letter in the worker), the resolve stage (against the record's broker time) and the ledger fold
-(a caller's trusted time caps "now").
+was counted late: no threshold and no hard stop for that budget again. Two thresholds now:
+absurd times are refused (occurred_at more than `MAX_AHEAD`, a day, after received_at: a 4xx at
+ingest, a dead letter in the worker; or after the record's broker time: a dead letter), and the
+ledger fold caps "now" at a caller's trusted time (the charge record's time + `CLOCK_SKEW`), so
+a gateway a few minutes fast is charged, to its own period, without moving "now" past the cap.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 LATE = timedelta(days=2)
 YEAR = timedelta(days=365)
 CLOCK_SKEW = timedelta(minutes=5)
+MAX_AHEAD = timedelta(days=1)  # schemas.usage.MAX_AHEAD (checked below)
+FAST = timedelta(minutes=10)  # a gateway's clock a little fast: real, billed usage
+DAY_RULE = "must not be more than 1 day, 0:00:00 after"
 BUDGET = Budget(
     "b1", "acme", 1, BudgetSpec(name="b", limits={"total_tokens": 1000}, at_limit="hard_stop")
 )
@@ -91,37 +95,42 @@ def _wire(event_id: str, occurred_at: datetime, received_at: datetime) -> dict[s
     }  # fmt: skip
 
 
-def test_the_contract_refuses_occurred_at_past_received_at_plus_the_skew() -> None:
-    at_the_edge = _wire("e1", NOW + CLOCK_SKEW, NOW)
-    assert UsageRecorded.model_validate(at_the_edge).occurred_at == NOW + CLOCK_SKEW
-    assert usage_fields(at_the_edge) is not None
+def test_the_contract_refuses_only_an_absurd_occurred_at() -> None:
+    for ahead in (FAST, MAX_AHEAD):  # a fast clock, and the edge of the rule
+        valid = _wire("e1", NOW + ahead, NOW)
+        assert UsageRecorded.model_validate(valid).occurred_at == NOW + ahead
+        assert usage_fields(valid) is not None
     assert UsageRecorded.model_validate(_wire("e2", NOW - YEAR, NOW)).received_at == NOW
 
-    bad = _wire("e3", NOW + YEAR, NOW)
-    assert usage_fields(bad) is None  # the fast path leaves the reason to the model
-    with pytest.raises(ValidationError) as caught:
-        UsageRecorded.model_validate(bad)
-    [error] = field_errors(caught.value)
-    assert error.field == "occurred_at"
-    assert "must not be more than 0:05:00 after received_at" in error.rule
-    assert "365 days" in error.rule
+    for ahead, shown in ((YEAR, "365 days"), (MAX_AHEAD + timedelta(seconds=1), "0:00:01")):
+        bad = _wire("e3", NOW + ahead, NOW)
+        assert usage_fields(bad) is None  # the fast path leaves the reason to the model
+        with pytest.raises(ValidationError) as caught:
+            UsageRecorded.model_validate(bad)
+        [error] = field_errors(caught.value)
+        assert error.field == "occurred_at"
+        assert f"{DAY_RULE} received_at" in error.rule
+        assert shown in error.rule
 
 
-def test_ingest_rejects_the_record_naming_occurred_at() -> None:
+def test_ingest_rejects_only_an_absurd_record_naming_occurred_at() -> None:
     key = IngestKey("gw", "acme", "0" * 64)
     records = [
         {"source_request_id": "ok", "occurred_at": NOW.isoformat(), "output": 3},
         {"source_request_id": "typo", "occurred_at": (NOW + YEAR).isoformat(), "output": 3},
+        {"source_request_id": "fast", "occurred_at": (NOW + FAST).isoformat(), "output": 3},
+        {"source_request_id": "month", "occurred_at": (NOW + 2 * MAX_AHEAD).isoformat()},
     ]
     batch = map_records(records, native.to_draft, key, NOW)
-    assert batch.indices == [0]
-    [rejected] = [r.to_dict() for r in batch.rejected]
-    assert (rejected["index"], rejected["field"]) == (1, "occurred_at")
-    assert rejected["rule"].startswith("must not be more than 0:05:00 after received_at")
+    assert batch.indices == [0, 2]
+    rejected = [r.to_dict() for r in batch.rejected]
+    assert [(r["index"], r["field"]) for r in rejected] == [(1, "occurred_at"), (3, "occurred_at")]
+    assert all(r["rule"].startswith(f"{DAY_RULE} received_at") for r in rejected)
 
 
-def test_the_default_skew_is_five_minutes() -> None:
+def test_the_ledger_cap_is_five_minutes_and_the_rule_a_day() -> None:
     assert getattr(usage_schema, "CLOCK_SKEW", None) == CLOCK_SKEW
+    assert getattr(usage_schema, "MAX_AHEAD", None) == MAX_AHEAD
 
 
 def _resolver(**kw: Any) -> Resolver:
@@ -151,8 +160,7 @@ def test_resolve_dead_letters_an_event_ahead_of_its_received_at() -> None:
 
     [rejected] = out.rejected
     assert (rejected.topic, rejected.offset, rejected.index) == ("p.usage", 7, 1)
-    assert rejected.errors[0].startswith("occurred_at: must not be more than 0:05:00 after")
-    assert "received_at" in rejected.errors[0]
+    assert rejected.errors[0].startswith(f"occurred_at: {DAY_RULE} received_at")
     assert orjson.loads(rejected.payload)["event_id"] == "typo"
     assert _lines(out) == [[7, 0, to_ms(NOW)], [7, 2, to_ms(NOW)]]
 
@@ -165,16 +173,44 @@ def test_resolve_dead_letters_an_event_ahead_of_its_received_at() -> None:
 def test_resolve_dead_letters_an_event_ahead_of_its_broker_time() -> None:
     events = [
         _wire("forged", NOW + YEAR, NOW + YEAR),  # received_at as wrong: the broker time says so
-        _wire("ok-2", NOW + CLOCK_SKEW, NOW + CLOCK_SKEW),  # at the edge of the allowance
+        _wire("ok-2", NOW + MAX_AHEAD, NOW + MAX_AHEAD),  # at the edge of the rule
+        _wire("days", NOW + 2 * MAX_AHEAD, NOW + 2 * MAX_AHEAD),
     ]
     out = _resolver(clock_skew=CLOCK_SKEW).resolve([_envelope(3, events)])
-    [rejected] = out.rejected
-    assert rejected.index == 0
-    assert rejected.errors[0].startswith("occurred_at: must not be more than 0:05:00 after")
-    assert "the time the broker stored the record" in rejected.errors[0]
-    assert _lines(out) == [[3, 1, to_ms(NOW + CLOCK_SKEW)]]
+    assert [r.index for r in out.rejected] == [0, 2]
+    for rejected in out.rejected:
+        assert rejected.errors[0].startswith(
+            f"occurred_at: {DAY_RULE} the time the broker stored the record"
+        )
+    assert "2 days, 0:00:00 after it" in out.rejected[1].errors[0]
+    assert _lines(out) == [[3, 1, to_ms(NOW + MAX_AHEAD)]]
 
-    unchecked = _resolver().resolve([_envelope(3, events)])  # no skew: the contract only
-    assert (unchecked.rejected, len(_lines(unchecked))) == ([], 2)
+    unchecked = _resolver().resolve([_envelope(3, events)])  # no broker times: the contract only
+    assert (unchecked.rejected, len(_lines(unchecked))) == ([], 3)
     with pytest.raises(InvalidWorkerConfig, match="clock_skew: must not be negative"):
         _resolver(clock_skew=-CLOCK_SKEW)
+
+
+def test_an_event_from_a_fast_clock_is_charged_and_now_stops_at_the_cap() -> None:
+    """Review of the fix: a gateway 10 minutes fast had all its real usage refused (a 4xx at
+    ingest, which most gateways do not retry). It is accepted at ingest, charged by the
+    worker at its own time, and the ledger's "now" still runs at most the cap ahead."""
+    key = IngestKey("gw", "acme", "0" * 64)
+    fast = {"source_request_id": "fast", "occurred_at": (NOW + FAST).isoformat(), "output": 3}
+    batch = map_records([fast], native.to_draft, key, NOW)
+    assert (batch.indices, batch.rejected) == ([0], [])
+    [event] = batch.events
+    assert (event.occurred_at, event.received_at) == (NOW + FAST, NOW)
+
+    out = _resolver(clock_skew=CLOCK_SKEW).resolve([_envelope(5, [event.to_wire()])])
+    assert out.rejected == []
+    [[offset, index, at_ms]] = _lines(out)
+    assert (offset, index, at_ms) == (5, 0, to_ms(NOW + FAST))
+
+    trusted = to_ms(NOW + CLOCK_SKEW)  # the charge record's time (NOW) + the cap
+    result = apply_charge(
+        LedgerState("b1"), BUDGET, 0, [_line(5, NOW + FAST, 3)], LATE, newest_trusted_ms=trusted
+    )
+    assert result.applied == 1
+    assert result.state.periods["2026-11"].total == 6
+    assert result.state.event_time_high_ms == trusted < to_ms(NOW + FAST)

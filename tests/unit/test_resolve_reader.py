@@ -22,7 +22,7 @@ from streams.faust.resolve import Resolver, UsageRecord
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 AT_MS = int(AT.timestamp() * 1000)
 PARTITIONS = 6
-READER = UsageReader(partition_for, PARTITIONS, timedelta(minutes=5))
+READER = UsageReader(partition_for, PARTITIONS)
 
 
 def on(partition: int, prefix: str) -> str:
@@ -46,7 +46,7 @@ def envelope(*events: Any) -> bytes:
 
 
 def test_each_event_of_an_envelope_is_read_or_refused_on_its_own() -> None:
-    ahead = (AT + timedelta(minutes=6)).isoformat()
+    ahead = (AT + timedelta(days=2)).isoformat()
     events = [
         wire(on(1, "a")),
         wire(on(1, "b"), occurred_at=ahead),  # the contract: after received_at
@@ -63,7 +63,7 @@ def test_each_event_of_an_envelope_is_read_or_refused_on_its_own() -> None:
     valid = [(i, e["event_id"], e["output"]) for i, _, e in read if isinstance(e, dict)]
     assert valid == [(0, events[0]["event_id"], 1), (5, events[5]["event_id"], 3)]
     reasons = {i: str(e) for i, _, e in read if isinstance(e, AllotmentError)}
-    assert "occurred_at: must not be more than 0:05:00 after received_at" in reasons[1]
+    assert "occurred_at: must not be more than 1 day, 0:00:00 after received_at" in reasons[1]
     assert "event_id: hashes to usage partition 2, arrived on 1" in reasons[2]
     assert "after the time the broker stored the record" in reasons[3]
     assert "(payload): must be a JSON object" in reasons[4]
@@ -76,8 +76,8 @@ def test_a_single_event_record_and_an_unreadable_record() -> None:
     for raw in (b"{", envelope()[:-2] + b"]}", orjson.dumps({"type": "UsageBatch", "events": []})):
         with pytest.raises(InvalidEvent):
             READER.read(raw, 3, AT_MS)
-    # Without a broker time (or a skew), only the contract and the partition apply.
-    ahead = (AT + timedelta(hours=1)).isoformat()
+    # Without a broker time, only the contract and the partition apply.
+    ahead = (AT + timedelta(days=2)).isoformat()
     _, items = READER.read(envelope(wire(on(3, "y"), occurred_at=ahead, received_at=ahead)), 3, 0)
     assert all(isinstance(event, dict) for _, _, event in items)
 
@@ -97,3 +97,13 @@ def test_the_resolve_stage_dead_letters_exactly_what_the_reader_refuses() -> Non
     out = resolver.resolve([UsageRecord(4, 0, AT_MS, raw)])
     assert [(r.index, r.reason) for r in out.rejected] == refused
     assert out.events_in == len(events) - len(refused) == 2
+
+
+def test_an_event_a_few_minutes_ahead_of_its_broker_time_is_read() -> None:
+    """A gateway 10 minutes fast, both times it stamped, in a record of any age: read. The
+    allowance is the contract's `MAX_AHEAD`, not a setting, so no reader can refuse it."""
+    fast = (AT + timedelta(minutes=10)).isoformat()
+    fast_receipt = wire(on(1, "f"), occurred_at=fast, received_at=fast)
+    fast_occurrence = wire(on(1, "g"), occurred_at=fast)
+    _, items = READER.read(envelope(fast_receipt, fast_occurrence), 1, AT_MS)
+    assert [isinstance(event, dict) for _, _, event in items] == [True, True]

@@ -8,18 +8,22 @@ in `allotment api` (whose consumer is built with no window); a flag still overri
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import typer
 from typer.testing import CliRunner
 
 import streams.faust.worker as worker_module
+from schemas.topics import USAGE
+from services.common.kafka import partition_for
 from services.warehouse.cli import _window
 from services.warehouse.consumer import WarehouseConsumer
 from streams.faust import cli as worker_cli
 from streams.faust.app import InvalidWorkerConfig
+from streams.periods import to_ms
 
 ENV = "ALLOTMENT_DEDUPE_WINDOW_HOURS"
 
@@ -73,11 +77,12 @@ def test_a_bad_flag_is_named_as_the_flag() -> None:
 SKEW_ENV = "ALLOTMENT_CLOCK_SKEW_SECONDS"
 
 
-def test_the_clock_skew_is_one_variable_for_the_worker_and_the_warehouse(
+def test_the_clock_skew_is_the_workers_ledger_cap_and_the_warehouse_ignores_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Before, the warehouse always used 5 minutes: with the worker's skew changed, it counted
-    (or refused) events the worker refused (or counted)."""
+    """The variable sets the worker's cap on a ledger's "now". It refuses no event: the
+    warehouse reads what the worker reads whatever it says (before, with the skew at 0 the
+    warehouse refused an event stamped a few minutes past its broker time)."""
     seen: list[Any] = []
     monkeypatch.setattr(worker_module, "run_worker", seen.append)
     app = typer.Typer()
@@ -90,9 +95,18 @@ def test_the_clock_skew_is_one_variable_for_the_worker_and_the_warehouse(
     assert runner.invoke(app, ["worker"], env={SKEW_ENV: ""}).exit_code == 0
     skews = [config.clock_skew for config in seen]
     assert skews == [timedelta(seconds=60), timedelta(0), timedelta(minutes=5)]
-    monkeypatch.setenv(SKEW_ENV, "60")
+    monkeypatch.setenv(SKEW_ENV, "0")
     consumer = WarehouseConsumer(None, "", "p")  # type: ignore[arg-type]  # as the API builds it
-    assert consumer.projector.reader.clock_skew == timedelta(seconds=60)
+    at = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    fast = (at + timedelta(minutes=10)).isoformat()
+    event = {
+        "type": "UsageRecorded", "version": 1, "event_id": "fast-1", "source": "t",
+        "occurred_at": fast, "received_at": fast, "tenant": "acme", "output": 1,
+    }  # fmt: skip
+    home = partition_for("fast-1", USAGE.partitions)
+    _, items = consumer.projector.reader.read(orjson.dumps(event), home, to_ms(at))
+    [(_, _, read)] = list(items)
+    assert isinstance(read, dict), read
 
 
 @pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
