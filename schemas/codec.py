@@ -178,8 +178,9 @@ class UsageReader:
       `services.common.kafka.partition_for`): an event whose id hashes to another partition
       than the one it was read from is refused, since dedupe by id is local to a partition
       (`UsageBatch`'s own rule);
-    - the broker's time: an event stamped more than `MAX_AHEAD` after its record's broker
-      timestamp is refused (a producer whose received_at is as wrong as its occurred_at).
+    - the broker's time (with `broker_times`, when the records' times are real ones): an event
+      stamped more than `MAX_AHEAD` after its record's broker timestamp is refused (a producer
+      whose received_at is as wrong as its occurred_at).
       The record time is written with the record and the allowance is the contract's fixed
       constant, not a setting, so every reader and every replay refuse exactly the same events.
       (A few minutes ahead is charged; the worker's ledger caps its "now" instead.)
@@ -188,6 +189,7 @@ class UsageReader:
 
     partition_of: Callable[[str, int], int] | None = None
     partitions: int = 1
+    broker_times: bool = True
 
     def read(
         self, raw: bytes, partition: int, timestamp_ms: int
@@ -199,7 +201,9 @@ class UsageReader:
         has no broker time (then only the other rules apply).
         """
         envelope, payloads = _usage_payloads(raw)
-        stored_at = _EPOCH + timedelta(milliseconds=timestamp_ms) if timestamp_ms > 0 else None
+        stored_at = None
+        if self.broker_times and timestamp_ms > 0:
+            stored_at = _EPOCH + timedelta(milliseconds=timestamp_ms)
         return envelope, self._events(payloads, partition, stored_at)
 
     def _events(

@@ -83,7 +83,8 @@ class WarehouseConsumer:
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.name = name
-        self.projector = Projector(dedupe_window or worker_dedupe_window())
+        window = dedupe_window or worker_dedupe_window()
+        self.projector = Projector(window, broker_times=True)  # Kafka's record times
         self._kind_of: dict[str, str] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._config_ends: dict[TopicPartition, int] = {}

@@ -96,15 +96,21 @@ class Projector:
     partition than its record's, a time more than the contract's fixed `MAX_AHEAD` past the
     record's broker time) is skipped, logged and counted in `counts["usage_rejected"]`, and
     the other events of its envelope count. Nothing of it is a setting, so the warehouse
-    cannot be configured to disagree with the worker. A record with `timestamp_ms` 0 has no
-    broker time (then that rule does not apply).
+    cannot be configured to disagree with the worker. `broker_times` says the records' times
+    are real broker times (the consumer's are); without it, as in the worker's resolve stage
+    without a clock skew, the broker-time rule does not apply (tests with made-up times).
     """
 
-    def __init__(self, dedupe_window: timedelta, partitions: int = USAGE.partitions) -> None:
+    def __init__(
+        self,
+        dedupe_window: timedelta,
+        partitions: int = USAGE.partitions,
+        broker_times: bool = False,
+    ) -> None:
         self.index = BudgetIndex()
         self.history = BudgetHistory()
         self.seen = SeenIds(dedupe_window)
-        self.reader = UsageReader(partition_for, partitions)
+        self.reader = UsageReader(partition_for, partitions, broker_times)
         self.counts: Counter[str] = Counter()
 
     def load(self, conn: Connection) -> None:

@@ -115,8 +115,7 @@ class Resolver:
         self._committed = committed
         if clock_skew is not None and clock_skew < timedelta(0):
             raise InvalidWorkerConfig("clock_skew", "must not be negative")
-        self.broker_times = clock_skew is not None
-        self.reader = UsageReader(partition_for, partitions)
+        self.reader = UsageReader(partition_for, partitions, broker_times=clock_skew is not None)
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""
@@ -213,8 +212,7 @@ class Resolver:
     ) -> None:
         raw = record.value or b""
         try:
-            stored_ms = record.timestamp_ms if self.broker_times else 0  # 0: no broker time
-            envelope, events = self.reader.read(raw, record.partition, stored_ms)
+            envelope, events = self.reader.read(raw, record.partition, record.timestamp_ms)
         except AllotmentError as exc:
             self._reject(out, record, exc, raw, None)
             return

@@ -100,7 +100,7 @@ def test_an_event_stamped_days_past_its_broker_time_is_not_counted(engine: Engin
     """received_at as far ahead passes the contract, the broker's time does not (the contract's
     fixed `MAX_AHEAD`, as in the worker)."""
     tenant = unique("tenant")
-    projector = Projector(timedelta(days=7))
+    projector = Projector(timedelta(days=7), broker_times=True)  # as the consumer builds it
     _define_budget(engine, projector, tenant)
     stored = int(AT.timestamp() * 1000)
     ahead = (AT + timedelta(days=2)).isoformat()
@@ -119,7 +119,7 @@ def test_an_old_envelope_with_events_minutes_ahead_reads_alike_in_worker_and_war
     warehouse. Before, the contract's 5-minute rule made it unreadable to both on a rebuild,
     and the broker-time rule made the worker's reading depend on its --clock-skew-seconds."""
     tenant = unique("tenant")
-    projector = Projector(timedelta(days=7))
+    projector = Projector(timedelta(days=7), broker_times=True)
     _define_budget(engine, projector, tenant)
     fast = (AT + timedelta(minutes=10)).isoformat()
     events = [
