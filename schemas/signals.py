@@ -65,8 +65,10 @@ class PolicyChanged(Event):
 
     `reset_at` is the budget's next period reset; the proxy derives Retry-After from it.
     `budget_revision` is the budget revision the policy was decided under (added to version 1,
-    optional: events written before it have none). It tells an amendment that relaxed the
-    budget apart from a replay passing an earlier point of the period.
+    optional: events written before it have none, and read as None). It tells an amendment that
+    relaxed the budget apart from a replay passing an earlier point of the period. Old builds
+    reject events carrying it (unknown fields are refused): upgrade the consumers of the
+    policies topic (proxy, warehouse, alerts) before the workers.
     """
 
     TYPE: ClassVar[str] = "PolicyChanged"

@@ -37,6 +37,8 @@ from streams.faust.charging import (
     policy_event,
     redecision_due,
     should_publish,
+    timer_instant,
+    timer_settled,
 )
 from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
 from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
@@ -356,7 +358,9 @@ class Pipeline:
 
     async def reset_policies(self, now: datetime) -> None:
         """Re-decide the budgets whose policy may be out of date (`redecision_due`): `reset_at`
-        passed, allocation changed their tenant's limits, or the budget was amended since.
+        passed, allocation changed their tenant's limits, or the budget was amended since;
+        decided no earlier than the policy in force (`timer_instant`), and marked done only
+        once settled (`timer_settled`).
 
         A hard-stopped budget gets no traffic, so no charge would ever re-decide it; this timer
         does, for the budgets whose charges partition this worker owns. A retired budget is
@@ -375,15 +379,18 @@ class Pipeline:
                 continue
             if partition_for(budget_id, self.config.partitions) not in owned:
                 continue
-            self._redecided[budget_id] = budget.revision
-            new = self.redecide(budget, now)
+            new, settled = self.redecide(budget, timer_instant(current, now))
+            if settled:  # else tried again next tick
+                self._redecided[budget_id] = budget.revision
+            elif budget.tenant in touched:
+                self.allocations.touched.add(budget.tenant)
             if new is not None:
                 log.info("policy re-decided", extra={"budget_id": budget_id,
                                                      "policy": new["policy"]})  # fmt: skip
 
-    def redecide(self, budget: Budget, now: datetime) -> dict[str, Any] | None:
+    def redecide(self, budget: Budget, now: datetime) -> tuple[dict[str, Any] | None, bool]:
         """Decide `budget`'s policy at `now` outside a charge (a timer, a forecast) and publish
-        it when it changed; returns what was published.
+        it when it changed; returns what was published and whether it settled (`timer_settled`).
 
         The same inputs as the charge path: the stored ledger, the effective limits at `now`
         and whether an overrun of the period was projected.
@@ -394,11 +401,12 @@ class Pipeline:
         overrun = self.charger.forecasts.projected_overrun(budget.budget_id, period_key)
         limits = self.allocations.limits(budget, now)
         new = policy_event(budget, stored.state, now, limits, overrun)
-        if not should_publish(self.tables.current_policy(budget.budget_id), new):
-            return None
+        current = self.tables.current_policy(budget.budget_id)
+        if not should_publish(current, new):
+            return None, current is None or timer_settled(current, new)
         self.tables.policies[key] = orjson.dumps(new)
         self.metrics.policies.inc()
-        return new
+        return new, True
 
     def on_projected_overrun(self, budget_id: str, at: datetime) -> None:
         """The forecast agent announced an overrun: a budget that opts in demotes now."""

@@ -210,6 +210,25 @@ def redecision_due(
     return _instant(reset_at) <= now or current.get("tenant") in touched
 
 
+def timer_instant(current: Mapping[str, Any], now: datetime) -> datetime:
+    """When the reset timer's decision over `current` takes effect: `now`, or just after
+    `current` when that is stamped ahead of this clock (a charge decides at its event time, up
+    to the clock skew ahead). Never at or before it: `should_publish` refuses an older decision,
+    and the proxy, warehouse and API take the latest `effective_at` as the one in force."""
+    return max(now, _instant(current.get("effective_at")) + _AFTER)
+
+
+def timer_settled(current: Mapping[str, Any], new: dict[str, Any]) -> bool:
+    """Whether the timer is done with `new`, its re-decision over `current`: published, or the
+    same for the proxy. One refused for delivery's sake (a budget table behind the topic's
+    revision) is tried again next tick, never marked done (review 3A, finding 1)."""
+    same = not policy_changed(decision_of(current), decision_of(new))
+    return same or should_publish(dict(current), new)
+
+
+_AFTER = timedelta(milliseconds=1)  # the proxy compares effective times in milliseconds
+
+
 def _instant(value: Any) -> datetime:
     if not value:
         return datetime.min.replace(tzinfo=UTC)

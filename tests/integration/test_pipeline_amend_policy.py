@@ -3,6 +3,9 @@
 - A hard-stopped budget gets no usage (the proxy refuses it), so no charge would re-decide it:
   raising its limit, or switching `at_limit` off `hard_stop`, must lift the stop by itself
   (review B, finding 2; the alert tells the owner to "raise the limit ... to resume now").
+- The same when the stop was decided at an event time ahead of the worker's clock (a gateway
+  running fast, inside the clock skew allowed): the timer decides no earlier than the stop
+  (review 3A, finding 1; it decided at its own clock, was refused, and never tried again).
 - A charge resolved before its budget was retired still reaches the ledger; a charge for a
   budget the worker never read goes to the dead-letter topic with its reason (finding 8).
 """
@@ -10,7 +13,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from schemas.topics import CHARGES, DEAD_LETTER
 from streams.periods import to_ms
 
 STOP = {"limits": {"total_tokens": 1_000}, "at_limit": "hard_stop"}
+AHEAD = timedelta(minutes=4)  # a gateway running fast, inside the 5 minutes of skew allowed
 
 
 def _amended(tenant: str, budget_id: str, spec: dict[str, Any]) -> BudgetAmended:
@@ -99,6 +103,45 @@ async def test_amending_a_hard_stopped_budget_lifts_the_stop_without_traffic(
     finally:
         workers.close()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
+
+
+async def test_an_amendment_lifts_a_stop_stamped_ahead_of_the_worker_clock(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    tenant = f"skew-{uuid.uuid4().hex[:8]}"
+    budget_id = f"{tenant}/raise"
+    spec = {"name": "raise", **STOP}
+    await publish_budgets(kafka_bootstrap, topic_prefix, [budget_event(tenant, budget_id, spec)])
+    workers = Workers(kafka_bootstrap, topic_prefix, tmp_path)
+    try:
+        worker = workers.start("w1", "--store", "memory")
+        at = datetime.now(UTC) + AHEAD
+        await send_usage(
+            kafka_bootstrap, topic_prefix, [usage(f"{tenant}-{i}", tenant, at, 400, 100)
+                                            for i in range(2)],
+        )  # fmt: skip
+
+        async def latest(stopped: bool) -> dict[str, Any] | None:
+            found = _latest(await policies(kafka_bootstrap, topic_prefix), budget_id)
+            return found if found and (found["policy"] == "hard_stop") == stopped else None
+
+        stop = await wait_for(lambda: latest(stopped=True), 90, [worker])
+        await publish_budgets(kafka_bootstrap, topic_prefix, [
+            _amended(tenant, budget_id, {**spec, "limits": {"total_tokens": 100_000}})
+        ])  # fmt: skip
+        # Well before the worker's clock reaches the stop's effective time (AHEAD): the old
+        # timer never lifted it, a timer waiting for its clock would lift it too late.
+        lifted = await wait_for(lambda: latest(stopped=False), 60, [worker])
+        assert (lifted["policy"], lifted["limit"], lifted["consumed"]) == ("allow", 100_000, 1_000)
+        assert lifted["budget_revision"] == 2
+        assert _at(lifted["effective_at"]) > _at(stop["effective_at"])  # consumers take the latest
+    finally:
+        workers.close()
+        await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 async def test_a_charge_in_flight_at_retirement_is_counted_and_an_unknown_one_dead_lettered(

@@ -5,6 +5,9 @@
 - A decision made under an older revision never replaces one of a newer revision.
 - A policy decided under an earlier revision is due for a re-decision, once per revision (the
   reset timer's rule), so a hard-stopped budget, which gets no traffic, is lifted by itself.
+- The timer decides no earlier than the policy in force, which a charge may have stamped ahead
+  of the timer's clock, and marks a revision (or a moved tenant) done only once its decision was
+  published or changed nothing (review 3A, finding 1).
 - A charge for a budget retired while it was in flight is folded, and decides no policy.
 """
 
@@ -21,7 +24,14 @@ from schemas.charges import BudgetCharged
 from schemas.codec import decode, encode
 from schemas.signals import PolicyChanged
 from streams.budgets import Budget
-from streams.faust.charging import Charger, StoredLedger, should_publish
+from streams.faust.agents import Pipeline
+from streams.faust.charging import (
+    Charger,
+    ForecastHooks,
+    StoredLedger,
+    policy_event,
+    should_publish,
+)
 from streams.ledger import LedgerState
 from streams.periods import to_ms
 
@@ -173,3 +183,81 @@ def test_the_budget_view_keeps_a_retired_budget_it_read_the_spec_of() -> None:
     compacted.table = SimpleNamespace(values=lambda: [retired])
     compacted.remember(retired)
     assert compacted.find("acme/search") is None
+
+
+AHEAD = AT + timedelta(minutes=1)  # a stop decided at an event time ahead of the timer's clock
+
+
+def _stopped_ahead() -> StoredLedger:
+    """A hard stop at 1000 tokens, charged at an event time one minute ahead of `AT`."""
+    topic = Topic()
+    stored, published = topic.charge(StoredLedger(LedgerState("acme/search")), _budget(1),
+                                     1, 1000, AHEAD)  # fmt: skip
+    assert [(p["policy"], p["effective_at"]) for p in published] == [
+        ("hard_stop", AHEAD.isoformat().replace("+00:00", "Z"))
+    ]
+    return stored
+
+
+def test_the_timer_decides_no_earlier_than_a_policy_stamped_ahead_of_its_clock() -> None:
+    from streams.faust.charging import timer_instant, timer_settled
+
+    state = _stopped_ahead().state
+    stop = policy_event(_budget(1), state, AHEAD)
+    raised = _budget(2, limits={"total_tokens": 100_000})
+    # At the timer's own clock the decision is older than the stop: refused (review 3A, 1).
+    assert not should_publish(stop, policy_event(raised, state, AT))
+    at = timer_instant(stop, AT)
+    assert at == AHEAD + timedelta(milliseconds=1)
+    lifted = policy_event(raised, state, at)
+    assert lifted["policy"] == "allow" and should_publish(stop, lifted)
+    assert timer_settled(stop, lifted)
+    assert timer_instant(stop, AHEAD + timedelta(hours=1)) == AHEAD + timedelta(hours=1)
+    # Nothing the proxy sees changed: settled, nothing to publish.
+    assert timer_settled(stop, policy_event(_budget(2, name="renamed"), state, at))
+    # Refused for delivery's sake (this worker's budget table behind the topic's revision):
+    # not settled, tried again.
+    newer = stop | {"budget_revision": 3}
+    assert not timer_settled(newer, lifted)
+
+
+def _timer(stored: StoredLedger, policy: dict[str, Any], budget: Budget) -> Any:
+    """A `Pipeline` reduced to what `reset_policies` and `redecide` read, on one partition."""
+    policies = {b"acme/search": orjson.dumps(policy)}
+    pipeline: Any = SimpleNamespace(
+        owned_charge_partitions=lambda: {0},
+        config=SimpleNamespace(partitions=1),
+        tables=SimpleNamespace(
+            budget_view=SimpleNamespace(index=lambda: {budget.budget_id: budget}),
+            policies=policies,
+            ledger={b"acme/search": stored.to_bytes()},
+            current_policy=lambda budget_id: orjson.loads(policies[budget_id.encode()]),
+        ),
+        allocations=SimpleNamespace(touched=set(), limits=lambda budget, at: None),
+        charger=SimpleNamespace(forecasts=ForecastHooks()),
+        metrics=SimpleNamespace(policies=SimpleNamespace(inc=lambda: None)),
+        _redecided={},
+    )
+    pipeline.redecide = lambda budget, at: Pipeline.redecide(pipeline, budget, at)
+    return pipeline
+
+
+async def test_the_timer_lifts_an_amended_stop_stamped_ahead_and_retries_a_refused_one() -> None:
+    stored = _stopped_ahead()
+    stop = policy_event(_budget(1), stored.state, AHEAD)
+    raised = _budget(2, limits={"total_tokens": 100_000})
+    timer = _timer(stored, stop, raised)
+    await Pipeline.reset_policies(timer, AT)
+    lifted = orjson.loads(timer.tables.policies[b"acme/search"])
+    assert (lifted["policy"], lifted["limit"], lifted["budget_revision"]) == ("allow", 100_000, 2)
+    assert timer._redecided == {"acme/search": 2}
+
+    # A draw lifts the tenant's stop, but this worker's budget table is behind the topic's
+    # revision: the decision is refused, and the tenant stays due for the next tick.
+    behind = _timer(stored, stop | {"budget_revision": 2, "tenant": "acme"}, _budget(1))
+    behind.allocations.touched = {"acme"}
+    behind.allocations.limits = lambda budget, at: {"total_tokens": 100_000}  # a draw
+    await Pipeline.reset_policies(behind, AT)
+    assert orjson.loads(behind.tables.policies[b"acme/search"])["budget_revision"] == 2
+    assert behind.allocations.touched == {"acme"}
+    assert behind._redecided == {}
