@@ -133,7 +133,7 @@ class Pipeline:
             self.dedupe,
             self.tables.budget_view.index,
             lambda partition: self._committed_offset(usage, partition),  # expiry lags commits
-            clock_skew=config.clock_skew,
+            broker_times=True,
         )
         self.allocations = AllocationFeed(
             config.bootstrap, config.topic_prefix, self.tables.budget_view.index

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
@@ -35,7 +34,6 @@ from schemas.codec import UsageReader
 from schemas.errors import AllotmentError
 from services.common.kafka import partition_for
 from streams.budgets import Budget, BudgetIndex
-from streams.faust.app import InvalidWorkerConfig
 from streams.faust.deadletter import Rejected, reason_of
 from streams.faust.dedupe_log import BatchRecord, DedupeIndex, RecordCutter
 from streams.ledger import Position
@@ -86,17 +84,18 @@ def _dimensions(event: dict[str, Any]) -> tuple[Any, ...]:
 class Resolver:
     """Turns consumed usage records into charges, dedupe records and dead letters.
 
-    With `clock_skew` set (the worker passes its ledger cap, `WorkerConfig.clock_skew`), the
-    records' times are taken as real broker times: an event whose occurred_at is more than
+    With `broker_times` (the worker's records carry the broker's append time), an event
+    whose occurred_at is more than
     `schemas.usage.MAX_AHEAD` after its record's is dead-lettered (the reason names
     occurred_at and the rule), before dedupe sees it, so the same event sent again with a
     corrected time is charged. The allowance is the contract's fixed constant, not the cap: an
     event a few minutes ahead is charged (the charge stage caps the ledger's "now" at the
-    charge record's time plus `clock_skew`), and the warehouse, reading through the same
-    `UsageReader`, refuses exactly the same events on any replay. The record's timestamp is set
-    where the record is written (our producers, or the broker with LogAppendTime), not by the
-    event's source. None (the default, for feeds whose record times are not real times)
-    checks the contract only (which applies `MAX_AHEAD` against received_at either way).
+    charge record's time plus `WorkerConfig.clock_skew`), and the warehouse, reading through
+    the same `UsageReader`, refuses exactly the same events on any replay. The record's
+    timestamp is set where the record is written (our producers, or the broker with
+    LogAppendTime), not by the event's source. Without it (the default, for feeds whose record
+    times are not real times) only the contract is checked (which applies `MAX_AHEAD` against
+    received_at either way).
     """
 
     def __init__(
@@ -106,16 +105,14 @@ class Resolver:
         dedupe: DedupeIndex,
         budgets: Callable[[], BudgetIndex],
         committed: Callable[[int], int | None] | None = None,
-        clock_skew: timedelta | None = None,
+        broker_times: bool = False,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
         self.dedupe = dedupe
         self._budgets = budgets
         self._committed = committed
-        if clock_skew is not None and clock_skew < timedelta(0):
-            raise InvalidWorkerConfig("clock_skew", "must not be negative")
-        self.reader = UsageReader(partition_for, partitions, broker_times=clock_skew is not None)
+        self.reader = UsageReader(partition_for, partitions, broker_times=broker_times)
         self._takes: dict[int, deque[tuple[int, int]]] = {}
         """Per usage partition, (last offset, latest record time) of the takes kept and not
         yet known committed, in the order they were read."""

@@ -59,7 +59,7 @@ async def test_a_fast_clock_is_accepted_and_charged_an_absurd_one_refused() -> N
     budget = Budget("all", "fastco", 1, spec)
     index = BudgetIndex([budget])
     resolver = Resolver(
-        "p.usage", USAGE.partitions, MemoryDedupeIndex(10**12), lambda: index, clock_skew=CLOCK_SKEW
+        "p.usage", USAGE.partitions, MemoryDedupeIndex(10**12), lambda: index, broker_times=True
     )
     stored_ms = to_ms(event.received_at)
     value = orjson.dumps(event.to_wire())

@@ -20,7 +20,6 @@ from sqlalchemy import Engine
 from test_warehouse_history import T0, Feed, _budget, id_on, totals
 
 from schemas.topics import USAGE
-from schemas.usage import CLOCK_SKEW
 from services.common.db import make_engine
 from services.warehouse import tables as t
 from services.warehouse.projector import Projector, Record
@@ -128,7 +127,7 @@ def test_an_old_envelope_with_events_minutes_ahead_reads_alike_in_worker_and_war
     ]
     record = envelope(5, 0, int(AT.timestamp() * 1000), *events)
     worker = Resolver(
-        "x.usage", USAGE.partitions, MemoryDedupeIndex(10**12), BudgetIndex, clock_skew=CLOCK_SKEW
+        "x.usage", USAGE.partitions, MemoryDedupeIndex(10**12), BudgetIndex, broker_times=True
     )
     at_ms = record.timestamp_ms
     read = worker.resolve([UsageRecord(record.partition, record.offset, at_ms, record.value)])

@@ -12,6 +12,7 @@ a gateway a few minutes fast is charged, to its own period, without moving "now"
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from services.ingest.batch import map_records
 from services.ingest.keys import IngestKey
 from services.ingest.sources import native
 from streams.budgets import Budget, BudgetIndex
-from streams.faust.app import InvalidWorkerConfig
+from streams.faust.app import InvalidWorkerConfig, WorkerConfig
 from streams.faust.dedupe_log import MemoryDedupeIndex
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.ledger import ChargeLine, LedgerState, apply_charge
@@ -176,7 +177,7 @@ def test_resolve_dead_letters_an_event_ahead_of_its_broker_time() -> None:
         _wire("ok-2", NOW + MAX_AHEAD, NOW + MAX_AHEAD),  # at the edge of the rule
         _wire("days", NOW + 2 * MAX_AHEAD, NOW + 2 * MAX_AHEAD),
     ]
-    out = _resolver(clock_skew=CLOCK_SKEW).resolve([_envelope(3, events)])
+    out = _resolver(broker_times=True).resolve([_envelope(3, events)])
     assert [r.index for r in out.rejected] == [0, 2]
     for rejected in out.rejected:
         assert rejected.errors[0].startswith(
@@ -187,8 +188,6 @@ def test_resolve_dead_letters_an_event_ahead_of_its_broker_time() -> None:
 
     unchecked = _resolver().resolve([_envelope(3, events)])  # no broker times: the contract only
     assert (unchecked.rejected, len(_lines(unchecked))) == ([], 3)
-    with pytest.raises(InvalidWorkerConfig, match="clock_skew: must not be negative"):
-        _resolver(clock_skew=-CLOCK_SKEW)
 
 
 def test_an_event_from_a_fast_clock_is_charged_and_now_stops_at_the_cap() -> None:
@@ -202,7 +201,7 @@ def test_an_event_from_a_fast_clock_is_charged_and_now_stops_at_the_cap() -> Non
     [event] = batch.events
     assert (event.occurred_at, event.received_at) == (NOW + FAST, NOW)
 
-    out = _resolver(clock_skew=CLOCK_SKEW).resolve([_envelope(5, [event.to_wire()])])
+    out = _resolver(broker_times=True).resolve([_envelope(5, [event.to_wire()])])
     assert out.rejected == []
     [[offset, index, at_ms]] = _lines(out)
     assert (offset, index, at_ms) == (5, 0, to_ms(NOW + FAST))
@@ -214,3 +213,11 @@ def test_an_event_from_a_fast_clock_is_charged_and_now_stops_at_the_cap() -> Non
     assert result.applied == 1
     assert result.state.periods["2026-11"].total == 6
     assert result.state.event_time_high_ms == trusted < to_ms(NOW + FAST)
+
+
+def test_a_negative_clock_skew_is_refused_naming_it(tmp_path: Path) -> None:
+    config = WorkerConfig(
+        bootstrap="b", topic_prefix="p", store_dir=tmp_path, clock_skew=-CLOCK_SKEW
+    )
+    with pytest.raises(InvalidWorkerConfig, match="clock_skew: must not be negative"):
+        config.validate()

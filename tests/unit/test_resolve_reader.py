@@ -92,7 +92,7 @@ def test_the_resolve_stage_dead_letters_exactly_what_the_reader_refuses() -> Non
         PARTITIONS,
         MemoryDedupeIndex(10**9),
         BudgetIndex,
-        clock_skew=timedelta(minutes=5),
+        broker_times=True,
     )
     out = resolver.resolve([UsageRecord(4, 0, AT_MS, raw)])
     assert [(r.index, r.reason) for r in out.rejected] == refused
