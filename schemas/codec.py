@@ -34,7 +34,7 @@ from schemas.signals import (
     ProjectedOverrun,
     ThresholdCrossed,
 )
-from schemas.usage import UsageBatch, UsageRecorded, ahead_problem, usage_fields
+from schemas.usage import MAX_AHEAD, UsageBatch, UsageRecorded, ahead_problem, usage_fields
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -210,6 +210,7 @@ class UsageReader:
         self, payloads: list[tuple[int, Any]], partition: int, stored_at: datetime | None
     ) -> Iterator[UsageItem]:
         partition_of, partitions = self.partition_of, self.partitions
+        latest = None if stored_at is None else stored_at + MAX_AHEAD  # one compare per event
         for index, payload in payloads:
             try:
                 fields = usage_event(payload)
@@ -218,10 +219,9 @@ class UsageReader:
                     if home != partition:
                         rule = f"hashes to usage partition {home}, arrived on {partition}"
                         raise InvalidEvent("UsageRecorded", [FieldError("event_id", rule)])
-                if stored_at is not None:
-                    ahead = ahead_problem(fields["occurred_at"], stored_at, BROKER_TIME)
-                    if ahead is not None:
-                        raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", ahead)])
+                if latest is not None and fields["occurred_at"] > latest:
+                    ahead = ahead_problem(fields["occurred_at"], latest - MAX_AHEAD, BROKER_TIME)
+                    raise InvalidEvent("UsageRecorded", [FieldError("occurred_at", str(ahead))])
             except AllotmentError as exc:  # InvalidEvent, or UnknownEventType from upcasting
                 yield index, payload, exc
                 continue
