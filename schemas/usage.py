@@ -8,7 +8,7 @@ Token fields are disjoint parts, so nothing is counted twice whatever the source
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -59,6 +59,19 @@ current period of every budget it matches. Five minutes is the tolerance long us
 that are merely unsynchronised (Kerberos' default maximum skew). Not a rule of the contract:
 no event is refused for it.
 """
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+"""No usage of a language model is older: an `occurred_at` before it is a zero, truncated or
+mistyped timestamp (year 1 even overflowed the period arithmetic of zones west of UTC)."""
+
+
+def occurred_at_problem(occurred_at: datetime, received_at: datetime) -> str | None:
+    """The rule `occurred_at` breaks, if any: not before `EARLIEST`, at most `MAX_AHEAD` after
+    received_at."""
+    if occurred_at < EARLIEST:
+        return f"must not be before {EARLIEST.isoformat()} (a zero or mistyped timestamp)"
+    return ahead_problem(occurred_at, received_at, "received_at")
 
 
 def ahead_problem(occurred_at: datetime, reference: datetime, reference_name: str) -> str | None:
@@ -140,7 +153,7 @@ class UsageRecorded(Event):
         cls, data: Any, handler: ModelWrapValidatorHandler[UsageRecorded]
     ) -> UsageRecorded:
         """Fill what a source may leave out (event id, totals), then check the token parts add up
-        and that the event did not happen after it was received (beyond `MAX_AHEAD`).
+        and that the event's time is plausible (`occurred_at_problem`).
 
         One wrap step instead of a "before" and an "after" one, and no copy of the payload
         unless something is filled in: every usage event of the pipeline passes here.
@@ -153,8 +166,8 @@ class UsageRecorded(Event):
             event.reasoning, event.input_total, event.total,
         )  # fmt: skip
         if problem is None:
-            ahead = ahead_problem(event.occurred_at, event.received_at, "received_at")
-            problem = None if ahead is None else f"occurred_at: {ahead}"
+            rule = occurred_at_problem(event.occurred_at, event.received_at)
+            problem = None if rule is None else f"occurred_at: {rule}"
         if problem is not None:
             raise ValueError(problem)
         return event
@@ -299,9 +312,9 @@ def usage_fields(payload: dict[str, Any]) -> dict[str, Any] | None:
         or fields["total"] > MAX_TOKENS  # a derived total is bounded like a sent one
         or fields["input_total"] != input_total
         or fields["total"] != input_total + output
-        or ahead_problem(fields["occurred_at"], fields["received_at"], "")
+        or occurred_at_problem(fields["occurred_at"], fields["received_at"])
     ):
-        return None  # the model names the broken rule (_totals_problem, ahead_problem)
+        return None  # the model names the broken rule (_totals_problem, occurred_at_problem)
     return fields
 
 

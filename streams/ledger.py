@@ -244,8 +244,9 @@ def apply_charge(
     `newest_trusted_ms` (epoch ms, e.g. the charge record's broker time plus the clock skew
     allowed) caps how far a line moves "now": a line stamped later is still charged, to the
     period it names (nothing accepted is lost), but "now" goes no further than the cap, so it
-    neither prunes the current period nor makes the lines after it late. "Now" never moves
-    back: a state already ahead of the cap keeps its "now". None: no cap.
+    neither prunes the current period nor makes the lines after it late; a crossing such a line
+    makes is dated at the cap. "Now" never moves back: a state already ahead of the cap keeps
+    its "now". None: no cap.
     """
     if state.budget_id != budget.budget_id:
         raise BudgetIdMismatch(state.budget_id, budget.budget_id)
@@ -336,11 +337,11 @@ def apply_charge(
                 fired = new_crossed[key] = list(crossed.get(key, ()))
             for threshold in new_crossings(thresholds, percent, fired):
                 fired.append(threshold)
-                crossings.append(
-                    Crossing(
-                        key, threshold, metric, consumed_of(totals, metric), limits[metric], at
-                    )
-                )
+                consumed = consumed_of(totals, metric)
+                # Dated no later than the cap: a policy decided from it would otherwise be
+                # stamped ahead, and no policy dated before it could replace it.
+                when = at if at <= cap else cap
+                crossings.append(Crossing(key, threshold, metric, consumed, limits[metric], when))
             fired.sort()
             level = levels[key] = _levels(thresholds, fired, limits)
 

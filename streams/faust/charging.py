@@ -221,9 +221,12 @@ def timer_instant(current: Mapping[str, Any], now: datetime) -> datetime:
 def timer_settled(current: Mapping[str, Any], new: dict[str, Any]) -> bool:
     """Whether the timer is done with `new`, its re-decision over `current`: published, or the
     same for the proxy. One refused for delivery's sake (a budget table behind the topic's
-    revision) is tried again next tick, never marked done (review 3A, finding 1)."""
+    revision) is tried again next tick, never marked done (review 3A, finding 1). Over a policy
+    written before revisions were recorded, a refusal is final (`should_publish` counts it as
+    the same configuration): the next charge decides instead of a retry on every tick."""
     same = not policy_changed(decision_of(current), decision_of(new))
-    return same or should_publish(dict(current), new)
+    legacy = current.get("budget_revision") is None
+    return same or legacy or should_publish(dict(current), new)
 
 
 _AFTER = timedelta(milliseconds=1)  # the proxy compares effective times in milliseconds

@@ -154,3 +154,28 @@ def test_the_outcome_hands_on_the_lines_as_folded_in_position_order() -> None:
         ((1, 0), 20), ((2, 0), 30), ((3, 0), 10),
     ]  # fmt: skip
     assert outcome.applied == 3
+
+
+def test_a_line_stamped_hours_ahead_cannot_date_a_policy_ahead_of_the_real_stop() -> None:
+    """Review: a gateway 20 h fast (accepted: under MAX_AHEAD) made a 90% crossing, and its
+    degrade policy, dated 20 h ahead; the real 100% crossing an hour later was then older than
+    the policy in force and never published. Crossings are dated no later than the cap."""
+    budget = _budget({"limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
+                      "degrade": {"target_model": "small"}})  # fmt: skip
+    topic: dict[str, dict[str, Any]] = {}
+    charger = Charger(timedelta(days=2), lambda key: False, topic.get)
+    stored = StoredLedger.from_bytes(None, budget.budget_id)
+    skew = timedelta(minutes=5)
+    for record_at, rows in (
+        (AT, [(1, AT + timedelta(hours=20), 900)]),  # 90%, from a fast clock
+        (AT + timedelta(hours=1), [(2, AT + timedelta(hours=1), 200)]),  # 110%, real time
+    ):
+        outcome = charger.charge(stored, budget, _charge(budget, rows), to_ms(record_at + skew))
+        stored = outcome.stored
+        for policy in outcome.policies:
+            topic[budget.budget_id] = policy
+    crossed = {t["threshold"]: t["crossed_at"] for t in outcome.thresholds}
+    capped = "2026-11-20T09:05:00Z"  # the first record's time plus the skew, not 20 h ahead
+    assert crossed == {75: capped, 90: capped, 100: "2026-11-20T10:00:00Z"}
+    in_force = topic[budget.budget_id]
+    assert (in_force["policy"], in_force["effective_at"]) == ("hard_stop", "2026-11-20T10:00:00Z")

@@ -221,3 +221,28 @@ def test_a_negative_clock_skew_is_refused_naming_it(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidWorkerConfig, match="clock_skew: must not be negative"):
         config.validate()
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    ],
+)
+def test_a_zero_or_mistyped_occurred_at_is_refused_naming_it(occurred_at: datetime) -> None:
+    """Review: year 1 passed ingest and the contract, then the ledger's period arithmetic for
+    a zone west of UTC raised OverflowError, and the worker crashed on it again and again."""
+    bad = _wire("e-old", occurred_at, NOW)
+    assert usage_fields(bad) is None
+    with pytest.raises(ValidationError) as caught:
+        UsageRecorded.model_validate(bad)
+    [error] = field_errors(caught.value)
+    assert (error.field, error.rule) == (
+        "occurred_at", "must not be before 2000-01-01T00:00:00+00:00 (a zero or mistyped timestamp)"
+    )  # fmt: skip
+    out = _resolver(broker_times=True).resolve([_envelope(3, [bad, _wire("e-ok", NOW, NOW)])])
+    assert [r.index for r in out.rejected] == [0]
+    assert len(_lines(out)) == 1
+    assert UsageRecorded.model_validate(_wire("e-2000", datetime(2000, 1, 1, tzinfo=UTC), NOW))

@@ -219,6 +219,12 @@ def test_the_timer_decides_no_earlier_than_a_policy_stamped_ahead_of_its_clock()
     # not settled, tried again.
     newer = stop | {"budget_revision": 3}
     assert not timer_settled(newer, lifted)
+    # Over a policy an older build wrote (no revision), a milder decision is refused as a
+    # replay; that is final, not retried on every tick for the rest of the period (review 4).
+    legacy = {k: v for k, v in stop.items() if k != "budget_revision"}
+    milder = lifted | {"limit": legacy["limit"], "at_limit": legacy["at_limit"]}
+    assert not should_publish(legacy, milder)
+    assert timer_settled(legacy, milder)
 
 
 def _timer(stored: StoredLedger, policy: dict[str, Any], budget: Budget) -> Any:
