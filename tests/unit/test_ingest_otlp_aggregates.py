@@ -111,3 +111,68 @@ def test_a_span_that_names_its_model_is_a_model_call_even_with_usage_below():
         _span(2, 1, **{"gen_ai.request.model": "gpt-4o"}, **_usage(1000, 150)),
     )
     assert _counted(otlp.spans_from_json(_json(*spans))) == [("01", 1150), ("02", 1150)]
+
+
+# Review 3B, finding 3: the run span ends after its model calls, so the SDK's BatchSpanProcessor
+# (5 s schedule) sends it in a later export than they go in whenever a run takes longer.
+PYDANTIC_AI_RUNS = {
+    "before gen_ai.agent.name": AGENT_RUN,
+    "with gen_ai.agent.name": {**AGENT_RUN, "gen_ai.agent.name": "support"},
+    "with invoke_agent": {
+        **AGENT_RUN,
+        "gen_ai.agent.name": "support",
+        "gen_ai.operation.name": "invoke_agent",
+    },
+}
+
+
+def test_an_agent_run_exported_after_its_model_calls_is_not_counted_again():
+    for label, attributes in PYDANTIC_AI_RUNS.items():
+        run = _span(1, None, **attributes, **_usage(3000, 400))
+        calls = _counted(otlp.spans_from_json(_json(RUN[1], RUN[2])))
+        later = _counted(otlp.spans_from_protobuf(_protobuf(run)))
+        assert (calls, later) == ([("02", 1150), ("03", 2250)], []), label
+        earlier = _counted(otlp.spans_from_json(_json(run)))  # or before them: no other span
+        assert earlier == [], label
+
+
+# pydantic-ai's model-request span (models/instrumented.py), with the agent name Logfire copies
+# from baggage onto every span of the run; OpenInference's LLM span from the OpenAI Agents SDK.
+PYDANTIC_AI_CHAT = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.system": "openai",
+    "gen_ai.request.model": "gpt-4o",
+    "gen_ai.response.model": "gpt-4o-2024-08-06",
+    "gen_ai.agent.name": "support",
+}
+OPENINFERENCE_LLM = {
+    "openinference.span.kind": "LLM",
+    "llm.system": "openai",
+    "llm.model_name": "gpt-4o",
+    "gen_ai.agent.name": "support",
+    "llm.token_count.prompt": 900,
+    "llm.token_count.completion": 90,
+}
+
+
+def test_model_calls_that_carry_an_agent_name_still_count():
+    spans = (
+        _span(2, 1, **PYDANTIC_AI_CHAT, **_usage(1000, 150)),
+        _span(3, 1, **OPENINFERENCE_LLM),
+        # says it is a model call without naming the model
+        _span(4, 1, **{"gen_ai.operation.name": "chat", "agent_name": "x"}, **_usage(10, 1)),
+        _span(
+            5, 1, **{"openinference.span.kind": "LLM", "gen_ai.agent.name": "x"}, **_usage(20, 2)
+        ),
+    )
+    expected = [("02", 1150), ("03", 990), ("04", 11), ("05", 22)]
+    assert _counted(otlp.spans_from_json(_json(*spans))) == expected
+    assert _counted(otlp.spans_from_protobuf(_protobuf(*spans))) == expected
+
+
+def test_an_agent_name_on_the_resource_does_not_make_a_model_call_an_aggregate():
+    body = orjson.loads(_json(_span(2, None, **_usage(500, 50))))
+    body["resourceSpans"][0]["resource"] = {
+        "attributes": [{"key": "gen_ai.agent.name", "value": {"stringValue": "support"}}]
+    }
+    assert _counted(otlp.spans_from_json(orjson.dumps(body))) == [("02", 550)]

@@ -19,13 +19,34 @@ guessed at. Provider: `gen_ai.provider.name` | `gen_ai.system` | `llm.provider` 
 models: `gen_ai.request.model` / `gen_ai.response.model` | `llm.model_name`.
 
 Only model calls count. Agent, chain and tool spans may carry the sum of their children's usage
-(`gen_ai.operation.name` invoke_agent / create_agent / execute_tool, OpenInference or traceAI
-span kinds other than LLM and EMBEDDING) and are skipped, so nothing is counted twice. So is a
-span with usage that names no model (no gen_ai.request.model / response.model / system /
-provider.name, no llm.model_name) when spans below it in the same export carry usage: a run's
-total, such as older pydantic-ai "agent run" spans (`mark_aggregates`). The
-request id is `<trace id>/<span id>` in lower-case hex (OTLP/JSON's hex ids as sent, base64 ids
-from protobuf's own JSON mapping decoded): a re-exported span maps to the same event, over
+and are skipped, so nothing is counted twice:
+
+- by operation or kind: `gen_ai.operation.name` invoke_agent / invoke_workflow / create_agent /
+  execute_tool (the GenAI conventions' agent spans, which may carry usage and a model:
+  semantic-conventions docs/gen-ai/gen-ai-agent-spans.md; pydantic-ai's run span since its
+  capabilities/instrumentation.py sets it), OpenInference or traceAI span kinds other than LLM
+  and EMBEDDING (OpenInference's OpenAI Agents processor, _processor.py `_get_span_kind`: agent
+  spans AGENT, function and handoff spans TOOL, only generation and response spans LLM;
+  LangChain's chains and agents are CHAIN / AGENT);
+- by agent name without a model, in any export: a span with usage whose own attributes name an
+  agent (`gen_ai.agent.name`, or pydantic-ai's `agent_name`) but no model (none of
+  gen_ai.request.model / response.model / system / provider.name, llm.model_name) and that
+  does not say it is a model call (operation chat / text_completion / generate_content /
+  embeddings, kind LLM / EMBEDDING). pydantic-ai's "agent run" span, in the versions before it
+  set the operation name, carries `model_name`, `agent_name` (and later `gen_ai.agent.name`)
+  and, when it ends, the run's summed usage (agent/__init__.py: `'model_name': ...,
+  'agent_name': agent_name, 'gen_ai.agent.name': agent_name`, then `_run_span_end_attributes`
+  with the usage). It ends after its model calls, so with the SDK's BatchSpanProcessor it often
+  arrives in a later export than they do: this rule needs no other span. Model-call spans keep
+  counting even when they carry an agent name (pydantic-ai puts `gen_ai.agent.name` in
+  baggage, which Logfire copies onto child spans): they name their model, or their operation;
+- by descendants in the same export: a span with usage that names no model while spans below it
+  in this export carry usage (a hand-made workflow wrapper: `mark_aggregates`). Such a wrapper
+  with no agent name, exported apart from its children, cannot be told from a model call
+  that names no model, and still counts.
+
+The request id is `<trace id>/<span id>` in lower-case hex (OTLP/JSON's hex ids as sent, base64
+ids from protobuf's own JSON mapping decoded): a re-exported span maps to the same event, over
 protobuf or JSON.
 """
 
@@ -65,8 +86,10 @@ REASONING = (
     "llm.token_count.completion_details.reasoning",
 )
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
-AGGREGATE_OPERATIONS = {"invoke_agent", "create_agent", "execute_tool"}
+AGGREGATE_OPERATIONS = {"invoke_agent", "invoke_workflow", "create_agent", "execute_tool"}
+MODEL_CALL_OPERATIONS = {"chat", "text_completion", "generate_content", "embeddings"}
 MODEL_SPAN_KINDS = {"LLM", "EMBEDDING"}
+AGENT_NAMES = ("gen_ai.agent.name", "agent_name")
 MODEL_IDENTITY = (
     "gen_ai.request.model",
     "gen_ai.response.model",
@@ -100,8 +123,8 @@ def mark_aggregates(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     A span with usage but no model identity (MODEL_IDENTITY) whose descendants in the same
     export carry usage is a run, agent or workflow total (older pydantic-ai "agent run" spans,
     hand-made wrappers), not a model call: its children are the calls. A span that names its
-    model, or has no descendant with usage here, counts as before. A parent exported in another
-    request than its children cannot be told apart and still counts.
+    model, or has no descendant with usage here, is left to `to_draft`, which also skips a total
+    that names its agent (exported before or after its children).
     """
     parents: dict[tuple[str, str], str] = {}
     with_usage: list[dict[str, Any]] = []
@@ -118,9 +141,7 @@ def mark_aggregates(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             above_usage.add((trace, parent))
             parent = parents.get((trace, parent), "")
     for span in with_usage:
-        if (span["trace_id"], span["span_id"]) in above_usage and not any(
-            _attrs(span).get(name) for name in MODEL_IDENTITY
-        ):
+        if (span["trace_id"], span["span_id"]) in above_usage and not _names_model(_attrs(span)):
             span["aggregate"] = True
     return spans
 
@@ -132,12 +153,22 @@ def _first(attrs: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
     return names[0], None
 
 
-def _is_model_call(attrs: Mapping[str, Any]) -> bool:
+def _names_model(attrs: Mapping[str, Any]) -> bool:
+    return any(attrs.get(name) for name in MODEL_IDENTITY)
+
+
+def _is_model_call(span: Mapping[str, Any], attrs: Mapping[str, Any]) -> bool:
+    """False for agent, chain and tool spans (see the module docstring for the rules)."""
     operation = attrs.get("gen_ai.operation.name")
     if isinstance(operation, str) and operation in AGGREGATE_OPERATIONS:
         return False
     kind = attrs.get("openinference.span.kind") or attrs.get("fi.span.kind")
-    return kind is None or str(kind).upper() in MODEL_SPAN_KINDS
+    if kind is not None:
+        return str(kind).upper() in MODEL_SPAN_KINDS
+    if isinstance(operation, str) and operation in MODEL_CALL_OPERATIONS:
+        return True
+    own = span.get("attributes") or {}  # an agent name on the resource names the process
+    return _names_model(attrs) or not any(own.get(name) for name in AGENT_NAMES)
 
 
 def to_draft(span: Mapping[str, Any]) -> Draft | None:
@@ -149,7 +180,7 @@ def to_draft(span: Mapping[str, Any]) -> Draft | None:
     attrs = _attrs(span)
     in_name, in_value = _first(attrs, INPUT)
     out_name, out_value = _first(attrs, OUTPUT)
-    if (in_value is None and out_value is None) or not _is_model_call(attrs):
+    if (in_value is None and out_value is None) or not _is_model_call(span, attrs):
         return None
     if not span.get("trace_id") or not span.get("span_id"):
         raise RecordRejected("spanId", "is required (with traceId) to identify the request")
