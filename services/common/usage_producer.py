@@ -9,7 +9,10 @@ first copy whether it travels alone or packed, and dedupe stays local to a parti
 An envelope is capped by count and by encoded size (`ENVELOPE_MAX_BYTES`, a margin below the
 usage topic's `max.message.bytes`): a count alone lets a backlog of large events build a message
 the broker refuses every time, which jams whoever resends it. An event too large for any
-envelope is reported (`EventTooLarge`) after the others are sent, never retried.
+envelope is reported (`EventTooLarge`) after the others are sent, never retried. An event
+within that cap that the broker still refuses alone is not "too large": the topic takes less
+than it should (`TopicLimitTooLow`, a deployment whose topic was never aligned), and aligning it
+(`allotment create-topics`) makes the same event sendable, so callers keep it and retry.
 
 `send` returns only after the broker acknowledged every envelope (acks=all): an edge answers 2xx
 only then (design.md, invariant 4).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +40,8 @@ from schemas.errors import AllotmentError
 from schemas.topics import USAGE, USAGE_MAX_MESSAGE_BYTES
 from schemas.usage import UsageRecorded
 from services.common.kafka import partition_for, start_producer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENVELOPE_SIZE = 500
 MAX_ENVELOPE_SIZE = 10_000  # UsageBatch.events max_length
@@ -70,8 +76,9 @@ class UsageNotAcknowledged(AllotmentError):
 
 
 class EventTooLarge(UsageNotAcknowledged):
-    """Events that fit no envelope (or that the topic refused one by one); every other event of
-    the same send was acknowledged. Resending them cannot succeed: set them aside or reject them.
+    """Events over our envelope cap even alone; every other event of the same send was
+    acknowledged. Resending them cannot succeed: set them aside or reject them. (An event within
+    the cap that the topic refuses is `TopicLimitTooLow`, never this.)
     """
 
     def __init__(self, topic: str, sizes: Mapping[str, int], limit: int) -> None:
@@ -84,8 +91,32 @@ class EventTooLarge(UsageNotAcknowledged):
             -1,
             len(sizes),
             f"event too large for the usage topic: alone in an envelope it takes {largest} "
-            f"bytes; an envelope may have {limit} at most, or less if the topic's "
-            f"max.message.bytes is lower (first: {self.event_ids[0]})",
+            f"bytes; an envelope may have {limit} at most (first: {self.event_ids[0]})",
+        )
+
+
+class TopicLimitTooLow(UsageNotAcknowledged):
+    """The usage topic refused events alone although each is within our envelope cap: its
+    max.message.bytes is below ours. Not the events' fault, so not `EventTooLarge`: they are
+    unacknowledged (503, kept in the spool) until an operator aligns the topic. Every other
+    event of the send was acknowledged; `event_ids` lists every one that was not (these and
+    any too large for our cap), so a caller that keeps them knows which to keep.
+    """
+
+    def __init__(
+        self, topic: str, refused: Mapping[str, int], cap: int, unsent: Sequence[str]
+    ) -> None:
+        self.sizes = dict(refused)
+        self.cap = cap
+        self.event_ids = list(unsent)
+        smallest = min(refused.values())
+        super().__init__(
+            topic,
+            -1,
+            len(self.event_ids),
+            f"the topic refused {len(refused)} events alone (the smallest {smallest} bytes) "
+            f"although our envelope cap is {cap}: its max.message.bytes is below ours; run "
+            f"`allotment create-topics` to align it (first: {next(iter(refused))})",
         )
 
 
@@ -249,13 +280,16 @@ class UsageProducer:
         Events too large for any envelope are left out and reported by `EventTooLarge` once
         every other event is acknowledged. An envelope the broker refuses as too large (a
         topic whose `max.message.bytes` is below ours) is split in two and sent again through
-        a new producer; an envelope that failed because its producer broke or was replaced
-        meanwhile (by another send's restart) is sent again as it is. Any other failure is
-        `UsageNotAcknowledged`: concurrent sends on one instance never see a missing producer.
+        a new producer; an event it refuses alone is reported by `TopicLimitTooLow` (logged as
+        an error) once the rest is acknowledged. An envelope that failed because its producer
+        broke or was replaced meanwhile (by another send's restart) is sent again as it is. Any
+        other failure is `UsageNotAcknowledged`: concurrent sends on one instance never see a
+        missing producer.
         """
         self._current(len(items))
         pending, too_large = pack_items(items, self._partitions, self.envelope_size, self.max_bytes)
         sent = 0
+        refused: dict[str, int] = {}  # within our cap, yet refused alone: the topic's fault
         for _ in range(_MAX_ROUNDS):
             producer, failed = await self._produce(pending)
             sent += len(pending) - len(failed)
@@ -273,13 +307,17 @@ class UsageProducer:
                 if not isinstance(exc, MessageSizeTooLargeError):
                     pending.append(envelope)
                 elif len(envelope.events) == 1:
-                    too_large[_event_id(envelope.events[0])] = len(envelope.value)
+                    refused[_event_id(envelope.events[0])] = len(envelope.value)
                 else:
                     middle = len(envelope.events) // 2
                     for half in (envelope.events[:middle], envelope.events[middle:]):
                         _fit(envelope.partition, half, self.max_bytes, pending, too_large)
         else:
             raise UsageNotAcknowledged(self.topic, -1, len(pending), "still failing")
+        if refused:
+            error = TopicLimitTooLow(self.topic, refused, self.max_bytes, [*refused, *too_large])
+            log.error("%s", error)
+            raise error
         if too_large:
             raise EventTooLarge(self.topic, too_large, self.max_bytes)
         return sent

@@ -10,7 +10,10 @@ If a batch fails after some of its envelopes were acknowledged, the caller still
 resends the whole batch. That is safe: event ids derive from the source's request ids, so the
 resent copies are the same events and the pipeline's dedupe drops them. The one exception is
 an event too large for the usage topic even alone (its properties can be large): resending
-cannot help, so `EventsTooLarge` names those events once the others are acknowledged.
+cannot help, so `EventsTooLarge` names those events once the others are acknowledged. An event
+within our envelope cap that the topic still refuses (`TopicLimitTooLow`: a topic never aligned)
+is the deployment's fault, not the record's: 503, so the client keeps it and resends once an
+operator ran `allotment create-topics`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.topics import USAGE
 from schemas.usage import UsageRecorded
-from services.common.usage_producer import EventTooLarge, UsageProducer
+from services.common.usage_producer import EventTooLarge, TopicLimitTooLow, UsageProducer
 from services.ingest.errors import EventsTooLarge, IngestConfigError, PublishUnavailable
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,8 @@ class KafkaUsageSink:
             await asyncio.wait_for(producer.send(events), self._timeout_s)
         except EventTooLarge as exc:  # the rest was acknowledged; the producer is fine
             raise EventsTooLarge(exc.sizes, exc.limit) from None
+        except TopicLimitTooLow as exc:  # logged as an error by the producer, which is fine
+            raise PublishUnavailable(f"Kafka did not acknowledge the batch: {exc}") from None
         except Exception as exc:  # whatever it is, unacknowledged: 503 (a 500 is not retried)
             log.warning("usage: %d events not acknowledged: %r", len(events), exc)
             await self._drop(producer, restarts)

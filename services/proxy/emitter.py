@@ -9,8 +9,14 @@ unreachable the sender backs off and retries; the spool holds everything meanwhi
 after a crash between send and delete is harmless: the pipeline dedupes by event_id.
 
 An event too large for any envelope (the contract bounds a proxy event far below that, so only a
-changed limit or a corrupt row gets here) would block every event behind it if resent forever.
-It is set aside in the spool file's own table instead, logged and counted, and the rest drains.
+changed limit gets here) would block every event behind it if resent forever. It is set aside in
+the spool file's own table instead, logged and counted, and the rest drains. So is a row that is
+not a usage event at all (a corrupt or hand-edited spool file): spooled bytes go into envelopes
+as they are, so each row is parsed once before it is sent, and one bad row cannot turn its whole
+envelope (up to 500 events of any tenant) into a record the pipeline dead-letters. An event
+within our envelope cap that the usage topic still refuses (a topic never aligned) is no reason
+to give it up: it stays spooled, the rest is sent and deleted, and the error says to run
+`allotment create-topics`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
+
 from schemas.codec import encode
 from schemas.usage import UsageRecorded, scoped_event_id
-from services.common.usage_producer import EventTooLarge, UsageProducer
+from services.common.usage_producer import EventTooLarge, TopicLimitTooLow, UsageProducer
 from services.proxy.spool import Spool
 from services.proxy.usage import Tokens
 
@@ -113,6 +121,7 @@ class UsageEmitter:
         self.sent = 0
         self.rejected = 0
         self.set_aside = 0
+        self._checked_up_to = 0  # spool row ids up to this one parsed as usage events already
 
     def record(self, record: UsageRecord) -> None:
         """Hot path: remember the request; the writer task does the rest."""
@@ -197,7 +206,7 @@ class UsageEmitter:
     async def _send_spooled(self) -> None:
         backoff = 0.2
         while True:
-            rows = await asyncio.to_thread(self.spool.peek, 5000)
+            rows = await asyncio.to_thread(self._peek_checked, 5000)
             if not rows:
                 self._spooled.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -209,6 +218,11 @@ class UsageEmitter:
                 await self._set_aside(rows, exc)
                 if not rows:
                     continue
+            except TopicLimitTooLow as exc:  # the rest was acknowledged; these wait for an operator
+                await self._keep_refused(rows, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             except Exception as exc:  # broker down or unreachable: keep spooled, retry later
                 log.warning("usage send failed (%s); %d events stay spooled", exc, len(rows))
                 await self.sink.close()
@@ -219,6 +233,39 @@ class UsageEmitter:
             await asyncio.to_thread(self.spool.ack, rows[-1][0])
             self.sent += len(rows)
 
+    def _peek_checked(self, limit: int) -> list[tuple[int, str, bytes]]:
+        """The oldest spooled rows that are usage events; the others are set aside on the way.
+
+        Runs in a worker thread. A row is a usage event if it parses as a JSON object whose
+        event_id is the row's (the partition is chosen by the row's). Each row is parsed once:
+        rows stay spooled across an outage, and a retry does not pay for them again.
+        """
+        while True:
+            rows = self.spool.peek(limit)
+            good = []
+            for row in rows:
+                reason = _not_an_event(row) if row[0] > self._checked_up_to else None
+                if reason is None:
+                    good.append(row)
+                    continue
+                self.spool.set_aside([row[0]], reason)
+                self.set_aside += 1
+                log.error("usage: spool row %d (event %s) set aside: %s", row[0], row[1], reason)
+            if rows:
+                self._checked_up_to = max(self._checked_up_to, rows[-1][0])
+            if good or not rows:
+                return good
+
+    async def _keep_refused(
+        self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow
+    ) -> None:
+        """Delete the acknowledged rows; the ones the topic refused stay spooled, in front."""
+        unsent = set(exc.event_ids)
+        keep = [row_id for row_id, event_id, _ in rows if event_id in unsent]
+        await asyncio.to_thread(self.spool.ack, rows[-1][0], keep)
+        self.sent += len(rows) - len(keep)
+        log.warning("usage: %d events stay spooled until the usage topic is aligned", len(keep))
+
     async def _set_aside(self, rows: list[tuple[int, str, bytes]], exc: EventTooLarge) -> None:
         refused = set(exc.event_ids)
         ids = [row_id for row_id, event_id, _ in rows if event_id in refused]
@@ -226,6 +273,20 @@ class UsageEmitter:
         self.set_aside += len(ids)
         rows[:] = [row for row in rows if row[1] not in refused]
         log.error("usage: %d events set aside in the spool file: %s", len(ids), exc)
+
+
+def _not_an_event(row: tuple[int, str, bytes]) -> str | None:
+    """Why a spool row cannot travel as a usage event, or None if it can."""
+    _, event_id, data = row
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(event, dict):
+        return f"not a JSON object but {type(event).__name__}"
+    if event.get("event_id") != event_id:
+        return f"event_id {event.get('event_id')!r} is not the row's {event_id!r}"
+    return None
 
 
 class UsageSink:

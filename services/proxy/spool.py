@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 _SCHEMA = (
@@ -58,15 +59,19 @@ class Spool:
             ).fetchall()
         return [(int(row[0]), str(row[1]), bytes(row[2])) for row in rows]
 
-    def ack(self, up_to_id: int) -> None:
-        """Kafka has the events up to this id: drop them."""
+    def ack(self, up_to_id: int, keep: Sequence[int] = ()) -> None:
+        """Kafka has the events up to this id, except the rows in `keep`: drop them."""
+        marks = ",".join("?" * len(keep))
         with self._lock:
-            self._db.execute("DELETE FROM spool WHERE id <= ?", (up_to_id,))
+            self._db.execute(
+                f"DELETE FROM spool WHERE id <= ? AND id NOT IN ({marks})", (up_to_id, *keep)
+            )
 
     def set_aside(self, ids: list[int], reason: str) -> None:
-        """Move rows Kafka can never take (an event too large for the usage topic) out of the
-        queue, so the events behind them are sent. They stay in this file's `set_aside` table
-        with the reason: kept for an operator, never silently dropped."""
+        """Move rows Kafka can never take (an event too large for the usage topic, a row that is
+        not a usage event) out of the queue, so the events behind them are sent. They stay in
+        this file's `set_aside` table with the reason: kept for an operator, never silently
+        dropped."""
         if not ids:
             return
         marks = ",".join("?" * len(ids))

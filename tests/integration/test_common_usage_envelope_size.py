@@ -9,6 +9,7 @@ an event too large for any envelope is reported once the others are acknowledged
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from services.common.usage_producer import (
     ENVELOPE_MAX_BYTES,
     MAX_EVENT_BYTES,
     EventTooLarge,
+    TopicLimitTooLow,
     UsageProducer,
     pack_envelopes,
     pack_items,
@@ -114,6 +116,24 @@ async def test_an_existing_usage_topic_gets_the_limit_and_keeps_its_other_config
         await admin.close()
 
 
+def _record(run: str, i: int, **extra: Any) -> dict[str, Any]:
+    """One /v1/usage record of this run."""
+    return {
+        "source_request_id": f"{run}-{i}",
+        "occurred_at": "2026-11-27T10:00:00Z",
+        "input_uncached": 10,
+        "output": 5,
+        **extra,
+    }
+
+
+def _with_prompt(run: str, size: int) -> list[dict[str, Any]]:
+    """Three records; the second carries a prompt of `size` characters in its properties."""
+    return [
+        _record(run, i, properties={"prompt": "x" * (size if i == 1 else 10)}) for i in range(3)
+    ]
+
+
 async def _ingest(bootstrap: str, prefix: str, records: list[dict[str, Any]]) -> httpx.Response:
     """POST `records` to a real ingest service's /v1/usage, publishing to `prefix`'s topics."""
     keys = key_ring({"id": "gw", "tenant": "acme", "key_sha256": hash_key("big-key")})
@@ -128,16 +148,7 @@ async def test_ingest_takes_3000_events_with_many_tags_in_one_request(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     run = uuid.uuid4().hex[:6]
-    records = [
-        {
-            "source_request_id": f"{run}-{i}",
-            "occurred_at": "2026-11-27T10:00:00Z",
-            "input_uncached": 10,
-            "output": 5,
-            "tags": TAGS,
-        }
-        for i in range(3000)
-    ]
+    records = [_record(run, i, tags=TAGS) for i in range(3000)]
     response = await _ingest(kafka_bootstrap, topic_prefix, records)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["accepted"] == 3000
@@ -184,16 +195,7 @@ async def test_ingest_rejects_an_event_too_large_by_record_and_takes_the_rest(
     """A record whose properties make its event too large for the topic is rejected by index
     (207); resending could never succeed, so it is not a 503 "resend the whole request"."""
     run = uuid.uuid4().hex[:6]
-    records = [
-        {
-            "source_request_id": f"{run}-{i}",
-            "occurred_at": "2026-11-27T10:00:00Z",
-            "input_uncached": 10,
-            "output": 5,
-            "properties": {"prompt": "x" * (MAX_EVENT_BYTES if i == 1 else 10)},
-        }
-        for i in range(3)
-    ]
+    records = _with_prompt(run, MAX_EVENT_BYTES)
     response = await _ingest(kafka_bootstrap, topic_prefix, records)
     assert response.status_code == 207, response.text[:300]
     body = response.json()
@@ -204,3 +206,58 @@ async def test_ingest_rejects_an_event_too_large_by_record_and_takes_the_rest(
     assert body["event_ids"][1] is None
     on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 2, 60)
     assert sorted(e.event_id for _, e in on_topic) == sorted(body["event_ids"][::2])
+
+
+async def _narrow_topic(bootstrap: str, prefix: str) -> str:
+    """The usage topic of a deployment that was never aligned: it takes 200,000 bytes."""
+    topic = USAGE.name(prefix)
+    await _set_topic_config(bootstrap, topic, {"max.message.bytes": "200000"})
+    await config_when(bootstrap, topic, "max.message.bytes", "200000")
+    return topic
+
+
+async def _align(bootstrap: str, prefix: str) -> None:
+    """What `allotment create-topics` does to an existing usage topic."""
+    await ensure_topics(bootstrap, prefix, [USAGE])
+    limit = str(USAGE_MAX_MESSAGE_BYTES)
+    await config_when(bootstrap, USAGE.name(prefix), "max.message.bytes", limit)
+
+
+async def test_an_event_within_our_cap_that_the_topic_refuses_is_not_too_large(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 3B, finding 5: a 300 KB event refused by a topic that takes 200 KB is the
+    topic's fault. Before, it was `EventTooLarge` (rejected for good, set aside) and the text
+    named our cap as if it were the topic's; now it is `TopicLimitTooLow`, the rest arrive,
+    and an error says to run `allotment create-topics`."""
+    await _narrow_topic(kafka_bootstrap, topic_prefix)
+    run = uuid.uuid4().hex[:6]
+    big = _event(5, run, properties={"prompt": "x" * 300_000})
+    events = [_event(i, run) for i in range(5)] + [big]
+    caplog.set_level(logging.ERROR, logger="services.common.usage_producer")
+    async with UsageProducer(kafka_bootstrap, topic_prefix) as producer:
+        with pytest.raises(TopicLimitTooLow) as refused:
+            await producer.send_wire(events)
+    assert not isinstance(refused.value, EventTooLarge)
+    assert refused.value.event_ids == [f"{run}-5"]
+    assert "allotment create-topics" in str(refused.value)
+    assert any("allotment create-topics" in r.getMessage() for r in caplog.records)
+    on_topic = await read_usage_by_partition(kafka_bootstrap, topic_prefix, 5)
+    assert sorted(e.event_id for _, e in on_topic) == sorted(f"{run}-{i}" for i in range(5))
+
+
+async def test_ingest_answers_503_for_an_event_an_unaligned_topic_refuses(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Before: 207 with the record rejected "the usage topic takes 917504" (a client drops
+    it: usage lost). Now 503 naming the fix; once the topic is aligned the resend is taken."""
+    await _narrow_topic(kafka_bootstrap, topic_prefix)
+    run = uuid.uuid4().hex[:6]
+    records = _with_prompt(run, 300_000)
+    response = await _ingest(kafka_bootstrap, topic_prefix, records)
+    assert response.status_code == 503, response.text[:300]
+    assert "allotment create-topics" in response.json()["error"]
+    await _align(kafka_bootstrap, topic_prefix)
+    response = await _ingest(kafka_bootstrap, topic_prefix, records)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["accepted"] == 3

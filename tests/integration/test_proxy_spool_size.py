@@ -8,27 +8,14 @@ tenant's, reached Kafka again.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from fakes.proxy_harness import read_usage, unique_tenant, until
+from spool_support import running_emitter, spool_row
 
-from schemas.codec import encode
-from services.proxy.emitter import UsageEmitter, UsageRecord, UsageSink, to_event
 from services.proxy.spool import Spool
-from services.proxy.usage import Tokens
 
 LONG_TAGS = tuple(f"{j:02d}" + "t" * 198 for j in range(64))  # the most parse_tags allows
-
-
-def _row(request_id: str, tenant: str, tags: tuple[str, ...], endpoint: str) -> tuple[str, bytes]:
-    now = datetime.now(UTC)
-    record = UsageRecord(
-        request_id, now, tenant, None, None, None, "key1", tags, "openai", endpoint,
-        "gpt-4o", "gpt-4o", Tokens(10, 0, 0, 5, 0), "reported", "forwarded",
-    )  # fmt: skip
-    event = to_event(record, now)
-    return event.event_id, encode(event)
 
 
 async def test_a_backlog_of_large_events_drains_past_one_that_can_never_fit(
@@ -38,21 +25,15 @@ async def test_a_backlog_of_large_events_drains_past_one_that_can_never_fit(
     spool = Spool(tmp_path / "spool")
     # First in line: an event over a megabyte (no request the proxy serves builds one; a spool
     # written under a larger limit could hold one).
-    huge = _row("huge", tenant, (), "/v1/chat/completions" + "x" * 1_100_000)
+    huge = spool_row("huge", tenant, (), "/v1/chat/completions" + "x" * 1_100_000)
     spool.append([huge])
-    backlog = [_row(f"big-{i}", tenant, LONG_TAGS, "/v1/chat/completions") for i in range(600)]
+    backlog = [spool_row(f"big-{i}", tenant, LONG_TAGS, "/v1/chat/completions") for i in range(600)]
     assert len(backlog[0][1]) > 13_000
     spool.append(backlog)
-    spool.append([_row("small", other, (), "/v1/chat/completions")])
+    spool.append([spool_row("small", other, (), "/v1/chat/completions")])
 
-    emitter = UsageEmitter(
-        spool, UsageSink(kafka_bootstrap, topic_prefix), lambda: datetime.now(UTC)
-    )
-    emitter.start()
-    try:
+    async with running_emitter(spool, kafka_bootstrap, topic_prefix) as emitter:
         await until(lambda: len(spool) == 0, timeout=60, what="the spool to drain")
-    finally:
-        await emitter.stop(1.0)
     try:
         assert emitter.sent == 601
         assert emitter.set_aside == 1 and spool.set_aside_count() == 1

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.usage import UsageRecorded
-from services.common.usage_producer import UsageNotAcknowledged
-from services.ingest.errors import PublishUnavailable
+from services.common.usage_producer import TopicLimitTooLow, UsageNotAcknowledged
+from services.ingest.errors import EventsTooLarge, PublishUnavailable
 from services.ingest.publisher import KafkaUsageSink
 
 
@@ -88,3 +88,15 @@ async def test_a_producer_that_restarted_during_the_failed_send_is_kept() -> Non
     assert shared.sent == 2
     await sink.stop()
     assert shared.stopped == 1
+
+
+async def test_an_event_the_topic_refuses_within_our_cap_is_unavailable_not_too_large() -> None:
+    """Review 3B, finding 5: the topic was never aligned, the record is fine: 503 (the client
+    keeps it and resends), never `EventsTooLarge` (a 422 the client drops for good)."""
+    refused = TopicLimitTooLow("usage", {"e-1": 300_649}, 917_504, ["e-1"])
+    shared = FakeProducer(refused, restart_during_send=True)
+    sink = _sink(shared)
+    with pytest.raises(PublishUnavailable, match="allotment create-topics") as raised:
+        await sink.publish(_events())
+    assert not isinstance(raised.value, EventsTooLarge)
+    assert shared.stopped == 0  # it restarted its own client; other requests keep using it
