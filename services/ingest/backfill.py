@@ -2,9 +2,11 @@
 
 Records are read in batches, mapped by the same source mappers as the live endpoints, and
 published through the same sink (acknowledged by Kafka before the checkpoint moves). The
-checkpoint file records how far the input was imported; a rerun resumes after it, and a
-finished import run again publishes nothing. Even without a checkpoint a rerun is harmless:
-event ids derive from the source's request ids, so the pipeline drops the copies.
+checkpoint file records how far the input was imported (for a file, with a digest of the
+records before that point); a rerun resumes after it, and a finished import run again publishes
+nothing. A rerun onto a file whose already-imported part changed is refused (`PrefixChanged`):
+its cursor would skip records that were never imported. Even without a checkpoint a rerun is
+harmless: event ids derive from the source's request ids, so the pipeline drops the copies.
 
 Inputs: `jsonl` (native records, JSON lines or a JSON array), `helicone` (rows of Helicone's
 export, JSON or JSON lines) and `litellm-spendlogs` (a PostgreSQL DSN with the
@@ -14,8 +16,9 @@ export, JSON or JSON lines) and `litellm-spendlogs` (a PostgreSQL DSN with the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +33,6 @@ from services.ingest.publisher import UsageSink
 from services.ingest.sources import helicone, litellm_spendlogs, native
 from services.ingest.sources.base import Draft
 
-FINGERPRINT_BYTES = 64 * 1024
-
 SOURCES: dict[str, Callable[[Any], Draft | None]] = {
     "jsonl": native.to_draft,
     "helicone": helicone.to_draft,
@@ -39,14 +40,34 @@ SOURCES: dict[str, Callable[[Any], Draft | None]] = {
 }
 
 
+Batches = Generator[tuple[list[Any], Any], None, None]  # (records, the cursor after them)
+
+
 class Reader(Protocol):
-    """Batches of records after a cursor; each batch comes with the cursor that follows it."""
+    """Batches of records after a cursor; each batch comes with the cursor that follows it.
+
+    `digest()` names what lies before the last cursor reached (None: the cursor needs no
+    check); `batches(after, digest)` raises `PrefixChanged` before its first batch when the
+    input before `after` is no longer what `digest` was taken from (None: not checked;
+    NO_DIGEST: a checkpoint from before digests, which a reader that needs one refuses).
+    """
 
     def total(self) -> int | None: ...
 
-    def fingerprint(self, length: int | None = None) -> str | None: ...
+    def digest(self) -> str | None: ...
 
-    def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]: ...
+    def batches(self, after: Any, digest: str | None = None) -> Batches: ...
+
+
+NO_DIGEST = ""
+
+
+class PrefixChanged(Exception):
+    """The input before a checkpoint's cursor differs from what was imported up to it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclass
@@ -54,23 +75,23 @@ class FileReader:
     """A JSON array or JSON-lines file; the cursor is the number of records already done.
 
     JSON lines are streamed (a month of history need not fit in memory); a JSON array is
-    read whole, as it must be to parse it.
+    read whole, as it must be to parse it. The digest is a SHA-256 over every record before
+    the cursor (a line's bytes, or an array element's compact JSON), so a resume accepts
+    records appended after the cursor and refuses any change to the part already imported: a
+    re-export with other records, or with late records inserted in time order.
     """
 
     path: Path
     batch_size: int = 500
+    _hash: Any = field(default=None, init=False, repr=False)
 
     def _is_array(self) -> bool:
         with self.path.open("rb") as handle:
             head = handle.read(4096).lstrip()
         return head[:1] == b"["
 
-    def fingerprint(self, length: int | None = None) -> str | None:
-        """`<n>:<sha256 of the first n bytes>`, n = min(size, 64 KiB) unless given: a checkpoint
-        resumes only onto the file it was written for (appending keeps its first bytes)."""
-        with self.path.open("rb") as handle:
-            head = handle.read(FINGERPRINT_BYTES if length is None else length)
-        return f"{len(head)}:{hashlib.sha256(head).hexdigest()}"
+    def digest(self) -> str | None:
+        return f"sha256:{self._hash.hexdigest()}" if self._hash is not None else None
 
     def total(self) -> int | None:
         if self._is_array():
@@ -78,29 +99,44 @@ class FileReader:
         with self.path.open("rb") as handle:
             return sum(1 for line in handle if line.strip())
 
-    def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]:
-        done = int(after or 0)
+    def _items(self) -> Iterator[tuple[bytes, Any]]:
+        """(the bytes the digest covers, the record or its line) for each record in order."""
         if self._is_array():
-            records = read_records(self.path.read_bytes())
-            for begin in range(done, len(records), self.batch_size):
-                chunk = records[begin : begin + self.batch_size]
-                yield chunk, begin + len(chunk)
+            for record in read_records(self.path.read_bytes()):
+                yield orjson.dumps(record), record
             return
-        seen = 0
-        lines: list[bytes] = []
         with self.path.open("rb") as handle:
             for line in handle:
-                if not line.strip():
-                    continue
-                seen += 1
-                if seen <= done:
-                    continue
-                lines.append(line)
-                if len(lines) == self.batch_size:
-                    yield parse_lines(lines), seen
-                    lines = []
-        if lines:
-            yield parse_lines(lines), seen
+                if line.strip():
+                    yield line.strip(), line
+
+    def batches(self, after: Any, digest: str | None = None) -> Batches:
+        done = int(after or 0)
+        self._hash = hashlib.sha256()
+        items = self._items()
+        seen = 0
+        for raw, _ in itertools.islice(items, done):  # the records already imported
+            self._hash.update(raw + b"\n")
+            seen += 1
+        if done and digest == NO_DIGEST:
+            raise PrefixChanged(
+                "was written by an older version, without a digest of the records it imported"
+            )
+        if seen < done or (done and digest is not None and digest != self.digest()):
+            raise PrefixChanged(
+                f"was written for other content at this path (its first {done} records changed)"
+            )
+        array = self._is_array()
+        chunk: list[Any] = []
+        for raw, item in items:
+            self._hash.update(raw + b"\n")
+            seen += 1
+            chunk.append(item)
+            if len(chunk) == self.batch_size:
+                yield (chunk if array else parse_lines(chunk)), seen
+                chunk = []
+        if chunk:
+            yield (chunk if array else parse_lines(chunk)), seen
 
 
 SPENDLOGS_COLUMNS = (
@@ -142,7 +178,7 @@ class SpendLogsReader:
         dsn = self.dsn.replace("postgresql+psycopg://", "postgresql://", 1)
         return psycopg.connect(dsn, row_factory=dict_row)
 
-    def fingerprint(self, length: int | None = None) -> str | None:
+    def digest(self) -> str | None:
         """None: the keyset cursor names the rows themselves, whatever else the table holds."""
         return None
 
@@ -164,7 +200,7 @@ class SpendLogsReader:
             )
         return ", ".join(f'"{c}"' for c in SPENDLOGS_COLUMNS if c in present)
 
-    def batches(self, after: Any) -> Iterator[tuple[list[Any], Any]]:
+    def batches(self, after: Any, digest: str | None = None) -> Batches:
         cursor = tuple(after) if after else None
         with self._connect() as conn:
             columns = self._columns(conn)
@@ -224,21 +260,6 @@ def input_id(kind: str, location: str) -> str:
     return f"{kind}:{hashlib.sha256(location.encode()).hexdigest()[:16]}"
 
 
-def _same_content(checkpoint: Checkpoint, reader: Reader, recorded: Any) -> None:
-    """Refuse to resume onto other content at the same path (a re-export): its cursor would
-    skip records that were never imported."""
-    if not isinstance(recorded, str) or ":" not in recorded:
-        return  # a checkpoint from before fingerprints, or an input without one
-    length = recorded.split(":", 1)[0]
-    current = reader.fingerprint(int(length) if length.isdecimal() else None)
-    if current is not None and current != recorded:
-        raise IngestConfigError(
-            str(checkpoint.path),
-            "was written for other content at this path (the input's first "
-            f"{length} bytes changed); pass --restart to import it from the start",
-        )
-
-
 async def run_import(
     reader: Reader,
     to_draft: Callable[[Any], Draft | None],
@@ -254,35 +275,42 @@ async def run_import(
     would stop every re-run at the same place.
     """
     state = checkpoint.load() or {"cursor": None, "accepted": 0, "rejected": 0, "done": False}
-    _same_content(checkpoint, reader, state.get("fingerprint"))
-    state["fingerprint"] = reader.fingerprint()
     report = ImportReport(resumed_from=state["cursor"], accepted=0)
-    if state.get("done"):
-        report.already_done = True
-        return report
     done_records = int(state.get("records", 0))
-    total = reader.total()
-    if on_progress:
-        on_progress(done_records, total)
-    for records, cursor in reader.batches(state["cursor"]):
-        batch = map_records(records, to_draft, key, datetime.now(UTC))
-        try:
-            await sink.publish(batch.events)
-        except EventsTooLarge as exc:  # the rest was acknowledged; these can never travel
-            batch.reject_events(exc.sizes, exc.limit)
-        report.accepted += len(batch.events)
-        report.rejected.extend((state["cursor"], r) for r in batch.rejected)
-        done_records += len(records)
-        state = {
-            "cursor": cursor,
-            "records": done_records,
-            "accepted": int(state["accepted"]) + len(batch.events),
-            "rejected": int(state["rejected"]) + len(batch.rejected),
-            "done": False,
-            "fingerprint": state["fingerprint"],
-        }
-        checkpoint.save(state)
+    batches = reader.batches(state["cursor"], state.get("digest", NO_DIGEST))
+    try:
+        if state.get("done"):  # checked like a resume: a new file here is not "already done"
+            next(batches, None)
+            report.already_done = True
+            return report
+        total = reader.total()
         if on_progress:
             on_progress(done_records, total)
+        for records, cursor in batches:
+            batch = map_records(records, to_draft, key, datetime.now(UTC))
+            try:
+                await sink.publish(batch.events)
+            except EventsTooLarge as exc:  # the rest was acknowledged; these can never travel
+                batch.reject_events(exc.sizes, exc.limit)
+            report.accepted += len(batch.events)
+            report.rejected.extend((state["cursor"], r) for r in batch.rejected)
+            done_records += len(records)
+            state = {
+                "cursor": cursor,
+                "records": done_records,
+                "accepted": int(state["accepted"]) + len(batch.events),
+                "rejected": int(state["rejected"]) + len(batch.rejected),
+                "done": False,
+                "digest": reader.digest(),
+            }
+            checkpoint.save(state)
+            if on_progress:
+                on_progress(done_records, total)
+    except PrefixChanged as exc:
+        raise IngestConfigError(
+            str(checkpoint.path), f"{exc.reason}; pass --restart to import it from the start"
+        ) from exc
+    finally:
+        batches.close()
     checkpoint.save({**state, "done": True})
     return report

@@ -40,15 +40,19 @@ def _write(path: Path, tag: str, n: int, start: int = 0, mode: str = "wb") -> No
             handle.write(orjson.dumps({**record, "output": 100}) + b"\n")
 
 
-async def _interrupted(path: Path, marker: Checkpoint) -> None:
+def _input(tmp_path: Path, name: str = "history.jsonl") -> tuple[Path, Checkpoint]:
+    path = tmp_path / name
+    return path, Checkpoint(tmp_path / "cp.json", input_id("jsonl", str(path)))
+
+
+async def _interrupted(path: Path, marker: Checkpoint, at: int = 600) -> None:
     with pytest.raises(RuntimeError):
-        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(600), marker)
-    assert marker.load()["cursor"] == 600
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(at), marker)
+    assert marker.load()["cursor"] == at
 
 
 async def test_a_new_file_at_the_same_path_is_refused_not_resumed(tmp_path):
-    path = tmp_path / "history.jsonl"
-    marker = Checkpoint(tmp_path / "cp.json", input_id("jsonl", str(path)))
+    path, marker = _input(tmp_path)
     _write(path, "old", 1000)
     await _interrupted(path, marker)
 
@@ -64,18 +68,20 @@ async def test_a_new_file_at_the_same_path_is_refused_not_resumed(tmp_path):
 
 
 async def test_a_finished_import_is_not_taken_for_a_new_file(tmp_path):
-    path = tmp_path / "history.jsonl"
-    marker = Checkpoint(tmp_path / "cp.json", input_id("jsonl", str(path)))
-    _write(path, "old", 10)
+    path, marker = _input(tmp_path)
+    _write(path, "old", 700)
     await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
-    _write(path, "new", 10)
-    with pytest.raises(IngestConfigError, match="other content"):
-        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+    sink = _Sink()
+    again = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert again.already_done and sink.events == []
+    for tag, n in (("new", 700), ("old", 100)):  # other records; a file shorter than imported
+        _write(path, tag, n)
+        with pytest.raises(IngestConfigError, match="other content"):
+            await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
 
 
 async def test_records_appended_to_the_same_file_still_resume(tmp_path):
-    path = tmp_path / "history.jsonl"
-    marker = Checkpoint(tmp_path / "cp.json", input_id("jsonl", str(path)))
+    path, marker = _input(tmp_path)
     _write(path, "log", 1000)
     await _interrupted(path, marker)
     _write(path, "log", 200, start=1000, mode="ab")
@@ -83,3 +89,64 @@ async def test_records_appended_to_the_same_file_still_resume(tmp_path):
     report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
     assert (report.resumed_from, report.accepted) == (600, 600)
     assert sink.events[0].source_request_id == "log-600"
+
+
+async def test_late_records_inserted_before_the_cursor_are_refused_not_skipped(tmp_path):
+    """Review 3B, finding 4: a re-export with the same first 64 KiB but 200 late records
+    inserted in time order resumed at the old cursor and never imported them."""
+    path, marker = _input(tmp_path)
+    _write(path, "r", 3000)
+    await _interrupted(path, marker, at=2400)
+    _write(path, "r", 1500)  # the same first 1500 records: far more than 64 KiB
+    _write(path, "late", 200, mode="ab")
+    _write(path, "r", 1500, start=1500, mode="ab")
+    assert path.stat().st_size > 64 * 1024 * 2
+    with pytest.raises(IngestConfigError, match="first 2400 records changed") as caught:
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+    assert caught.value.where == str(marker.path)
+
+    marker.clear()  # --restart
+    sink = _Sink()
+    report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    ids = {e.source_request_id for e in sink.events}
+    assert report.accepted == 3200 and {f"late-{i}" for i in range(200)} <= ids
+
+
+async def test_a_record_changed_in_place_before_the_cursor_is_refused(tmp_path):
+    path, marker = _input(tmp_path)
+    _write(path, "log", 3000)
+    await _interrupted(path, marker, at=2400)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2399] = lines[2399].replace(b'"output":100', b'"output":999')  # the last imported
+    assert len(b"".join(lines[:2399])) > 64 * 1024
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(IngestConfigError, match="other content"):
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+
+
+async def test_a_json_array_resumes_onto_appended_records_and_refuses_a_changed_head(tmp_path):
+    path, marker = _input(tmp_path, "history.json")
+    record = {"occurred_at": "2026-10-01T10:00:00Z", "output": 100}
+    rows = [{**record, "source_request_id": f"a-{i}"} for i in range(1000)]
+    path.write_bytes(orjson.dumps(rows))
+    await _interrupted(path, marker)
+
+    path.write_bytes(orjson.dumps([*rows, {**record, "source_request_id": "a-1000"}]))
+    sink = _Sink()
+    report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert (report.resumed_from, report.accepted) == (600, 401)
+
+    marker.clear()
+    await _interrupted(path, marker)
+    path.write_bytes(orjson.dumps([{**record, "source_request_id": "new"}, *rows]))
+    with pytest.raises(IngestConfigError, match="other content"):
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+
+
+async def test_a_checkpoint_from_before_digests_is_refused_with_restart(tmp_path):
+    path, marker = _input(tmp_path)
+    _write(path, "log", 1000)
+    old = {"cursor": 600, "records": 600, "accepted": 600, "rejected": 0, "done": False}
+    marker.save({**old, "fingerprint": "65536:" + "0" * 64})
+    with pytest.raises(IngestConfigError, match=r"older version.*--restart"):
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
