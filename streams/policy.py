@@ -56,7 +56,7 @@ class PolicyDecision:
     limit: int = 0
     budget_revision: int | None = None
     """The budget revision decided under: a milder decision of a newer revision is a change of
-    configuration, not a replay (`streams.faust.charging.should_publish`)."""
+    configuration, not a replay (`streams.faust.policy_publishing.should_publish`)."""
 
     def to_event(self, effective_at: datetime) -> PolicyChanged:
         """The `PolicyChanged` announcing this decision, effective at `effective_at`."""

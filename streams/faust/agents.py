@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,19 +31,19 @@ from services.common.kafka import partition_for
 from streams.budgets import Budget
 from streams.faust.allocations import AllocationFeed
 from streams.faust.app import WorkerConfig
-from streams.faust.charging import (
-    Charger,
-    StoredLedger,
+from streams.faust.charging import Charger, StoredLedger
+from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
+from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
+from streams.faust.delivery import SendFailures, crash_on_error, delivered, exit_to_reread
+from streams.faust.metrics import WorkerMetrics
+from streams.faust.offset_guard import OffsetGuard
+from streams.faust.policy_publishing import (
     policy_event,
     redecision_due,
     should_publish,
     timer_instant,
     timer_settled,
 )
-from streams.faust.deadletter import Rejected, dead_letter_key, reason_of, to_dead_letter
-from streams.faust.dedupe_index import open_dedupe_index, restore_from_table
-from streams.faust.delivery import SendFailures, crash_on_error, delivered, exit_to_reread
-from streams.faust.metrics import WorkerMetrics
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.tables import PipelineTables, declare_tables
 from streams.faust.topics import PipelineTopics, declare_topics
@@ -67,53 +67,6 @@ def current(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-class SkippedRecords(AllotmentError):
-    """Records of a partition never reached the agent (a gap in its offsets).
-
-    faust-streaming 0.15 can leave a fetched record out of a stream without a word (its
-    fetcher filters records of partitions it believes paused) and then counts the hole as
-    acknowledged once a later offset is. Usage and charges are written without transactions,
-    so their offsets have no holes: a gap means a lost record. The worker exits before acking
-    anything after it, so the record is read again after the restart.
-    """
-
-    def __init__(self, topic: str, partition: int, expected: int, got: int) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.expected = expected
-        self.got = got
-        super().__init__(
-            f"offset: {topic}[{partition}] skipped offsets {expected}..{got - 1} (got {got})"
-        )
-
-
-class OffsetGuard:
-    """Per partition, the offset the agent must see next; reset at every (re)assignment.
-
-    The first record after an assignment is checked against the group's committed offset
-    (`committed(topic, partition)`, the next offset to read, None for a new group): records
-    fetched while the partitions were paused for recovery are the ones Faust drops.
-    """
-
-    def __init__(self, committed: Callable[[str, int], int | None] = lambda t, p: None) -> None:
-        self.expected: dict[tuple[str, int], int] = {}
-        self.committed = committed
-
-    def reset(self) -> None:
-        self.expected.clear()
-
-    def check(self, events: list[EventT]) -> None:
-        for event in events:
-            message = event.message
-            tp = (message.topic, message.partition)
-            expected = self.expected.get(tp)
-            if expected is None:
-                expected = self.committed(message.topic, message.partition)
-            if expected is not None and message.offset > expected:
-                raise SkippedRecords(message.topic, message.partition, expected, message.offset)
-            self.expected[tp] = message.offset + 1
 
 
 class Pipeline:

@@ -93,7 +93,7 @@ class AllocationFeed:
 
         The worker's composition root runs this before Faust starts, so no agent ever waits
         for the book: an agent that blocks while its stream fills up can lose fetched records
-        in faust-streaming 0.15 (see `agents.SkippedRecords`).
+        in faust-streaming 0.15 (see `offset_guard.SkippedRecords`).
         """
         async with self._reading() as (consumer, tps):
             ends = await consumer.end_offsets(tps)

@@ -11,8 +11,9 @@ from schemas.budgets import BudgetDefined, BudgetSpec
 from services.common.kafka import partition_for
 from services.common.usage_producer import pack_envelopes
 from streams.budgets import Budget, BudgetIndex
-from streams.faust.charging import in_position_order, should_publish
+from streams.faust.charging import in_position_order
 from streams.faust.dedupe_log import BatchRecord, MemoryDedupeIndex
+from streams.faust.policy_publishing import should_publish
 from streams.faust.resolve import Resolver, UsageRecord
 from streams.faust.worker import GC_THRESHOLDS, tune_gc
 from streams.ledger import ChargeLine

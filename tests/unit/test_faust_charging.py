@@ -11,7 +11,8 @@ from schemas.budgets import BudgetDefined, BudgetSpec, Metric
 from schemas.charges import BudgetCharged
 from streams.allocation import AllocationBook
 from streams.budgets import Budget
-from streams.faust.charging import Charger, ForecastHooks, StoredLedger, should_publish
+from streams.faust.charging import Charger, ForecastHooks, StoredLedger
+from streams.faust.policy_publishing import should_publish
 from streams.periods import to_ms
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)

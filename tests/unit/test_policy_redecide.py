@@ -25,13 +25,8 @@ from schemas.codec import decode, encode
 from schemas.signals import PolicyChanged
 from streams.budgets import Budget
 from streams.faust.agents import Pipeline
-from streams.faust.charging import (
-    Charger,
-    ForecastHooks,
-    StoredLedger,
-    policy_event,
-    should_publish,
-)
+from streams.faust.charging import Charger, ForecastHooks, StoredLedger
+from streams.faust.policy_publishing import policy_event, should_publish
 from streams.ledger import LedgerState
 from streams.periods import to_ms
 
@@ -122,7 +117,7 @@ def test_a_decision_under_an_older_revision_never_replaces_a_newer_one() -> None
 
 
 def test_the_reset_timer_re_decides_an_amended_budget_once_per_revision() -> None:
-    from streams.faust.charging import redecision_due
+    from streams.faust.policy_publishing import redecision_due
 
     stop = _wire("hard_stop", 1)  # resets on 1 December, tenant "acme" moved nothing
     assert not redecision_due(stop, _budget(1), AT)
@@ -200,7 +195,7 @@ def _stopped_ahead() -> StoredLedger:
 
 
 def test_the_timer_decides_no_earlier_than_a_policy_stamped_ahead_of_its_clock() -> None:
-    from streams.faust.charging import timer_instant, timer_settled
+    from streams.faust.policy_publishing import timer_instant, timer_settled
 
     state = _stopped_ahead().state
     stop = policy_event(_budget(1), state, AHEAD)
