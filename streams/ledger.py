@@ -245,8 +245,8 @@ def apply_charge(
     allowed) caps how far a line moves "now": a line stamped later is still charged, to the
     period it names (nothing accepted is lost), but "now" goes no further than the cap, so it
     neither prunes the current period nor makes the lines after it late; a crossing such a line
-    makes is dated at the cap. "Now" never moves back: a state already ahead of the cap keeps
-    its "now". None: no cap.
+    makes is dated at the cap, or at the start of its period if that is later. "Now" never
+    moves back: a state already ahead of the cap keeps its "now". None: no cap.
     """
     if state.budget_id != budget.budget_id:
         raise BudgetIdMismatch(state.budget_id, budget.budget_id)
@@ -338,9 +338,10 @@ def apply_charge(
             for threshold in new_crossings(thresholds, percent, fired):
                 fired.append(threshold)
                 consumed = consumed_of(totals, metric)
-                # Dated no later than the cap: a policy decided from it would otherwise be
-                # stamped ahead, and no policy dated before it could replace it.
-                when = at if at <= cap else cap
+                # Dated no later than the cap (a policy decided from it would otherwise be
+                # stamped ahead, and none dated before it could replace it), and not before
+                # its period began (a line stamped into the next period crosses there).
+                when = max(at if at <= cap else cap, w_start)
                 crossings.append(Crossing(key, threshold, metric, consumed, limits[metric], when))
             fired.sort()
             level = levels[key] = _levels(thresholds, fired, limits)

@@ -34,6 +34,7 @@ class BudgetState:
         "limit",
         "metric",
         "name",
+        "pending",
         "period_key",
         "remaining",
         "reserved",
@@ -58,6 +59,9 @@ class BudgetState:
         self.reset_ms = 1 << 62
         self.effective_ms = 0
         self.forwarded: deque[tuple[int, int, int]] = deque()
+        self.pending: list[tuple[int, ThresholdCrossed, datetime, str]] = []
+        """Crossings dated ahead of the proxy's clock (the next period's, from a line stamped
+        into it), by date: each is applied once its time comes (`catch_up`)."""
         self.forwarded_sum = 0
         self.reserved = 0
 
@@ -121,6 +125,18 @@ class BudgetState:
         elif event.metric != self.metric:
             return  # the figures we hold are for the budget's tightest metric
         self._figures(event.consumed, event.limit, event.limit - event.consumed, crossed_ms)
+
+    def defer_crossing(self, event: ThresholdCrossed, reset_at: datetime, at_limit: str) -> None:
+        """Keep a crossing dated ahead of now until its time (a next period's crossing must not
+        judge this period's traffic)."""
+        self.pending.append((to_ms(event.crossed_at), event, reset_at, at_limit))
+        self.pending.sort(key=lambda held: held[0])
+
+    def catch_up(self, now_ms: int) -> None:
+        """Apply the deferred crossings whose time has come, oldest first."""
+        while self.pending and self.pending[0][0] <= now_ms:
+            _, event, reset_at, at_limit = self.pending.pop(0)
+            self.apply_crossing(event, reset_at, at_limit)
 
     def _figures(self, consumed: int, limit: int, remaining: int, effective_ms: int) -> None:
         self.consumed, self.limit, self.remaining = consumed, limit, max(0, remaining)

@@ -17,6 +17,8 @@ budgets. Policy changes mutate the budget's state in place and need no invalidat
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.budgets import BudgetAmended, BudgetDefined, BudgetRetired
@@ -75,7 +77,9 @@ ALLOW = Verdict("allow", None, None, (), [])
 class PolicyCache:
     """Budgets and policies as last read from Kafka, and the decision over them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        """Seconds since the epoch: a crossing dated later waits for its time."""
         self.index = BudgetIndex()
         self.states: dict[str, BudgetState] = {}
         self._memo: dict[tuple[object, ...], tuple[BudgetState, ...]] = {}
@@ -126,7 +130,11 @@ class PolicyCache:
         if budget.tenant != event.tenant:
             return
         reset_at = next_reset(budget.spec.period, event.crossed_at)
-        self._state(event.budget_id).apply_crossing(event, reset_at, budget.spec.at_limit)
+        state = self._state(event.budget_id)
+        if event.crossed_at.timestamp() > self.clock():
+            state.defer_crossing(event, reset_at, budget.spec.at_limit)
+        else:
+            state.apply_crossing(event, reset_at, budget.spec.at_limit)
 
     def _state(self, budget_id: str) -> BudgetState:
         state = self.states.get(budget_id)
@@ -177,6 +185,8 @@ class PolicyCache:
         stop: BudgetState | None = None
         least = 0
         for state in matched:
+            if state.pending and state.pending[0][0] <= now_ms:
+                state.catch_up(now_ms)
             decision = state.decision
             if decision is None or now_ms >= state.reset_ms:
                 continue  # no verdict yet, or its period has reset since

@@ -54,7 +54,8 @@ def policy_event(
 def policy_at_crossing(
     budget: Budget, crossing: Crossing, projected_overrun: bool = False
 ) -> dict[str, Any]:
-    """The policy in force right after `crossing`, effective at the crossing line's time."""
+    """The policy in force right after `crossing`, effective when it crossed (`crossed_at_ms`:
+    the line's time, bounded by the ledger's cap and its period's start)."""
     at = from_ms(crossing.crossed_at_ms)
     period = budget.spec.period
     decision = decide(
@@ -155,7 +156,8 @@ def timer_settled(current: Mapping[str, Any], new: dict[str, Any]) -> bool:
     same for the proxy. One refused for delivery's sake (a budget table behind the topic's
     revision) is tried again next tick, never marked done (review 3A, finding 1). Over a policy
     written before revisions were recorded, a refusal is final (`should_publish` counts it as
-    the same configuration): the next charge decides instead of a retry on every tick."""
+    the same configuration, for charges too): such a relaxation waits for the period's end or a
+    change of limit or action, instead of a retry on every tick."""
     same = not policy_changed(decision_of(current), decision_of(new))
     legacy = current.get("budget_revision") is None
     return same or legacy or should_publish(dict(current), new)

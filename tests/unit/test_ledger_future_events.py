@@ -246,3 +246,24 @@ def test_a_zero_or_mistyped_occurred_at_is_refused_naming_it(occurred_at: dateti
     assert [r.index for r in out.rejected] == [0]
     assert len(_lines(out)) == 1
     assert UsageRecorded.model_validate(_wire("e-2000", datetime(2000, 1, 1, tzinfo=UTC), NOW))
+
+
+def test_a_crossing_in_the_next_period_is_dated_at_its_start_not_before() -> None:
+    """Review: a line stamped into tomorrow (a clock 20 h fast, under MAX_AHEAD) crossed
+    tomorrow's 100%; dated at the cap (today), its crossing judged today's traffic at the
+    proxy. Dated at tomorrow's start, it takes effect when tomorrow does."""
+    daily = Budget(
+        "d1", "acme", 1,
+        BudgetSpec(name="d", limits={"total_tokens": 1000}, at_limit="hard_stop",
+                   period={"kind": "day", "timezone": "UTC"}),
+    )  # fmt: skip
+    late_evening = datetime(2026, 11, 20, 22, tzinfo=UTC)
+    ahead = late_evening + timedelta(hours=20)  # tomorrow, 18:00
+    result = apply_charge(
+        LedgerState("d1"), daily, 0, [_line(1, ahead, 500)], LATE,
+        newest_trusted_ms=to_ms(late_evening + CLOCK_SKEW),
+    )  # fmt: skip
+    assert {c.period_key for c in result.crossings} == {"2026-11-21"}
+    assert {c.crossed_at_ms for c in result.crossings} == {
+        to_ms(datetime(2026, 11, 21, tzinfo=UTC))
+    }

@@ -57,7 +57,7 @@ def policy(
 
 
 def cache_with(*events: Any) -> PolicyCache:
-    cache = PolicyCache()
+    cache = PolicyCache(clock=NOW.timestamp)
     for event in events:
         if isinstance(event, PolicyChanged):
             cache.apply_policy(event)
@@ -261,10 +261,31 @@ def test_crossings_never_roll_figures_back_and_a_new_period_starts_afresh() -> N
         crossing("a", consumed=750, threshold=75, at=december, period_key="2026-12")
     )
     state = cache.states["a"]
-    assert state.period_key == "2026-12" and state.remaining == 250
+    # Dated ahead of the proxy's clock: November's traffic is still judged by November.
+    assert state.period_key == "2026-11" and decide(cache).policy == "hard_stop"
     matched = cache.matched(KEY, KEY.feature, (), "m", "openai")
     verdict = cache.decide(matched, 1, 1, int(december.timestamp() * 1000))
     assert verdict.policy == "allow"
+    assert state.period_key == "2026-12" and state.remaining == 250 and not state.pending
+
+
+def test_a_crossing_of_the_next_period_waits_for_it_and_does_not_judge_this_one() -> None:
+    """Review: a line stamped into tomorrow (a clock hours fast) crossed tomorrow's 100%; the
+    proxy applied it at once, so a hard-stop budget at 40% today answered 429 until midnight
+    (and tomorrow's 75% lifted today's stop). Its crossing is dated at tomorrow's start, and
+    the proxy applies a crossing dated ahead of its clock only once that time comes."""
+    daily = {"kind": "day", "timezone": "UTC"}
+    cache = cache_with(budget("d", at_limit="hard_stop", period=daily))
+    cache.apply_crossing(crossing("d", consumed=400, threshold=40, at=NOW, period_key="2026-11-27"))
+    tomorrow = datetime(2026, 11, 28, tzinfo=UTC)
+    cache.apply_crossing(
+        crossing("d", consumed=1000, threshold=100, at=tomorrow, period_key="2026-11-28")
+    )
+    assert decide(cache).policy == "allow"  # today: 400 of 1000
+    assert cache.states["d"].headroom() == 600 - 20  # less what this request reserved
+    matched = cache.matched(KEY, KEY.feature, (), "gpt-4o", "openai")
+    verdict = cache.decide(matched, 10, 10, int(tomorrow.timestamp() * 1000))
+    assert verdict.policy == "hard_stop"  # tomorrow: its 100% crossing holds
 
 
 def test_a_crossing_read_before_its_budget_waits_for_it() -> None:
