@@ -59,9 +59,10 @@ class BudgetState:
         self.reset_ms = 1 << 62
         self.effective_ms = 0
         self.forwarded: deque[tuple[int, int, int]] = deque()
-        self.pending: list[tuple[int, ThresholdCrossed, datetime, str]] = []
+        self.pending: list[tuple[int, ThresholdCrossed, int]] = []
         """Crossings dated ahead of the proxy's clock (the next period's, from a line stamped
-        into it), by date: each is applied once its time comes (`catch_up`)."""
+        into it), with the budget revision they were read under, by date; applied once their
+        time comes (`PolicyCache.decide`)."""
         self.forwarded_sum = 0
         self.reserved = 0
 
@@ -124,19 +125,29 @@ class BudgetState:
             self._reset(reset_at)
         elif event.metric != self.metric:
             return  # the figures we hold are for the budget's tightest metric
+        elif event.consumed < self.consumed:
+            return  # within a period consumption only grows: a crossing dated late is older
         self._figures(event.consumed, event.limit, event.limit - event.consumed, crossed_ms)
 
-    def defer_crossing(self, event: ThresholdCrossed, reset_at: datetime, at_limit: str) -> None:
+    def defer_crossing(self, event: ThresholdCrossed, revision: int) -> None:
         """Keep a crossing dated ahead of now until its time (a next period's crossing must not
         judge this period's traffic)."""
-        self.pending.append((to_ms(event.crossed_at), event, reset_at, at_limit))
+        self.pending.append((to_ms(event.crossed_at), event, revision))
         self.pending.sort(key=lambda held: held[0])
 
-    def catch_up(self, now_ms: int) -> None:
-        """Apply the deferred crossings whose time has come, oldest first."""
-        while self.pending and self.pending[0][0] <= now_ms:
-            _, event, reset_at, at_limit = self.pending.pop(0)
-            self.apply_crossing(event, reset_at, at_limit)
+    def take_due(self, now_ms: int, revision: int) -> list[ThresholdCrossed]:
+        """The deferred crossings whose time has come, read under budget `revision` (one read
+        under another is stale: the worker re-decides an amended budget), and of those only the
+        one with the most consumption per period: a period's crossings from lines stamped into
+        it all carry its start as their date, and only the last tells where it stands."""
+        due = [held for held in self.pending if held[0] <= now_ms]
+        self.pending = self.pending[len(due) :]
+        latest: dict[str, ThresholdCrossed] = {}
+        for _, event, read_under in due:
+            best = latest.get(event.period_key)
+            if read_under == revision and (best is None or event.consumed > best.consumed):
+                latest[event.period_key] = event
+        return sorted(latest.values(), key=lambda event: event.crossed_at)
 
     def _figures(self, consumed: int, limit: int, remaining: int, effective_ms: int) -> None:
         self.consumed, self.limit, self.remaining = consumed, limit, max(0, remaining)

@@ -132,8 +132,19 @@ class PolicyCache:
         reset_at = next_reset(budget.spec.period, event.crossed_at)
         state = self._state(event.budget_id)
         if event.crossed_at.timestamp() > self.clock():
-            state.defer_crossing(event, reset_at, budget.spec.at_limit)
+            state.defer_crossing(event, budget.revision)
         else:
+            state.apply_crossing(event, reset_at, budget.spec.at_limit)
+
+    def _catch_up(self, state: BudgetState, now_ms: int) -> None:
+        """Apply `state`'s deferred crossings whose time has come, with the budget's settings
+        as they are now (an amendment since may have changed its action or its period)."""
+        budget = self.index.get(state.budget_id)
+        if budget is None:
+            state.pending.clear()
+            return
+        for event in state.take_due(now_ms, budget.revision):
+            reset_at = next_reset(budget.spec.period, event.crossed_at)
             state.apply_crossing(event, reset_at, budget.spec.at_limit)
 
     def _state(self, budget_id: str) -> BudgetState:
@@ -186,7 +197,7 @@ class PolicyCache:
         least = 0
         for state in matched:
             if state.pending and state.pending[0][0] <= now_ms:
-                state.catch_up(now_ms)
+                self._catch_up(state, now_ms)
             decision = state.decision
             if decision is None or now_ms >= state.reset_ms:
                 continue  # no verdict yet, or its period has reset since

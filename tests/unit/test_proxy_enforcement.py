@@ -341,3 +341,52 @@ def test_a_refusal_names_budget_usage_limit_and_reset() -> None:
         refused, NOW
     )
     local.settle(held, 1, 1, NOW_MS)
+
+
+def _decide_at(cache: PolicyCache, at: datetime) -> Any:
+    matched = cache.matched(KEY, KEY.feature, (), "gpt-4o", "openai")
+    return cache.decide(matched, 10, 10, int(at.timestamp() * 1000))
+
+
+def test_a_deferred_crossing_read_before_an_amendment_is_dropped_not_applied_stale() -> None:
+    """Review: deferred with the budget's action and limit of that moment, it turned a budget
+    amended to alert_only (or a higher limit) back into a hard stop with nothing left, for the
+    whole next day."""
+    daily = {"kind": "day", "timezone": "UTC"}
+    cache = cache_with(budget("d", at_limit="hard_stop", period=daily))
+    tomorrow = datetime(2026, 11, 28, tzinfo=UTC)
+    cache.apply_crossing(
+        crossing("d", consumed=1000, threshold=100, at=tomorrow, period_key="2026-11-28")
+    )
+    cache.apply_budget(
+        budget("d", revision=2, kind=BudgetAmended, at_limit="alert_only", period=daily,
+               limits={"total_tokens": 100_000})
+    )  # fmt: skip
+    assert _decide_at(cache, tomorrow).policy == "allow"
+    assert cache.states["d"].pending == []
+
+
+def test_of_a_periods_deferred_crossings_the_one_with_most_consumption_holds() -> None:
+    """Review: all carry the period's start as their date; only the first (75%) was applied,
+    so a hard-stop budget at 101% let more requests through."""
+    daily = {"kind": "day", "timezone": "UTC"}
+    cache = cache_with(budget("d", at_limit="hard_stop", period=daily))
+    tomorrow = datetime(2026, 11, 28, tzinfo=UTC)
+    for threshold, consumed in ((75, 760), (90, 930), (100, 1010)):
+        cache.apply_crossing(
+            crossing("d", consumed=consumed, threshold=threshold, at=tomorrow,
+                     period_key="2026-11-28")
+        )  # fmt: skip
+    assert _decide_at(cache, tomorrow).policy == "hard_stop"
+    assert cache.states["d"].consumed == 1010
+
+
+def test_a_crossing_dated_later_but_with_less_consumption_never_rolls_figures_back() -> None:
+    """Review: a 75% crossing deferred to 12:04 caught up over the 90% one of 12:00:30 and the
+    headroom went from 90 to 240 (within a period consumption only grows)."""
+    cache = cache_with(budget("a", at_limit="hard_stop"))
+    cache.apply_crossing(crossing("a", consumed=910, threshold=90, at=NOW + timedelta(seconds=30)))
+    ahead = NOW + timedelta(minutes=4)  # a line stamped ahead of the proxy's clock
+    cache.apply_crossing(crossing("a", consumed=760, threshold=75, at=ahead))
+    assert _decide_at(cache, ahead + timedelta(minutes=1)).policy == "allow"
+    assert cache.states["a"].consumed == 910
