@@ -3,10 +3,13 @@
 Records are read in batches, mapped by the same source mappers as the live endpoints, and
 published through the same sink (acknowledged by Kafka before the checkpoint moves). The
 checkpoint file records how far the input was imported (for a file, with a digest of the
-records before that point); a rerun resumes after it, and a finished import run again publishes
-nothing. A rerun onto a file whose already-imported part changed is refused (`PrefixChanged`):
-its cursor would skip records that were never imported. Even without a checkpoint a rerun is
-harmless: event ids derive from the source's request ids, so the pipeline drops the copies.
+records before that point); a rerun resumes after it, finished or not: it publishes the records
+added after the cursor since (none: "already done"). A rerun onto a file whose already-imported
+part changed is refused (`PrefixChanged`): its cursor would skip records that were never
+imported. A checkpoint from before digests is resumed, not refused: `--restart` would count
+its records again once the pipeline's 7-day dedupe window has passed. Even without a checkpoint
+a rerun within that window is harmless: event ids derive from the source's request ids, so the
+pipeline drops the copies.
 
 Inputs: `jsonl` (native records, JSON lines or a JSON array), `helicone` (rows of Helicone's
 export, JSON or JSON lines) and `litellm-spendlogs` (a PostgreSQL DSN with the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +53,8 @@ class Reader(Protocol):
     `digest()` names what lies before the last cursor reached (None: the cursor needs no
     check); `batches(after, digest)` raises `PrefixChanged` before its first batch when the
     input before `after` is no longer what `digest` was taken from (None: not checked;
-    NO_DIGEST: a checkpoint from before digests, which a reader that needs one refuses).
+    LEGACY + the old 64 KiB fingerprint: a checkpoint from before digests, checked as far as
+    that fingerprint goes).
     """
 
     def total(self) -> int | None: ...
@@ -59,7 +64,8 @@ class Reader(Protocol):
     def batches(self, after: Any, digest: str | None = None) -> Batches: ...
 
 
-NO_DIGEST = ""
+LEGACY = "legacy:"
+log = logging.getLogger(__name__)
 
 
 class PrefixChanged(Exception):
@@ -110,6 +116,26 @@ class FileReader:
                 if line.strip():
                     yield line.strip(), line
 
+    def _check_legacy(self, done: int, fingerprint: str) -> None:
+        """A checkpoint from before digests: only its first bytes' fingerprint (if it has one)
+        can be checked. It resumes with a warning; the caller records a digest from then on."""
+        length, _, _ = fingerprint.partition(":")
+        if length.isdecimal():
+            with self.path.open("rb") as handle:
+                head = handle.read(int(length))
+            if f"{len(head)}:{hashlib.sha256(head).hexdigest()}" != fingerprint:
+                raise PrefixChanged(
+                    f"was written for other content at this path (its first {length} bytes changed)"
+                )
+        log.warning(
+            "%s: the checkpoint was written by an older version, without a digest of the %d "
+            "records it imported, so a change to them cannot be detected (%s); resuming after "
+            "them, and recording their digest from now on",
+            self.path,
+            done,
+            f"only the first {length} bytes were checked" if length.isdecimal() else "unchecked",
+        )
+
     def batches(self, after: Any, digest: str | None = None) -> Batches:
         done = int(after or 0)
         self._hash = hashlib.sha256()
@@ -118,10 +144,9 @@ class FileReader:
         for raw, _ in itertools.islice(items, done):  # the records already imported
             self._hash.update(raw + b"\n")
             seen += 1
-        if done and digest == NO_DIGEST:
-            raise PrefixChanged(
-                "was written by an older version, without a digest of the records it imported"
-            )
+        if done and digest is not None and digest.startswith(LEGACY):
+            self._check_legacy(done, digest.removeprefix(LEGACY))
+            digest = None
         if seen < done or (done and digest is not None and digest != self.digest()):
             raise PrefixChanged(
                 f"was written for other content at this path (its first {done} records changed)"
@@ -277,16 +302,15 @@ async def run_import(
     state = checkpoint.load() or {"cursor": None, "accepted": 0, "rejected": 0, "done": False}
     report = ImportReport(resumed_from=state["cursor"], accepted=0)
     done_records = int(state.get("records", 0))
-    batches = reader.batches(state["cursor"], state.get("digest", NO_DIGEST))
+    recorded = state.get("digest", LEGACY + str(state.get("fingerprint") or ""))
+    batches = reader.batches(state["cursor"], recorded)
+    finished, resumed = bool(state.get("done")), False
     try:
-        if state.get("done"):  # checked like a resume: a new file here is not "already done"
-            next(batches, None)
-            report.already_done = True
-            return report
         total = reader.total()
         if on_progress:
             on_progress(done_records, total)
-        for records, cursor in batches:
+        for records, cursor in batches:  # after a finished import: the records added since
+            resumed = True
             batch = map_records(records, to_draft, key, datetime.now(UTC))
             try:
                 await sink.publish(batch.events)
@@ -312,5 +336,6 @@ async def run_import(
         ) from exc
     finally:
         batches.close()
-    checkpoint.save({**state, "done": True})
+    report.already_done = finished and not resumed
+    checkpoint.save({**state, "done": True, "digest": reader.digest()})  # a legacy one gets one
     return report

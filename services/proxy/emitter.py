@@ -16,7 +16,8 @@ as they are, so each row is parsed once before it is sent, and one bad row canno
 envelope (up to 500 events of any tenant) into a record the pipeline dead-letters. An event
 within our envelope cap that the usage topic still refuses (a topic never aligned) is no reason
 to give it up: it stays spooled, the rest is sent and deleted, and the error says to run
-`allotment create-topics`.
+`allotment create-topics`. The sender backs off only when a round sent nothing else: the kept
+row is retried with every round, and must not throttle the stream behind it.
 """
 
 from __future__ import annotations
@@ -219,7 +220,9 @@ class UsageEmitter:
                 if not rows:
                     continue
             except TopicLimitTooLow as exc:  # the rest was acknowledged; these wait for an operator
-                await self._keep_refused(rows, exc)
+                if await self._keep_refused(rows, exc):
+                    backoff = 0.2  # the stream flows: a refused row must not throttle the rest
+                    continue
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -256,15 +259,17 @@ class UsageEmitter:
             if good or not rows:
                 return good
 
-    async def _keep_refused(
-        self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow
-    ) -> None:
-        """Delete the acknowledged rows; the ones the topic refused stay spooled, in front."""
+    async def _keep_refused(self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow) -> int:
+        """Delete the acknowledged rows; the ones the topic refused stay spooled, in front.
+
+        Returns how many were acknowledged: only a round that sent none of its rows backs off.
+        """
         unsent = set(exc.event_ids)
         keep = [row_id for row_id, event_id, _ in rows if event_id in unsent]
         await asyncio.to_thread(self.spool.ack, rows[-1][0], keep)
         self.sent += len(rows) - len(keep)
         log.warning("usage: %d events stay spooled until the usage topic is aligned", len(keep))
+        return len(rows) - len(keep)
 
     async def _set_aside(self, rows: list[tuple[int, str, bytes]], exc: EventTooLarge) -> None:
         refused = set(exc.event_ids)

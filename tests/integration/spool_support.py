@@ -30,9 +30,13 @@ def spool_row(
 
 
 @asynccontextmanager
-async def running_emitter(spool: Spool, bootstrap: str, prefix: str) -> AsyncIterator[UsageEmitter]:
-    """An emitter sending `spool` to `prefix`'s usage topic; stopped on the way out."""
-    emitter = UsageEmitter(spool, UsageSink(bootstrap, prefix), lambda: datetime.now(UTC))
+async def running_emitter(
+    spool: Spool, bootstrap: str, prefix: str, sink: UsageSink | None = None
+) -> AsyncIterator[UsageEmitter]:
+    """An emitter sending `spool` to `prefix`'s usage topic (through `sink` if given); stopped
+    on the way out."""
+    sink = sink or UsageSink(bootstrap, prefix)
+    emitter = UsageEmitter(spool, sink, lambda: datetime.now(UTC))
     emitter.start()
     try:
         yield emitter

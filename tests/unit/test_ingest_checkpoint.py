@@ -1,7 +1,9 @@
-"""A history import's checkpoint resumes only onto the file it was written for."""
+"""A history import's checkpoint resumes only onto the file it was written for, finished or
+not, and one written before digests is resumed rather than refused."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,10 +145,65 @@ async def test_a_json_array_resumes_onto_appended_records_and_refuses_a_changed_
         await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
 
 
-async def test_a_checkpoint_from_before_digests_is_refused_with_restart(tmp_path):
+def _legacy(marker: Checkpoint, path: Path, cursor: int, done: bool, head: int = 65536) -> None:
+    """A checkpoint as the version before digests wrote it: a fingerprint of the first bytes."""
+    first = path.read_bytes()[:head]
+    fingerprint = f"{len(first)}:{hashlib.sha256(first).hexdigest()}"
+    state = {"cursor": cursor, "records": cursor, "accepted": cursor, "rejected": 0, "done": done}
+    marker.save({**state, "fingerprint": fingerprint})
+
+
+async def test_a_finished_import_from_before_digests_is_still_done_not_refused(tmp_path):
+    """Review 6, finding 5: it was refused with `--restart`, which counts every record again
+    once the pipeline's 7-day dedupe window has passed."""
     path, marker = _input(tmp_path)
     _write(path, "log", 1000)
-    old = {"cursor": 600, "records": 600, "accepted": 600, "rejected": 0, "done": False}
-    marker.save({**old, "fingerprint": "65536:" + "0" * 64})
-    with pytest.raises(IngestConfigError, match=r"older version.*--restart"):
+    _legacy(marker, path, 1000, done=True)
+    sink = _Sink()
+    report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert report.already_done and sink.events == []
+    assert str(marker.load()["digest"]).startswith("sha256:")  # checked from now on
+    _write(path, "new", 1000)
+    with pytest.raises(IngestConfigError, match="other content"):
         await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+
+
+async def test_an_unfinished_import_from_before_digests_resumes_with_a_warning(tmp_path, caplog):
+    path, marker = _input(tmp_path)
+    _write(path, "log", 1000)
+    _legacy(marker, path, 600, done=False)
+    sink = _Sink(fail_after=300)  # interrupted again after one batch
+    with pytest.raises(RuntimeError):
+        await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert sink.events[0].source_request_id == "log-600"
+    assert "without a digest" in caplog.text and "cannot be detected" in caplog.text
+    assert marker.load()["cursor"] == 900 and "digest" in marker.load()
+
+    caplog.clear()
+    sink = _Sink()
+    report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert (report.resumed_from, report.accepted) == (900, 100) and "digest" not in caplog.text
+
+
+async def test_a_checkpoint_from_before_digests_still_checks_its_first_bytes(tmp_path):
+    path, marker = _input(tmp_path)
+    _write(path, "old", 1000)
+    _legacy(marker, path, 600, done=False)
+    _write(path, "new", 1000)  # a re-export to the same path
+    with pytest.raises(IngestConfigError, match=r"first 65536 bytes changed.*--restart"):
+        await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+
+
+async def test_records_appended_after_a_finished_import_are_imported_on_a_rerun(tmp_path):
+    """Review 6, finding 6: a finished import run again reported "already done" and never
+    imported the records appended since."""
+    path, marker = _input(tmp_path)
+    _write(path, "log", 1000)
+    await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+    _write(path, "log", 200, start=1000, mode="ab")
+    sink = _Sink()
+    report = await run_import(FileReader(path, 300), native.to_draft, KEY, sink, marker)
+    assert not report.already_done and (report.resumed_from, report.accepted) == (1000, 200)
+    assert [e.source_request_id for e in sink.events] == [f"log-{i}" for i in range(1000, 1200)]
+    again = await run_import(FileReader(path, 300), native.to_draft, KEY, _Sink(), marker)
+    assert again.already_done and marker.load()["cursor"] == 1200
