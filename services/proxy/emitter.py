@@ -16,8 +16,9 @@ as they are, so each row is parsed once before it is sent, and one bad row canno
 envelope (up to 500 events of any tenant) into a record the pipeline dead-letters. An event
 within our envelope cap that the usage topic still refuses (a topic never aligned) is no reason
 to give it up: it stays spooled, the rest is sent and deleted, and the error says to run
-`allotment create-topics`. The sender backs off only when a round sent nothing else: the kept
-row is retried with every round, and must not throttle the stream behind it.
+`allotment create-topics`. It is held out of the sender's rounds and retried on its own timer
+(backing off to 5 s): it must not throttle the stream behind it, and each retry costs the
+producer a few restarts (the broker's refusal breaks it) and an error line.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class UsageEmitter:
         self.rejected = 0
         self.set_aside = 0
         self._checked_up_to = 0  # spool row ids up to this one parsed as usage events already
+        self._held: set[int] = set()  # spool row ids the topic refused: retried on their own
+        self._held_retry_at = 0.0  # (loop time) when the held rows go out again
+        self._held_backoff = 0.2
 
     def record(self, record: UsageRecord) -> None:
         """Hot path: remember the request; the writer task does the rest."""
@@ -207,11 +211,11 @@ class UsageEmitter:
     async def _send_spooled(self) -> None:
         backoff = 0.2
         while True:
-            rows = await asyncio.to_thread(self._peek_checked, 5000)
+            rows = self._not_held(await asyncio.to_thread(self._peek_checked, 5000))
             if not rows:
                 self._spooled.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._spooled.wait(), 1.0)
+                    await asyncio.wait_for(self._spooled.wait(), self._idle_wait())
                 continue
             try:
                 await self.sink.send(rows)
@@ -220,11 +224,8 @@ class UsageEmitter:
                 if not rows:
                     continue
             except TopicLimitTooLow as exc:  # the rest was acknowledged; these wait for an operator
-                if await self._keep_refused(rows, exc):
-                    backoff = 0.2  # the stream flows: a refused row must not throttle the rest
-                    continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await self._keep_refused(rows, exc)
+                backoff = 0.2  # the refused rows wait on their own timer, not the stream
                 continue
             except Exception as exc:  # broker down or unreachable: keep spooled, retry later
                 log.warning("usage send failed (%s); %d events stay spooled", exc, len(rows))
@@ -233,8 +234,25 @@ class UsageEmitter:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
-            await asyncio.to_thread(self.spool.ack, rows[-1][0])
+            self._held.difference_update(row_id for row_id, _, _ in rows)
+            await asyncio.to_thread(self.spool.ack, rows[-1][0], sorted(self._held))
             self.sent += len(rows)
+
+    def _not_held(self, rows: list[tuple[int, str, bytes]]) -> list[tuple[int, str, bytes]]:
+        """The rows to send this round: the held ones only once their retry is due."""
+        if not self._held:
+            self._held_backoff = 0.2
+            return rows
+        if asyncio.get_running_loop().time() >= self._held_retry_at:
+            return rows
+        return [row for row in rows if row[0] not in self._held]
+
+    def _idle_wait(self) -> float:
+        """How long to wait for new rows: at most until the held rows are due again."""
+        if not self._held:
+            return 1.0
+        due = self._held_retry_at - asyncio.get_running_loop().time()
+        return min(1.0, due) if due > 0 else 1.0
 
     def _peek_checked(self, limit: int) -> list[tuple[int, str, bytes]]:
         """The oldest spooled rows that are usage events; the others are set aside on the way.
@@ -259,22 +277,26 @@ class UsageEmitter:
             if good or not rows:
                 return good
 
-    async def _keep_refused(self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow) -> int:
-        """Delete the acknowledged rows; the ones the topic refused stay spooled, in front.
-
-        Returns how many were acknowledged: only a round that sent none of its rows backs off.
-        """
+    async def _keep_refused(
+        self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow
+    ) -> None:
+        """Delete the acknowledged rows; the ones the topic refused stay spooled, held out of
+        the rounds until their retry is due (backing off to 5 s), so they throttle nothing."""
         unsent = set(exc.event_ids)
         keep = [row_id for row_id, event_id, _ in rows if event_id in unsent]
-        await asyncio.to_thread(self.spool.ack, rows[-1][0], keep)
+        self._held.difference_update(row_id for row_id, _, _ in rows)
+        self._held.update(keep)
+        await asyncio.to_thread(self.spool.ack, rows[-1][0], sorted(self._held))
         self.sent += len(rows) - len(keep)
+        self._held_retry_at = asyncio.get_running_loop().time() + self._held_backoff
+        self._held_backoff = min(self._held_backoff * 2, 5.0)
         log.warning("usage: %d events stay spooled until the usage topic is aligned", len(keep))
-        return len(rows) - len(keep)
 
     async def _set_aside(self, rows: list[tuple[int, str, bytes]], exc: EventTooLarge) -> None:
         refused = set(exc.event_ids)
         ids = [row_id for row_id, event_id, _ in rows if event_id in refused]
         await asyncio.to_thread(self.spool.set_aside, ids, str(exc))
+        self._held.difference_update(ids)
         self.set_aside += len(ids)
         rows[:] = [row for row in rows if row[1] not in refused]
         log.error("usage: %d events set aside in the spool file: %s", len(ids), exc)
