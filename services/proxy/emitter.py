@@ -16,9 +16,8 @@ as they are, so each row is parsed once before it is sent, and one bad row canno
 envelope (up to 500 events of any tenant) into a record the pipeline dead-letters. An event
 within our envelope cap that the usage topic still refuses (a topic never aligned) is no reason
 to give it up: it stays spooled, the rest is sent and deleted, and the error says to run
-`allotment create-topics`. It is held out of the sender's rounds and retried on its own timer
-(backing off to 5 s): it must not throttle the stream behind it, and each retry costs the
-producer a few restarts (the broker's refusal breaks it) and an error line.
+`allotment create-topics`. It is retried on its own timer (up to every 5 s), out of the rounds:
+a retry costs producer restarts and an error line, and must not throttle the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from services.proxy.usage import Tokens
 
 log = logging.getLogger(__name__)
 SOURCE = "proxy"
+Row = tuple[int, str, bytes]  # a spool row: (id, event_id, encoded event)
 
 
 @dataclass(slots=True)
@@ -125,8 +125,7 @@ class UsageEmitter:
         self.set_aside = 0
         self._checked_up_to = 0  # spool row ids up to this one parsed as usage events already
         self._held: set[int] = set()  # spool row ids the topic refused: retried on their own
-        self._held_retry_at = 0.0  # (loop time) when the held rows go out again
-        self._held_backoff = 0.2
+        self._held_retry_at, self._held_backoff = 0.0, 0.2  # loop time of their next retry
 
     def record(self, record: UsageRecord) -> None:
         """Hot path: remember the request; the writer task does the rest."""
@@ -211,11 +210,13 @@ class UsageEmitter:
     async def _send_spooled(self) -> None:
         backoff = 0.2
         while True:
-            rows = self._not_held(await asyncio.to_thread(self._peek_checked, 5000))
+            rows = await asyncio.to_thread(self._peek_checked, 5000 + len(self._held))
+            if self._held_wait():  # the held rows (in front) wait for their own retry
+                rows = [row for row in rows if row[0] not in self._held]
             if not rows:
                 self._spooled.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._spooled.wait(), self._idle_wait())
+                    await asyncio.wait_for(self._spooled.wait(), min(1.0, self._held_wait() or 1))
                 continue
             try:
                 await self.sink.send(rows)
@@ -225,7 +226,6 @@ class UsageEmitter:
                     continue
             except TopicLimitTooLow as exc:  # the rest was acknowledged; these wait for an operator
                 await self._keep_refused(rows, exc)
-                backoff = 0.2  # the refused rows wait on their own timer, not the stream
                 continue
             except Exception as exc:  # broker down or unreachable: keep spooled, retry later
                 log.warning("usage send failed (%s); %d events stay spooled", exc, len(rows))
@@ -238,23 +238,14 @@ class UsageEmitter:
             await asyncio.to_thread(self.spool.ack, rows[-1][0], sorted(self._held))
             self.sent += len(rows)
 
-    def _not_held(self, rows: list[tuple[int, str, bytes]]) -> list[tuple[int, str, bytes]]:
-        """The rows to send this round: the held ones only once their retry is due."""
+    def _held_wait(self) -> float:
+        """Seconds until the held rows go out again: 0 if due, or if none is held."""
         if not self._held:
             self._held_backoff = 0.2
-            return rows
-        if asyncio.get_running_loop().time() >= self._held_retry_at:
-            return rows
-        return [row for row in rows if row[0] not in self._held]
+            return 0.0
+        return max(0.0, self._held_retry_at - asyncio.get_running_loop().time())
 
-    def _idle_wait(self) -> float:
-        """How long to wait for new rows: at most until the held rows are due again."""
-        if not self._held:
-            return 1.0
-        due = self._held_retry_at - asyncio.get_running_loop().time()
-        return min(1.0, due) if due > 0 else 1.0
-
-    def _peek_checked(self, limit: int) -> list[tuple[int, str, bytes]]:
+    def _peek_checked(self, limit: int) -> list[Row]:
         """The oldest spooled rows that are usage events; the others are set aside on the way.
 
         Runs in a worker thread. A row is a usage event if it parses as a JSON object whose
@@ -277,9 +268,7 @@ class UsageEmitter:
             if good or not rows:
                 return good
 
-    async def _keep_refused(
-        self, rows: list[tuple[int, str, bytes]], exc: TopicLimitTooLow
-    ) -> None:
+    async def _keep_refused(self, rows: list[Row], exc: TopicLimitTooLow) -> None:
         """Delete the acknowledged rows; the ones the topic refused stay spooled, held out of
         the rounds until their retry is due (backing off to 5 s), so they throttle nothing."""
         unsent = set(exc.event_ids)
@@ -292,7 +281,7 @@ class UsageEmitter:
         self._held_backoff = min(self._held_backoff * 2, 5.0)
         log.warning("usage: %d events stay spooled until the usage topic is aligned", len(keep))
 
-    async def _set_aside(self, rows: list[tuple[int, str, bytes]], exc: EventTooLarge) -> None:
+    async def _set_aside(self, rows: list[Row], exc: EventTooLarge) -> None:
         refused = set(exc.event_ids)
         ids = [row_id for row_id, event_id, _ in rows if event_id in refused]
         await asyncio.to_thread(self.spool.set_aside, ids, str(exc))
@@ -302,7 +291,7 @@ class UsageEmitter:
         log.error("usage: %d events set aside in the spool file: %s", len(ids), exc)
 
 
-def _not_an_event(row: tuple[int, str, bytes]) -> str | None:
+def _not_an_event(row: Row) -> str | None:
     """Why a spool row cannot travel as a usage event, or None if it can."""
     _, event_id, data = row
     try:
@@ -325,7 +314,7 @@ class UsageSink:
         self.topic_prefix = topic_prefix
         self._producer: UsageProducer | None = None
 
-    async def send(self, rows: list[tuple[int, str, bytes]]) -> None:
+    async def send(self, rows: list[Row]) -> None:
         if self._producer is None:
             await _probe(self.bootstrap)
             producer = UsageProducer(self.bootstrap, self.topic_prefix)
