@@ -46,7 +46,12 @@ def import_history(
         str | None, typer.Option(help="Use this configured ingest key's tenant and attribution.")
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint file to resume from.")] = None,
-    restart: Annotated[bool, typer.Option(help="Forget the checkpoint, start over.")] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Forget the checkpoint, start over (past the dedupe window: counted twice)."
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -72,7 +77,10 @@ def import_history(
         marker.clear()
     report = asyncio.run(_run(reader, backfill.SOURCES[source], key, marker, progress))
     if report.already_done:
-        typer.echo(f"already imported (checkpoint {marker.path}); --restart to import again")
+        typer.echo(
+            f"already imported, nothing new (checkpoint {marker.path}); --restart imports it "
+            "again, counted again once the pipeline's dedupe window (7 days by default) is past"
+        )
         return
     for cursor, rejection in report.rejected[:20]:
         typer.echo(
