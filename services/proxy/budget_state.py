@@ -72,7 +72,12 @@ class BudgetState:
 
     def apply(self, event: PolicyChanged) -> None:
         """The pipeline's decision. Its consumption figures replace ours unless a threshold
-        crossing of the same period already told us something newer."""
+        crossing of the same period already told us something newer. A decision for another
+        period older than what we hold is a previous period's, read after this one's crossings
+        (topics are read side by side after a restart): it is not the state any more."""
+        effective_ms = to_ms(event.effective_at)
+        if event.period_key != self.period_key and effective_ms < self.effective_ms:
+            return
         self.decision = PolicyDecision(
             policy=event.policy,
             reason=event.reason,
@@ -91,7 +96,6 @@ class BudgetState:
         )
         self.at_limit = event.at_limit
         self.guarded = event.at_limit == "hard_stop"  # reservations bound its overshoot
-        effective_ms = to_ms(event.effective_at)
         if event.period_key != self.period_key or effective_ms >= self.effective_ms:
             self.period_key = event.period_key
             self.metric = event.metric or "total"

@@ -390,3 +390,25 @@ def test_a_crossing_dated_later_but_with_less_consumption_never_rolls_figures_ba
     cache.apply_crossing(crossing("a", consumed=760, threshold=75, at=ahead))
     assert _decide_at(cache, ahead + timedelta(minutes=1)).policy == "allow"
     assert cache.states["a"].consumed == 910
+
+
+def test_after_a_restart_the_topic_read_first_does_not_decide_the_verdict() -> None:
+    """Review: past midnight, yesterday's hard_stop policy read after today's 100% crossing
+    replaced today's state, and its reset (midnight, passed) then let everything through; read
+    in the other order the verdict was hard_stop, as in the live run."""
+    daily = {"kind": "day", "timezone": "UTC"}
+    yesterday = policy("d", "hard_stop", consumed=1000).model_copy(
+        update={"period_key": "2026-11-26", "effective_at": NOW - timedelta(hours=14),
+                "reset_at": datetime(2026, 11, 27, tzinfo=UTC)}
+    )  # fmt: skip
+    today = crossing("d", consumed=1000, threshold=100, at=NOW, period_key="2026-11-27")
+    verdicts = []
+    for first, second in ((yesterday, today), (today, yesterday)):
+        cache = cache_with(budget("d", at_limit="hard_stop", period=daily))
+        for event in (first, second):
+            if isinstance(event, PolicyChanged):
+                cache.apply_policy(event)
+            else:
+                cache.apply_crossing(event)
+        verdicts.append(decide(cache).policy)
+    assert verdicts == ["hard_stop", "hard_stop"]
