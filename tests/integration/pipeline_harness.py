@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.allocation import AllocationEvent
 from schemas.budgets import BudgetDefined, BudgetSpec
 from schemas.codec import encode
-from schemas.topics import BUDGET_EVENTS, BUDGETS, POLICIES, THRESHOLDS
+from schemas.topics import BUDGET_EVENTS, BUDGETS, DEAD_LETTER, POLICIES, THRESHOLDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,6 +196,10 @@ async def thresholds(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
 
 async def policies(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in await read_all(bootstrap, POLICIES.name(prefix))]
+
+
+async def dead_letters(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in await read_all(bootstrap, DEAD_LETTER.name(prefix))]
 
 
 def period_totals(ledger: dict[str, Any], period_key: str) -> dict[str, int]:

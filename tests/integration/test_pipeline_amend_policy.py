@@ -17,16 +17,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pipeline_harness import (
     Workers,
     budget_event,
+    dead_letters,
     delete_prefixed_topics,
     ledgers,
     period_totals,
     policies,
     publish_budgets,
-    read_all,
     send_raw,
     send_usage,
     usage,
@@ -36,7 +35,7 @@ from pipeline_harness import (
 from schemas.budgets import BudgetAmended, BudgetRetired, BudgetSpec
 from schemas.charges import BudgetCharged
 from schemas.codec import encode
-from schemas.topics import CHARGES, DEAD_LETTER
+from schemas.topics import CHARGES
 from streams.periods import to_ms
 
 STOP = {"limits": {"total_tokens": 1_000}, "at_limit": "hard_stop"}
@@ -176,8 +175,8 @@ async def test_a_charge_in_flight_at_retirement_is_counted_and_an_unknown_one_de
         assert (totals["input"], totals["output"], totals["total"]) == (500, 200, 700)
 
         async def dead_lettered() -> list[dict[str, Any]]:
-            records = await read_all(kafka_bootstrap, DEAD_LETTER.name(topic_prefix))
-            return [w for w in (orjson.loads(r.value) for r in records) if ghost_id in w["reason"]]
+            found = await dead_letters(kafka_bootstrap, topic_prefix)
+            return [letter for letter in found if ghost_id in letter["reason"]]
 
         (letter,) = await wait_for(dead_lettered, 60, [worker])
         assert letter["topic"] == CHARGES.name(topic_prefix)

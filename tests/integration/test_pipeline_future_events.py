@@ -9,37 +9,49 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pipeline_harness import (
     Workers,
     budget_event,
+    dead_letters,
     delete_prefixed_topics,
     ledgers,
     period_totals,
     policies,
     publish_budgets,
-    read_all,
     send_usage,
     thresholds,
     usage,
     wait_for,
 )
 
-from schemas.topics import DEAD_LETTER, USAGE
+from schemas.topics import USAGE
 
 DAY_RULE = "must not be more than 1 day, 0:00:00 after"  # schemas.usage.MAX_AHEAD
+
+
+async def _hard_stop_month(bootstrap: str, prefix: str, tenant: str, budget_id: str) -> None:
+    await publish_budgets(bootstrap, prefix, [budget_event(tenant, budget_id, {
+        "name": "month", "limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
+        "period": {"kind": "month", "timezone": "UTC"},
+    })])  # fmt: skip
+
+
+async def _stopped(bootstrap: str, prefix: str, budget_id: str) -> dict[str, Any] | None:
+    """The budget's latest policy, once it is a hard stop."""
+    mine = [p for p in await policies(bootstrap, prefix) if p["budget_id"] == budget_id]
+    return mine[-1] if mine and mine[-1]["policy"] == "hard_stop" else None
 
 
 async def test_a_future_event_is_dead_lettered_and_the_budget_keeps_charging(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     tenant, budget_id = "future-co", "future-month"
-    await publish_budgets(kafka_bootstrap, topic_prefix, [budget_event(tenant, budget_id, {
-        "name": "month", "limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
-        "period": {"kind": "month", "timezone": "UTC"},
-    })])  # fmt: skip
+    await _hard_stop_month(kafka_bootstrap, topic_prefix, tenant, budget_id)
     now = datetime.now(UTC).replace(microsecond=0)
     month = now.strftime("%Y-%m")
     # A gateway whose clock (or a backfill file's year) is wrong; ingest stamped received_at.
@@ -61,11 +73,8 @@ async def test_a_future_event_is_dead_lettered_and_the_budget_keeps_charging(
         await wait_for(lambda: crossed(75), 90, [worker])
         await send_usage(kafka_bootstrap, topic_prefix, [future])
 
-        async def dead() -> list[dict]:
-            records = await read_all(kafka_bootstrap, DEAD_LETTER.name(topic_prefix))
-            return [orjson.loads(r.value) for r in records]
-
-        [letter] = await wait_for(dead, 60, [worker])
+        letters = partial(dead_letters, kafka_bootstrap, topic_prefix)
+        [letter] = await wait_for(letters, 60, [worker])
         assert letter["topic"] == USAGE.name(topic_prefix)
         assert orjson.loads(base64.b64decode(letter["payload_b64"]))["event_id"] == "future-typo"
         [rule] = letter["errors"]
@@ -87,12 +96,9 @@ async def test_a_future_event_is_dead_lettered_and_the_budget_keeps_charging(
         assert list(ledger["state"]["periods"]) == [month]
         assert ledger["state"]["late_events"] == 0
 
-        async def stopped() -> dict | None:
-            mine = [p for p in await policies(kafka_bootstrap, topic_prefix)
-                    if p["budget_id"] == budget_id]  # fmt: skip
-            return mine[-1] if mine and mine[-1]["policy"] == "hard_stop" else None
-
-        stop = await wait_for(stopped, 60, [worker])
+        stop = await wait_for(
+            lambda: _stopped(kafka_bootstrap, topic_prefix, budget_id), 60, [worker]
+        )
         assert stop["period_key"] == month
         assert worker.alive()
     finally:
@@ -106,10 +112,7 @@ async def test_an_event_whose_source_also_lied_about_receipt_is_dead_lettered_by
     """A direct producer that stamps received_at as far ahead as occurred_at passes the
     contract; the worker still refuses it against the record's broker time (`MAX_AHEAD`)."""
     tenant, budget_id = "liar-co", "liar-month"
-    await publish_budgets(kafka_bootstrap, topic_prefix, [budget_event(tenant, budget_id, {
-        "name": "month", "limits": {"total_tokens": 1000}, "at_limit": "hard_stop",
-        "period": {"kind": "month", "timezone": "UTC"},
-    })])  # fmt: skip
+    await _hard_stop_month(kafka_bootstrap, topic_prefix, tenant, budget_id)
     now = datetime.now(UTC).replace(microsecond=0)
     month = now.strftime("%Y-%m")
     lying = usage("liar-typo", tenant, now + timedelta(days=365), 1, 0)  # received_at as well
@@ -118,21 +121,16 @@ async def test_an_event_whose_source_also_lied_about_receipt_is_dead_lettered_by
         worker = workers.start()
         await send_usage(kafka_bootstrap, topic_prefix, [lying])
 
-        async def dead() -> list[dict]:
-            records = await read_all(kafka_bootstrap, DEAD_LETTER.name(topic_prefix))
-            return [orjson.loads(r.value) for r in records]
-
-        [letter] = await wait_for(dead, 60, [worker])
+        letters = partial(dead_letters, kafka_bootstrap, topic_prefix)
+        [letter] = await wait_for(letters, 60, [worker])
         [rule] = letter["errors"]
         assert rule.startswith(f"occurred_at: {DAY_RULE} the time the broker stored the record")
         await send_usage(kafka_bootstrap, topic_prefix, [usage("liar-0", tenant, now, 600, 500)])
 
-        async def stopped() -> dict | None:
-            mine = [p for p in await policies(kafka_bootstrap, topic_prefix)
-                    if p["budget_id"] == budget_id]  # fmt: skip
-            return mine[-1] if mine and mine[-1]["policy"] == "hard_stop" else None
-
-        assert (await wait_for(stopped, 90, [worker]))["period_key"] == month
+        stop = await wait_for(
+            lambda: _stopped(kafka_bootstrap, topic_prefix, budget_id), 90, [worker]
+        )
+        assert stop["period_key"] == month
     finally:
         workers.close()
         await delete_prefixed_topics(kafka_bootstrap, topic_prefix)
